@@ -1,0 +1,1 @@
+"""Built-in feature encoders, one module per encoder family."""

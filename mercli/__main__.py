@@ -1,0 +1,3 @@
+from mercli.cli import main
+
+main()

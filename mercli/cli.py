@@ -1,0 +1,159 @@
+"""The ``mer`` command line. Each subcommand parses its options and hands over to the core."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from mercli import __version__, config as configuration
+from mercli.console import emit_json, error, stderr
+from mercli.errors import EXIT_SOME_FAILED, EXIT_USAGE, MerError
+from mercli.workspace import Workspace
+
+
+@dataclass
+class App:
+    """What every subcommand shares: the workspace, the configuration and the output mode."""
+
+    workspace: Workspace
+    config_path: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def config(self) -> configuration.Config:
+        return configuration.load(self.config_path, overrides=self.overrides)
+
+    def override(self, settings: dict[str, Any]) -> None:
+        """Record command-line options (``{"extract.fps": 4}``); ``None`` means not given."""
+        self.overrides.update({k: v for k, v in settings.items() if v is not None})
+        self.__dict__.pop("config", None)
+
+
+class MerGroup(click.Group):
+    """Turns a :class:`MerError` into one line on stderr and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MerError as problem:
+            error(str(problem))
+            sys.exit(problem.exit_code)
+
+
+def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    parsed = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE (for example extract.fps=4)")
+        parsed[key.strip()] = configuration.parse_value(raw.strip())
+    return parsed
+
+
+@click.group(cls=MerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mer")
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), envvar="MER_WORKSPACE",
+              help="Workspace folder [default: the folder holding mer.toml, else the current one].")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Configuration file [default: WORKSPACE/mer.toml].")
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=parse_set,
+              help="Override any setting, e.g. -s extract.fps=4 or -s loss.bdcl.temperature=0.1.")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, overrides: dict[str, Any]) -> None:
+    """Multimodal video emotion recognition with reasoning priors.
+
+    Stages: extract -> reason -> train -> eval -> predict. Human output goes to stderr; with
+    --json, stdout carries exactly one JSON document (predict: one object per line). Exit status:
+    0 all done, 1 finished but some items failed, 2 usage or configuration error.
+    """
+    located = Workspace.locate(workspace)
+    ctx.obj = App(located, config_path or located.config_path, dict(overrides))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+pass_app = click.make_pass_decorator(App)
+
+
+@cli.command(name="plugins")
+@json_option
+def plugins_command(as_json: bool) -> None:
+    """List installed plug-ins by stage, with versions."""
+    from mercli import plugins
+    from mercli.reports import plugins_table
+
+    inventory = plugins.inventory()
+    if as_json:
+        emit_json(inventory)
+    else:
+        stderr.print(plugins_table(inventory))
+
+
+@cli.command()
+@json_option
+@pass_app
+def doctor(app: App, as_json: bool) -> None:
+    """Check that ffmpeg, torch, model files and API keys are in place (keys are never printed)."""
+    from mercli.doctor import run_checks
+    from mercli.reports import checks_table
+
+    checks = run_checks(app.config)
+    failed = [c for c in checks if c.required and not c.ok]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [c.__dict__ for c in checks]})
+    else:
+        stderr.print(checks_table(checks))
+    sys.exit(EXIT_SOME_FAILED if failed else 0)
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Overwrite an existing mer.toml.")
+@json_option
+@pass_app
+def init(app: App, force: bool, as_json: bool) -> None:
+    """Write a commented mer.toml into the workspace."""
+    from mercli.atomic import write_text
+
+    target = app.workspace.config_path
+    if target.exists() and not force:
+        raise MerError(f"{target} already exists (use --force to overwrite it)")
+    write_text(target, configuration.template())
+    if as_json:
+        emit_json({"config": str(target)})
+    else:
+        stderr.print(f"wrote {target}")
+
+
+@cli.group(name="config", cls=MerGroup)
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command(name="show")
+@json_option
+@pass_app
+def config_show(app: App, as_json: bool) -> None:
+    """The resolved configuration, and where each value came from."""
+    from mercli.reports import config_table
+
+    resolved = app.config.as_dict(with_sources=True)
+    if as_json:
+        emit_json({"workspace": str(app.workspace.root), "file": str(app.config.path or ""), "settings": resolved})
+    else:
+        stderr.print(config_table(resolved, app.workspace.root, app.config.path))
+
+
+def main() -> None:
+    """Console-script entry point: adds plug-in commands, then runs the group."""
+    from mercli import plugins
+
+    try:
+        plugins.register_commands(cli)
+    except MerError as problem:
+        error(str(problem))
+        sys.exit(EXIT_USAGE)
+    cli(prog_name="mer")

@@ -1,0 +1,195 @@
+"""The component types a plug-in provides, and the data that passes between them and the core.
+
+Each component is a class with a few declarative class attributes (its name, version, options)
+and one method that does the work. Plug-ins register the class, not an instance: the core builds
+instances with the options resolved from configuration, so that nothing heavy is loaded until a
+stage needs it. Keep this module free of heavy imports: ``mer --help`` imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+Modality = Literal["audio", "visual", "text"]
+MODALITIES: tuple[Modality, ...] = ("audio", "visual", "text")
+Level = Literal["utterance", "frame"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable setting of the core or of a component.
+
+    ``kind`` is the Python type the value must have once parsed (``int``, ``float``, ``str``,
+    ``bool`` or ``list``); ``None`` is accepted where the default is ``None``.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one ``mer doctor`` check; ``required`` checks that fail make it exit 1."""
+
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True
+
+
+class Component:
+    """Common base of encoders, reasoners, losses and datasets.
+
+    Subclasses set ``name`` (unique within their stage), ``version`` and ``description``, and
+    declare their settings in ``options``; the core validates ``mer.toml`` against them and passes
+    the resolved values to ``__init__`` as keyword arguments.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0"
+    description: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def __init__(self, **settings: Any) -> None:
+        known = {option.name: option.default for option in self.options}
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise TypeError(f"{self.name}: unknown option(s) {', '.join(unknown)}")
+        self.settings: dict[str, Any] = {**known, **settings}
+
+    def checks(self) -> list[Check]:
+        """What ``mer doctor`` should verify for this component (model files, API keys)."""
+        return []
+
+
+# --- encoders ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedClip:
+    """One clip as the encoders see it: sampled frames, the audio track and the transcript.
+
+    ``frames`` is ``(T, H, W, 3)`` uint8 RGB at the times in ``frame_times`` (seconds); ``audio``
+    is float32 mono at ``sample_rate``. A clip without video or without an audio track has
+    ``None`` there, and ``absent`` says why.
+    """
+
+    clip_id: str
+    path: Path
+    duration: float
+    frames: "np.ndarray | None" = None
+    frame_times: "np.ndarray | None" = None
+    audio: "np.ndarray | None" = None
+    sample_rate: int = 16000
+    transcript: str | None = None
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Features:
+    """What an encoder returns for one clip.
+
+    ``values`` is ``(dim,)`` for utterance-level encoders and ``(T, dim)`` for frame-level ones,
+    where ``mask`` (``(T,)`` bool) marks the frames that hold a real measurement. When the modality
+    is missing from the clip (no face in any frame, no speech) ``values`` is ``None`` and ``absent``
+    gives the reason: that is a result, not a failure.
+    """
+
+    values: "np.ndarray | None"
+    mask: "np.ndarray | None" = None
+    absent: str | None = None
+
+
+class Encoder(Component):
+    """Turns a decoded clip into the features of one modality.
+
+    ``dim`` is the output width; an encoder whose width depends on its settings (a model path)
+    overrides it as a property. ``weights_identity`` names the exact weights (a file hash, a model
+    id and revision) so that the feature store never mixes features from two models.
+    """
+
+    modality: ClassVar[Modality]
+    level: ClassVar[Level]
+    dim: int
+
+    def weights_identity(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    def encode(self, clip: DecodedClip) -> Features:
+        raise NotImplementedError
+
+
+class Transcriber(Component):
+    """Speech recognition for clips whose labels file carries no transcript."""
+
+    def transcribe(self, clip: DecodedClip) -> str:
+        """The words spoken in ``clip.audio`` ("" when nothing is said)."""
+        raise NotImplementedError
+
+
+# --- reasoners --------------------------------------------------------------------------------
+
+
+class Reasoner(Component):
+    """Writes a modality-separable reasoning trace for one clip (the trace schema is in
+    :mod:`mercli.traces`). ``needs_network`` tells ``mer reason --dry-run`` and ``mer doctor``
+    whether it calls a remote service."""
+
+    needs_network: ClassVar[bool] = False
+
+    def reason(self, clip: DecodedClip, context: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+
+class Loss(Component):
+    """A training objective. ``build`` returns a torch module called as
+    ``module(logits, embeddings, labels)`` that returns a scalar; ``embeddings`` are the
+    L2-normalised projections (only contrastive losses use them)."""
+
+    uses_embeddings: ClassVar[bool] = False
+
+    def build(self, class_counts: Sequence[int]) -> "torch.nn.Module":
+        raise NotImplementedError
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    """One row of a dataset as read, before label mapping: ``label`` is the dataset's own spelling."""
+
+    clip_id: str
+    label: str | None
+    speaker: str | None = None
+    split: str | None = None
+    transcript: str | None = None
+    path: Path | None = None
+
+
+class Dataset(Component):
+    """Reads the labels of one dataset layout (a CSV file, a folder per label, a naming convention).
+
+    ``label_map`` folds the dataset's own label spellings into class names (``ANG`` -> ``angry``);
+    the configuration's label map is applied on top.
+    """
+
+    label_map: ClassVar[Mapping[str, str]] = {}
+
+    def detect(self, source: Path) -> bool:
+        """Whether ``source`` (a file or folder) looks like this layout; used when none is named."""
+        return False
+
+    def read(self, source: Path) -> list[LabelRecord]:
+        raise NotImplementedError

@@ -1,0 +1,66 @@
+"""``mer doctor``: is everything the stages need present on this machine?"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from mercli import plugins
+from mercli.config import Config
+from mercli.contracts import Check
+
+#: Environment variables that carry API keys, by the service that reads them. Only presence is
+#: reported, never the value.
+API_KEYS = {"Gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "OpenAI-compatible": ("OPENAI_API_KEY",)}
+
+
+def check_python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Check("python", sys.version_info >= (3, 10), f"Python {version}")
+
+
+def check_ffmpeg() -> Check:
+    found = shutil.which("ffmpeg")
+    detail = found or "ffmpeg not found on PATH (Debian/Ubuntu: apt-get install ffmpeg)"
+    return Check("ffmpeg", found is not None, detail)
+
+
+def check_torch() -> Check:
+    try:
+        import torch
+    except Exception as error:  # a broken install must be reported, not crash the doctor
+        return Check("torch", False, f"cannot import torch: {error}")
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = "mps"
+    else:
+        device = "cpu"
+    return Check("torch", True, f"torch {torch.__version__}, device {device}")
+
+
+def check_api_keys() -> list[Check]:
+    checks = []
+    for service, variables in API_KEYS.items():
+        present = [v for v in variables if os.environ.get(v)]
+        detail = f"{present[0]} is set" if present else f"none of {', '.join(variables)} is set"
+        checks.append(Check(f"{service} API key", bool(present), detail, required=False))
+    return checks
+
+
+def component_checks(config: Config) -> list[Check]:
+    """What each installed encoder and reasoner says it needs (model files, packages)."""
+    checks = []
+    for stage in ("encoders", "reasoners"):
+        for name, registered in plugins.registry(stage).items():
+            try:
+                found = plugins.build(stage, name, config).checks()
+            except Exception as error:
+                found = [Check(name, False, f"cannot be set up: {type(error).__name__}: {error}")]
+            checks += [Check(f"{stage[:-1]} {name}: {c.name}", c.ok, c.detail, c.required) for c in found]
+    return checks
+
+
+def run_checks(config: Config) -> list[Check]:
+    return [check_python(), check_ffmpeg(), check_torch(), *component_checks(config), *check_api_keys()]

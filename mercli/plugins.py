@@ -1,0 +1,175 @@
+"""The plug-in manager: loads every plug-in of the entry-point group ``mer`` and collects what they
+register, stage by stage.
+
+Built-in plug-ins (``mer_plugins``) are declared in this project's own ``pyproject.toml`` under the
+same entry-point group as third-party ones, so both travel the same path. A plug-in that fails to
+import, fails while registering, or registers a name another plug-in already took is reported as a
+:class:`~mercli.errors.PluginError` that names it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, Generic, TypeVar
+
+import pluggy
+
+from mercli import hookspecs
+from mercli.config import PLUGIN_TABLES, Config
+from mercli.contracts import Component, Dataset, Encoder, Loss, Reasoner, Transcriber
+from mercli.errors import PluginError
+
+ENTRY_POINT_GROUP = "mer"
+
+#: stage name -> (hook name, component base class)
+STAGES: dict[str, tuple[str, type[Component]]] = {
+    "encoders": ("register_encoders", Encoder),
+    "transcribers": ("register_transcribers", Transcriber),
+    "reasoners": ("register_reasoners", Reasoner),
+    "losses": ("register_losses", Loss),
+    "datasets": ("register_datasets", Dataset),
+}
+
+C = TypeVar("C", bound=Component)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a plug-in comes from: its entry-point name and the distribution that ships it."""
+
+    plugin: str
+    package: str
+    package_version: str
+
+
+@dataclass(frozen=True)
+class Registered(Generic[C]):
+    """A component class together with the plug-in that registered it."""
+
+    component: type[C]
+    provenance: Provenance
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+
+@dataclass
+class LoadedPlugins:
+    manager: pluggy.PluginManager
+    provenance: dict[str, Provenance]
+
+    def provenance_of(self, plugin: object) -> Provenance:
+        name = self.manager.get_name(plugin) or repr(plugin)
+        return self.provenance.get(name, Provenance(name, name, "unknown"))
+
+
+@functools.lru_cache(maxsize=None)
+def loaded() -> LoadedPlugins:
+    """Load every entry point of the group ``mer`` once per process."""
+    manager = pluggy.PluginManager("mer")
+    manager.add_hookspecs(hookspecs)
+    provenance: dict[str, Provenance] = {}
+    for dist in metadata.distributions():
+        for entry_point in dist.entry_points:
+            if entry_point.group != ENTRY_POINT_GROUP:
+                continue
+            where = f"plug-in '{entry_point.name}' ({dist.metadata['Name']})"
+            if manager.has_plugin(entry_point.name):
+                raise PluginError(f"{where}: another plug-in is already named '{entry_point.name}'")
+            try:
+                manager.register(entry_point.load(), name=entry_point.name)
+            except Exception as error:  # a broken plug-in must not hide behind a traceback
+                raise PluginError(f"{where} failed to load: {type(error).__name__}: {error}") from error
+            provenance[entry_point.name] = Provenance(entry_point.name, dist.metadata["Name"], dist.version)
+    return LoadedPlugins(manager, provenance)
+
+
+@functools.lru_cache(maxsize=None)
+def registry(stage: str) -> dict[str, Registered]:
+    """Every component registered for ``stage`` (``encoders``, ``reasoners``, ``losses``,
+    ``datasets``), by name, in registration order."""
+    hook_name, base = STAGES[stage]
+    plugins = loaded()
+    found: dict[str, Registered] = {}
+    for implementation in getattr(plugins.manager.hook, hook_name).get_hookimpls():
+        provenance = plugins.provenance_of(implementation.plugin)
+        where = f"plug-in '{provenance.plugin}' ({provenance.package})"
+
+        def register(component: type[Component], where: str = where, provenance=provenance) -> None:
+            if not (isinstance(component, type) and issubclass(component, base)):
+                raise PluginError(f"{where} registered {component!r}, which is not a {base.__name__} subclass")
+            name = getattr(component, "name", None)
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"{where} registered {component.__name__} without a name")
+            if name in found:
+                other = found[name].provenance
+                raise PluginError(
+                    f"{where} registers {stage[:-1]} '{name}', already registered by "
+                    f"plug-in '{other.plugin}' ({other.package})"
+                )
+            found[name] = Registered(component, provenance)
+
+        try:
+            implementation.function(register=register)
+        except PluginError:
+            raise
+        except Exception as error:
+            raise PluginError(f"{where} failed in {hook_name}: {type(error).__name__}: {error}") from error
+    return found
+
+
+def get(stage: str, name: str) -> Registered:
+    """The component registered under ``name``, or a clear error listing the names that exist."""
+    components = registry(stage)
+    if name not in components:
+        available = ", ".join(components) or "none installed"
+        raise PluginError(f"unknown {stage[:-1]} '{name}' (available: {available})")
+    return components[name]
+
+
+def build(stage: str, name: str, config: Config) -> Component:
+    """An instance of the component ``name``, with the settings of its table in the configuration
+    (``[encoder.NAME]`` for an encoder)."""
+    prefix = next(p for p, s in PLUGIN_TABLES.items() if s == stage)
+    return get(stage, name).component(**config.table(f"{prefix}.{name}"))
+
+
+def register_commands(cli: Callable) -> None:
+    """Let plug-ins add subcommands to the ``mer`` group."""
+    loaded().manager.hook.register_commands(cli=cli)
+
+
+def reset() -> None:
+    """Forget what was loaded, so that the next call reloads the entry points (used by tests)."""
+    loaded.cache_clear()
+    registry.cache_clear()
+
+
+def describe(stage: str, registered: Registered) -> dict[str, object]:
+    """What ``mer plugins`` shows of one component: its declared contract and where it comes from."""
+    component = registered.component
+    row: dict[str, object] = {
+        "name": component.name,
+        "version": component.version,
+        "description": component.description,
+        "plugin": registered.provenance.plugin,
+        "package": registered.provenance.package,
+        "package_version": registered.provenance.package_version,
+        "options": [option.name for option in component.options],
+    }
+    if stage == "encoders":
+        dim = getattr(component, "dim", None)  # a property when the width depends on settings
+        row.update(modality=component.modality, level=component.level, dim=dim if isinstance(dim, int) else None)
+    elif stage == "reasoners":
+        row["needs_network"] = component.needs_network
+    elif stage == "losses":
+        row["uses_embeddings"] = component.uses_embeddings
+    return row
+
+
+def inventory() -> dict[str, list[dict[str, object]]]:
+    """Every installed component, by stage."""
+    return {stage: [describe(stage, r) for r in registry(stage).values()] for stage in STAGES}

@@ -1,0 +1,39 @@
+"""Shared fixtures. Real clips and model files come from ../shared beside the checkout; tests that
+need them are skipped, with the reason, where that folder is absent (a clone elsewhere)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mercli import plugins
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (read-only): real labelled clips."""
+    folder = SHARED / "data"
+    if not folder.is_dir():
+        pytest.skip(f"real clips not available: {folder} is missing (it ships beside the checkout only)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """``../shared/models`` (read-only): model files that need no hub."""
+    folder = SHARED / "models"
+    if not folder.is_dir():
+        pytest.skip(f"model files not available: {folder} is missing (it ships beside the checkout only)")
+    return folder
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Reload the entry points before and after a test that changes what is installed."""
+    plugins.reset()
+    yield
+    plugins.reset()
