@@ -133,6 +133,10 @@ class Encoder(Component):
 class Transcriber(Component):
     """Speech recognition for clips whose labels file carries no transcript."""
 
+    def weights_identity(self) -> str:
+        """Names the exact model, so that stored transcripts are reused only for the same one."""
+        return f"{self.name}-{self.version}"
+
     def transcribe(self, clip: DecodedClip) -> str:
         """The words spoken in ``clip.audio`` ("" when nothing is said)."""
         raise NotImplementedError
@@ -189,6 +193,9 @@ class Dataset(Component):
     """
 
     label_map: ClassVar[Mapping[str, str]] = {}
+    #: A layout that any folder of its shape satisfies (folder-per-label): auto-detection asks it
+    #: only after the specific naming conventions.
+    generic: ClassVar[bool] = False
 
     def detect(self, source: Path) -> bool:
         """Whether ``source`` (a file or folder) looks like this layout; used when none is named."""
