@@ -22,11 +22,12 @@ class App:
 
     workspace: Workspace
     config_path: Path
+    config_named: bool = False  # given with -c, so it must exist
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def config(self) -> configuration.Config:
-        return configuration.load(self.config_path, overrides=self.overrides)
+        return configuration.load(self.config_path, overrides=self.overrides, required=self.config_named)
 
     def override(self, settings: dict[str, Any]) -> None:
         """Record command-line options (``{"extract.fps": 4}``); ``None`` means not given."""
@@ -51,7 +52,7 @@ def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, .
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"'{item}' is not KEY=VALUE (for example extract.fps=4)")
-        parsed[key.strip()] = configuration.parse_value(raw.strip())
+        parsed[key.strip()] = configuration.Text(raw.strip())
     return parsed
 
 
@@ -72,11 +73,36 @@ def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, ov
     0 all done, 1 finished but some items failed, 2 usage or configuration error.
     """
     located = Workspace.locate(workspace)
-    ctx.obj = App(located, config_path or located.config_path, dict(overrides))
+    ctx.obj = App(located, config_path or located.config_path, config_path is not None, dict(overrides))
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 pass_app = click.make_pass_decorator(App)
+
+
+@cli.command()
+@click.argument("clips_dir", type=click.Path(path_type=Path))
+@click.option("--labels", type=click.Path(path_type=Path), help="Labels file (its transcripts feed the text encoders).")
+@click.option("--encoders", help="Comma-separated encoder names [default: extract.encoders].")
+@click.option("--fps", type=float, help="Video frames sampled per second [default: extract.fps].")
+@click.option("--workers", type=int, help="Worker processes [default: extract.workers].")
+@click.option("--shard", metavar="K/N", help="Process only shard K of N (SLURM arrays: --shard $((ID+1))/N).")
+@json_option
+@pass_app
+def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None, fps: float | None,
+            workers: int | None, shard: str | None, as_json: bool) -> None:
+    """Turn a folder of clips into feature sets; resumable, parallel and shardable."""
+    from mercli.extract import Shard, extract_folder
+    from mercli.reports import extract_table
+
+    app.override({"extract.fps": fps, "extract.workers": workers,
+                  "extract.encoders": encoders.split(",") if encoders else None})
+    summary = extract_folder(app.config, app.workspace, clips_dir, labels, Shard.parse(shard) if shard else None)
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        stderr.print(extract_table(summary))
+    sys.exit(EXIT_SOME_FAILED if summary.failed else 0)
 
 
 @cli.command(name="plugins")
@@ -115,10 +141,10 @@ def doctor(app: App, as_json: bool) -> None:
 @json_option
 @pass_app
 def init(app: App, force: bool, as_json: bool) -> None:
-    """Write a commented mer.toml into the workspace."""
+    """Write a commented mer.toml into the workspace (or to the file named with -c)."""
     from mercli.atomic import write_text
 
-    target = app.workspace.config_path
+    target = app.config_path
     if target.exists() and not force:
         raise MerError(f"{target} already exists (use --force to overwrite it)")
     write_text(target, configuration.template())

@@ -43,6 +43,8 @@ DEFAULT_LABEL_MAP = {
     "worry": "worried",
 }
 
+DEFAULT_ENCODERS = ["face-landmarks", "fer-expression", "whisper", "egemaps", "text-embedding"]
+
 CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
     "data": (
         Option("classes", list, MER2024_CLASSES, "Class names, in the order the model outputs them."),
@@ -52,7 +54,8 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
     "extract": (
         Option("fps", float, 2.0, "Video frames sampled per second."),
         Option("sample_rate", int, 16000, "Audio sample rate the encoders receive (Hz, mono)."),
-        Option("encoders", list, [], "Encoders to run; empty means every installed default encoder."),
+        Option("encoders", list, DEFAULT_ENCODERS, "Encoders to run (`mer plugins` lists them)."),
+        Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
         Option("workers", int, 1, "Worker processes."),
     ),
 }
@@ -78,23 +81,50 @@ def _type_name(kind: type) -> str:
             float: "a number", str: "a string"}.get(kind, kind.__name__)
 
 
+def _is_kind(value: Any, kind: type) -> bool:
+    """``isinstance`` where ``true`` is not a number and an integer is a valid float."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def _item_kind(default: Any) -> type | None:
+    """The type every item of a list or table option must have: the one type its default's items share."""
+    items = default.values() if isinstance(default, dict) else default if isinstance(default, list) else ()
+    kinds = {type(item) for item in items}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def coerce(option: Option, value: Any, where: str) -> Any:
-    """Check ``value`` against ``option`` and return it in the option's type."""
+    """Check ``value`` against ``option`` (items of lists and tables included, against the items of
+    the default) and return it in the option's type."""
     if value is None and option.default is None:
         return None
-    if option.kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (option.kind is not bool and isinstance(value, bool)) or not isinstance(value, option.kind):
+    if not _is_kind(value, option.kind):
         raise ConfigError(f"{where}: '{option.name}' must be {_type_name(option.kind)}, got {value!r}")
-    return value
+    item_kind = _item_kind(option.default)
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    wrong = next((item for item in items if item_kind is not None and not _is_kind(item, item_kind)), None)
+    if wrong is not None:
+        raise ConfigError(f"{where}: every item of '{option.name}' must be {_type_name(item_kind)}, got {wrong!r}")
+    return float(value) if option.kind is float else value
 
 
-def parse_value(raw: str) -> Any:
-    """Read a value given as text (environment, ``--set``) as TOML, or as a bare string."""
+def parse_value(raw: str, kind: type | None = None) -> Any:
+    """Read a value given as text (environment, ``--set``) as TOML, or as a bare string.
+
+    For a string setting the text is taken as it is unless it is a quoted TOML string, so that
+    ``-s data.dataset=2024`` means the name "2024", not a number.
+    """
     try:
-        return tomllib.loads(f"v = {raw}")["v"]
+        value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+    return raw if kind is str and not isinstance(value, str) else value
+
+
+class Text(str):
+    """A setting given as text on the command line, parsed once its option's type is known."""
 
 
 def line_of(text: str, table: str, key: str | None = None) -> int | None:
@@ -137,15 +167,33 @@ class Config:
         }
 
 
-def _plugin_options(table: str) -> tuple[Option, ...] | None:
-    """The options of the plug-in a table such as ``encoder.whisper`` configures."""
+def _table_options(table: str, where: str) -> tuple[Option, ...]:
+    """The options of a core table, or of the plug-in a table such as ``encoder.whisper``
+    configures; an unknown table or plug-in is an error located at ``where``."""
+    if table in CORE_SECTIONS:
+        return CORE_SECTIONS[table]
     prefix, _, name = table.partition(".")
     if prefix not in PLUGIN_TABLES or not name:
-        return None
+        known = ", ".join([*CORE_SECTIONS, *(f"{p}.NAME" for p in PLUGIN_TABLES)])
+        raise ConfigError(f"{where}: unknown table [{table}] (known: {known})")
     from mercli import plugins  # loads the plug-ins only when a plug-in table is present
 
-    registered = plugins.registry(PLUGIN_TABLES[prefix]).get(name)
-    return None if registered is None else registered.component.options
+    stage = PLUGIN_TABLES[prefix]
+    registered = plugins.registry(stage).get(name)
+    if registered is None:
+        installed = ", ".join(plugins.registry(stage)) or "none"
+        raise ConfigError(f"{where}: [{table}] configures unknown {prefix} '{name}' (installed: {installed})")
+    return registered.component.options
+
+
+def _checked_value(options: tuple[Option, ...], table: str, key: str, value: Any, where: str) -> Any:
+    """``value`` for ``key`` of ``[table]``, checked against the table's options."""
+    by_name = {option.name: option for option in options}
+    if key not in by_name:
+        valid = ", ".join(by_name) or "none"
+        raise ConfigError(f"{where}: unknown key '{key}' in [{table}] (valid: {valid})")
+    option = by_name[key]
+    return coerce(option, parse_value(value, option.kind) if isinstance(value, Text) else value, where)
 
 
 def _flatten_tables(document: Mapping[str, Any]) -> Iterable[tuple[str, Any]]:
@@ -162,49 +210,49 @@ def load(
     path: Path | None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    required: bool = False,
 ) -> Config:
-    """Resolve the configuration from defaults, ``path`` (if it exists), the environment and
-    ``overrides`` (``{"extract.fps": 4}``, from the command line)."""
+    """Resolve the configuration from defaults, ``path`` (if it exists; it must when ``required``),
+    the environment and ``overrides`` (``{"extract.fps": 4}``, from the command line; a
+    :class:`Text` value is parsed according to its setting's type)."""
     environ = os.environ if environ is None else environ
+    if required and (path is None or not path.is_file()):
+        raise ConfigError(f"{path}: no such configuration file")
     tables: dict[str, dict[str, Setting]] = {
         table: {o.name: Setting(o.default, "default") for o in options}
         for table, options in CORE_SECTIONS.items()
     }
-    schemas: dict[str, tuple[Option, ...]] = dict(CORE_SECTIONS)
-
     if path is not None and path.is_file():
-        text = path.read_text(encoding="utf-8")
         try:
+            text = path.read_text(encoding="utf-8")
             document = tomllib.loads(text)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: cannot be read: {error}") from error
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from error
         for table, content in _flatten_tables(document):
-            at = f"{path}:{line_of(text, table) or 1}"
-            options = schemas.get(table) or _plugin_options(table)
-            if options is None or not isinstance(content, dict):
-                raise ConfigError(f"{at}: unknown table [{table}]")
-            schemas[table] = options
-            by_name = {o.name: o for o in options}
+            at = f"{path}:{line_of(text, table) or line_of(text, '', table) or 1}"
+            if not isinstance(content, dict):
+                raise ConfigError(f"{at}: '{table}' must be a table ([{table}] followed by its keys)")
+            options = _table_options(table, at)
             for key, value in content.items():
                 at = f"{path}:{line_of(text, table, key) or line_of(text, table) or 1}"
-                if key not in by_name:
-                    raise ConfigError(f"{at}: unknown key '{key}' in [{table}]")
-                tables.setdefault(table, {})[key] = Setting(coerce(by_name[key], value, at), at)
+                tables.setdefault(table, {})[key] = Setting(_checked_value(options, table, key, value, at), at)
 
     for table, options in CORE_SECTIONS.items():
         for option in options:
             variable = f"{ENV_PREFIX}{table}_{option.name}".upper()
             if variable in environ:
-                value = coerce(option, parse_value(environ[variable]), f"environment {variable}")
+                value = coerce(option, parse_value(environ[variable], option.kind), f"environment {variable}")
                 tables[table][option.name] = Setting(value, f"environment {variable}")
 
     for dotted, value in (overrides or {}).items():
         table, _, key = dotted.rpartition(".")
-        options = schemas.get(table) or _plugin_options(table)
-        by_name = {o.name: o for o in options or ()}
-        if key not in by_name:
-            raise ConfigError(f"command line: unknown setting '{dotted}'")
-        tables.setdefault(table, {})[key] = Setting(coerce(by_name[key], value, "command line"), "command line")
+        where = f"command line ({dotted})"
+        if not table:
+            raise ConfigError(f"{where}: a setting is named TABLE.KEY, for example extract.fps")
+        checked = _checked_value(_table_options(table, where), table, key, value, where)
+        tables.setdefault(table, {})[key] = Setting(checked, "command line")
     return Config(tables, path if path is not None and path.is_file() else None)
 
 
@@ -224,15 +272,19 @@ def toml_value(value: Any) -> str:
 
 
 def template() -> str:
-    """A commented ``mer.toml`` listing every core setting at its default, ready to edit."""
+    """A commented ``mer.toml`` listing every core setting at its default, ready to edit.
+
+    Prose starts with ``##`` and settings with ``# ``, so that uncommenting settings (even all of them
+    at once) leaves a valid file.
+    """
     lines = [
-        "# mer configuration. Every setting is shown at its default; uncomment to change it.",
-        "# Precedence: command line > environment (MER_<TABLE>_<KEY>) > this file > defaults.",
-        "# Plug-ins are configured in tables named after them, e.g. [encoder.whisper] or [loss.bdcl];",
-        "# `mer plugins` lists what is installed.",
+        "## mer configuration. Every setting is shown at its default; uncomment a line to change it.",
+        "## Precedence: command line (-s TABLE.KEY=VALUE) > environment (MER_<TABLE>_<KEY>) > this file > defaults.",
+        "## Plug-ins are configured in tables named after them, e.g. [encoder.whisper] or [loss.bdcl];",
+        "## `mer plugins` lists what is installed and the options each one takes.",
     ]
     for table, options in CORE_SECTIONS.items():
         lines += ["", f"[{table}]"]
         for option in options:
-            lines += [f"# {option.help}", f"# {option.name} = {toml_value(option.default)}"]
+            lines += [f"## {option.help}", f"# {option.name} = {toml_value(option.default)}"]
     return "\n".join(lines) + "\n"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
 
 #: Everything meant for a person goes here, so that stdout stays machine-readable.
 stderr = Console(stderr=True)
@@ -20,4 +24,30 @@ def emit_json(document: Any) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print ``error: MESSAGE`` as one line: messages quoted from elsewhere (a library's exception)
+    may hold line breaks, which are folded into spaces."""
+    one_line = " ".join(message.split())
+    stderr.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
+
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. ``3.2 clips/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} {self.unit}/s" if speed else f"- {self.unit}/s")
+
+
+@contextmanager
+def progress(total: int, description: str, unit: str = "clips") -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr with rate and ETA; yields the function that advances it by one."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)

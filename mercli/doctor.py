@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 
 from mercli import plugins
@@ -21,9 +22,18 @@ def check_python() -> Check:
 
 
 def check_ffmpeg() -> Check:
+    """Present on PATH and able to run: a binary that is there but broken fails here, not mid-run."""
     found = shutil.which("ffmpeg")
-    detail = found or "ffmpeg not found on PATH (Debian/Ubuntu: apt-get install ffmpeg)"
-    return Check("ffmpeg", found is not None, detail)
+    if found is None:
+        return Check("ffmpeg", False, "missing: not found on PATH (Debian/Ubuntu: apt-get install ffmpeg)")
+    try:
+        answer = subprocess.run([found, "-version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as error:
+        return Check("ffmpeg", False, f"{found} does not run: {error}")
+    if answer.returncode != 0:
+        return Check("ffmpeg", False, f"{found} does not run: '-version' exited with status {answer.returncode}")
+    version = " ".join(answer.stdout.split()[:3])  # "ffmpeg version 5.1.6-0+deb12u1"
+    return Check("ffmpeg", True, f"{found} ({version})" if version else found)
 
 
 def check_torch() -> Check:
@@ -57,8 +67,8 @@ def component_checks(config: Config) -> list[Check]:
             try:
                 found = plugins.build(stage, name, config).checks()
             except Exception as error:
-                found = [Check(name, False, f"cannot be set up: {type(error).__name__}: {error}")]
-            checks += [Check(f"{stage[:-1]} {name}: {c.name}", c.ok, c.detail, c.required) for c in found]
+                found = [Check("setup", False, f"cannot be set up: {type(error).__name__}: {error}")]
+            checks += [Check(f"{plugins.SINGULAR[stage]} {name}: {c.name}", c.ok, c.detail, c.required) for c in found]
     return checks
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, TypeVar, get_args
 
 import pluggy
 
 from mercli import hookspecs
 from mercli.config import PLUGIN_TABLES, Config
-from mercli.contracts import Component, Dataset, Encoder, Loss, Reasoner, Transcriber
+from mercli.contracts import MODALITIES, Component, Dataset, Encoder, Level, Loss, Option, Reasoner, Transcriber
 from mercli.errors import PluginError
 
 ENTRY_POINT_GROUP = "mer"
@@ -32,7 +32,12 @@ STAGES: dict[str, tuple[str, type[Component]]] = {
     "datasets": ("register_datasets", Dataset),
 }
 
+#: stage name -> the singular used in messages and as the prefix of its tables (``losses`` -> ``loss``)
+SINGULAR = {stage: prefix for prefix, stage in PLUGIN_TABLES.items()}
+
 C = TypeVar("C", bound=Component)
+
+LEVELS: tuple[str, ...] = get_args(Level)
 
 
 @dataclass(frozen=True)
@@ -68,23 +73,50 @@ class LoadedPlugins:
 
 @functools.lru_cache(maxsize=None)
 def loaded() -> LoadedPlugins:
-    """Load every entry point of the group ``mer`` once per process."""
+    """Load every entry point of the group ``mer`` once per process.
+
+    ``metadata.entry_points`` sees each distribution once even when it is on ``sys.path`` twice (an
+    editable install run from its own checkout also finds ``mer.egg-info``), so a clash here is a
+    real one: two distributions that chose the same plug-in name.
+    """
     manager = pluggy.PluginManager("mer")
     manager.add_hookspecs(hookspecs)
     provenance: dict[str, Provenance] = {}
-    for dist in metadata.distributions():
-        for entry_point in dist.entry_points:
-            if entry_point.group != ENTRY_POINT_GROUP:
-                continue
-            where = f"plug-in '{entry_point.name}' ({dist.metadata['Name']})"
-            if manager.has_plugin(entry_point.name):
-                raise PluginError(f"{where}: another plug-in is already named '{entry_point.name}'")
-            try:
-                manager.register(entry_point.load(), name=entry_point.name)
-            except Exception as error:  # a broken plug-in must not hide behind a traceback
-                raise PluginError(f"{where} failed to load: {type(error).__name__}: {error}") from error
-            provenance[entry_point.name] = Provenance(entry_point.name, dist.metadata["Name"], dist.version)
-    return LoadedPlugins(manager, provenance)
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        package = dist.metadata["Name"] if dist is not None else "unknown distribution"
+        where = f"plug-in '{entry_point.name}' ({package})"
+        if entry_point.name in provenance:
+            other = provenance[entry_point.name].package
+            raise PluginError(f"{where}: the plug-in name '{entry_point.name}' is already taken by {other}")
+        try:
+            manager.register(entry_point.load(), name=entry_point.name)
+        except Exception as error:  # a broken plug-in must not hide behind a traceback
+            raise PluginError(f"{where} failed to load: {type(error).__name__}: {error}") from error
+        provenance[entry_point.name] = Provenance(entry_point.name, package, dist.version if dist else "unknown")
+    plugins = LoadedPlugins(manager, provenance)
+    try:
+        manager.check_pending()  # a misspelt hook would otherwise be ignored without a word
+    except pluggy.PluginValidationError as error:
+        where = plugins.provenance_of(error.plugin)
+        raise PluginError(f"plug-in '{where.plugin}' ({where.package}): {error}") from error
+    return plugins
+
+
+def contract_problem(component: type[Component]) -> str | None:
+    """What a component class lacks of the declarations the core reads before building it
+    (``mer plugins`` shows them, configuration validates against ``options``), or ``None``."""
+    name = getattr(component, "name", None)
+    if not isinstance(name, str) or not name:
+        return "has no name"
+    if not all(isinstance(option, Option) for option in component.options):
+        return "declares options that are not contracts.Option"
+    if issubclass(component, Encoder):
+        if getattr(component, "modality", None) not in MODALITIES:
+            return f"must declare modality as one of {', '.join(MODALITIES)}"
+        if getattr(component, "level", None) not in LEVELS:
+            return f"must declare level as one of {', '.join(LEVELS)}"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,19 +133,20 @@ def registry(stage: str) -> dict[str, Registered]:
         def register(component: type[Component], where: str = where, provenance=provenance) -> None:
             if not (isinstance(component, type) and issubclass(component, base)):
                 raise PluginError(f"{where} registered {component!r}, which is not a {base.__name__} subclass")
-            name = getattr(component, "name", None)
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"{where} registered {component.__name__} without a name")
+            problem = contract_problem(component)
+            if problem:
+                raise PluginError(f"{where} registered {component.__name__}, which {problem}")
+            name = component.name
             if name in found:
                 other = found[name].provenance
                 raise PluginError(
-                    f"{where} registers {stage[:-1]} '{name}', already registered by "
+                    f"{where} registers {SINGULAR[stage]} '{name}', already registered by "
                     f"plug-in '{other.plugin}' ({other.package})"
                 )
             found[name] = Registered(component, provenance)
 
         try:
-            implementation.function(register=register)
+            implementation.function(**{arg: register for arg in implementation.argnames})
         except PluginError:
             raise
         except Exception as error:
@@ -126,15 +159,14 @@ def get(stage: str, name: str) -> Registered:
     components = registry(stage)
     if name not in components:
         available = ", ".join(components) or "none installed"
-        raise PluginError(f"unknown {stage[:-1]} '{name}' (available: {available})")
+        raise PluginError(f"unknown {SINGULAR[stage]} '{name}' (available: {available})")
     return components[name]
 
 
 def build(stage: str, name: str, config: Config) -> Component:
     """An instance of the component ``name``, with the settings of its table in the configuration
     (``[encoder.NAME]`` for an encoder)."""
-    prefix = next(p for p, s in PLUGIN_TABLES.items() if s == stage)
-    return get(stage, name).component(**config.table(f"{prefix}.{name}"))
+    return get(stage, name).component(**config.table(f"{SINGULAR[stage]}.{name}"))
 
 
 def register_commands(cli: Callable) -> None:

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mercli.contracts import Check
+
+if TYPE_CHECKING:
+    from mercli.extract import ExtractSummary
+
+
+def _plain(value: object) -> Text:
+    """A cell shown as it is: names, paths and messages may hold ``[...]``, which is not markup."""
+    return Text(str(value))
+
+
+def _component_details(row: dict[str, Any]) -> str:
+    facts = [f"{key} {row[key]}" for key in ("modality", "level", "dim", "needs_network", "uses_embeddings")
+             if row.get(key) is not None]
+    if row["options"]:
+        facts.append("options: " + ", ".join(row["options"]))
+    return ", ".join(facts) or row["description"]
 
 
 def plugins_table(inventory: dict[str, list[dict[str, Any]]]) -> Table:
@@ -18,12 +36,8 @@ def plugins_table(inventory: dict[str, list[dict[str, Any]]]) -> Table:
         if not rows:
             table.add_row(stage, "[dim](none)[/]", "", "", "")
         for row in rows:
-            details = ", ".join(
-                f"{key} {row[key]}" for key in ("modality", "level", "dim", "needs_network", "uses_embeddings")
-                if key in row and row[key] is not None
-            )
             package = f"{row['package']} {row['package_version']}"
-            table.add_row(stage, row["name"], row["version"], details or row["description"], package)
+            table.add_row(stage, *map(_plain, (row["name"], row["version"], _component_details(row), package)))
     return table
 
 
@@ -33,15 +47,38 @@ def checks_table(checks: Iterable[Check]) -> Table:
         table.add_column(column)
     for check in checks:
         mark = "[green]ok[/]" if check.ok else ("[red]FAIL[/]" if check.required else "[yellow]warn[/]")
-        table.add_row(mark, check.name, check.detail)
+        table.add_row(mark, _plain(check.name), _plain(check.detail))
     return table
 
 
 def config_table(settings: dict[str, dict[str, dict[str, Any]]], workspace: Path, file: Path | None) -> Table:
-    table = Table(title=f"Configuration (workspace {workspace}, file {file or 'none'})")
+    table = Table(title=_plain(f"Configuration (workspace {workspace}, file {file or 'none'})"))
     for column in ("setting", "value", "source"):
         table.add_column(column)
     for section, values in settings.items():
         for key, setting in values.items():
-            table.add_row(f"{section}.{key}", repr(setting["value"]), setting["source"])
+            table.add_row(*map(_plain, (f"{section}.{key}", repr(setting["value"]), setting["source"])))
+    return table
+
+
+def extract_table(summary: "ExtractSummary") -> Table:
+    rate = summary.media_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
+    table = Table(title=f"mer extract: {summary.clips} clips, {rate:.1f} s of media per second")
+    table.add_column("outcome")
+    table.add_column("clips", justify="right")
+    table.add_column("detail")
+    table.add_row("done", str(summary.done), "")
+    table.add_row("skipped", str(summary.skipped), "already stored under the same manifest")
+    reasons: dict[str, int] = {}
+    for failure in summary.failed:
+        reasons[failure["reason"]] = reasons.get(failure["reason"], 0) + 1
+    table.add_row("[red]failed[/]" if summary.failed else "failed", str(len(summary.failed)), "")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        table.add_row("", str(count), escape(reason))
+    for modality, counts in sorted(summary.absent.items()):
+        for reason, count in counts.items():
+            table.add_row(f"no {modality}", str(count), escape(reason))
+    for feature_set in summary.feature_sets:
+        table.add_row("feature set", "", f"{feature_set['path']} ({feature_set['modality']}, "
+                      f"{feature_set['level']}, dim {feature_set['dim']})")
     return table

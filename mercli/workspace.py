@@ -1,7 +1,8 @@
 """The workspace: the folder every stage reads from and writes to.
 
-Layout: ``mer.toml`` (optional), ``features/`` (one folder per feature set), ``reasoning/`` (one
-folder per reasoner and model), ``runs/`` (one folder per training run).
+Layout: ``mer.toml`` (optional), ``features/`` (one folder per feature set), ``transcripts/``
+(speech recognised by the extract stage), ``reasoning/`` (one folder per reasoner and model),
+``runs/`` (one folder per training run).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Workspace:
     @property
     def reasoning(self) -> Path:
         return self.root / "reasoning"
+
+    @property
+    def transcripts(self) -> Path:
+        return self.root / "transcripts"
 
     @property
     def runs(self) -> Path:

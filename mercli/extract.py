@@ -1,0 +1,338 @@
+"""The extract stage: every clip of a folder through every selected encoder, into feature sets.
+
+One clip is decoded once and then passed to each encoder whose feature set does not already hold a
+valid result for it, so a re-run only does what is missing. A clip that cannot be decoded, or an
+encoder that fails on it, is recorded as a failure and the batch goes on; a modality the clip lacks
+(no audio track, no face, no speech) is recorded as absent, which is a result, not a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+from mercli import plugins
+from mercli.clips import Clip
+from mercli.config import Config
+from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
+from mercli.errors import ConfigError, MerError
+from mercli.failures import FailureLog
+from mercli.features import FeatureSet, Manifest
+from mercli.transcripts import TranscriptStore
+from mercli.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``: clips are split by a hash of their id, so machines
+    that list the same folder agree on the split without talking to each other."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Shard":
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard '{text}': expected K/N, for example 2/8") from None
+        if not 1 <= index <= count:
+            raise ConfigError(f"--shard '{text}': K must be between 1 and N")
+        return cls(index, count)
+
+    def holds(self, clip_id: str) -> bool:
+        digest = hashlib.sha1(clip_id.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index - 1
+
+
+@dataclass
+class ClipOutcome:
+    """What happened to one clip: ``done`` (something was computed), ``skipped`` (all was already
+    stored) or ``failed`` (decoding or at least one encoder failed; the rest is still stored)."""
+
+    clip_id: str
+    status: Literal["done", "skipped", "failed"]
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+    absent: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """Everything a worker process needs to rebuild the encoders and open the feature sets."""
+
+    config: Config
+    features_root: Path
+    transcripts_root: Path
+    manifests: dict[str, Manifest]  # encoder name -> manifest of its feature set
+    label_transcripts: dict[str, str]
+    transcriber: str | None
+
+
+def select_encoders(config: Config, names: list[str] | None = None) -> list[Encoder]:
+    """Build the encoders named in ``names`` (default: ``extract.encoders``), each once."""
+    chosen = names or config.get("extract", "encoders")
+    if not chosen:
+        raise ConfigError("no encoders selected (extract.encoders is empty)")
+    duplicates = {n for n in chosen if chosen.count(n) > 1}
+    if duplicates:
+        raise ConfigError(f"encoder(s) selected twice: {', '.join(sorted(duplicates))}")
+    return [plugins.build("encoders", name, config) for name in chosen]
+
+
+def manifest_for(encoder: Encoder, config: Config, transcriber: Transcriber | None) -> Manifest:
+    """The identity of what ``encoder`` writes under this configuration: its settings plus the
+    extraction settings its output depends on."""
+    provenance = plugins.get("encoders", encoder.name).provenance
+    settings = dict(encoder.settings)
+    if encoder.modality == "visual":
+        settings["fps"] = config.get("extract", "fps")
+    if encoder.modality == "audio":
+        settings["sample_rate"] = config.get("extract", "sample_rate")
+    if encoder.modality == "text" and transcriber is not None:
+        settings["transcriber"] = f"{transcriber.name}:{transcriber.weights_identity()}"
+    return Manifest(
+        encoder=encoder.name,
+        encoder_version=encoder.version,
+        package=provenance.package,
+        package_version=provenance.package_version,
+        weights=encoder.weights_identity(),
+        settings=settings,
+        modality=encoder.modality,
+        dim=encoder.dim,
+        level=encoder.level,
+    )
+
+
+def prepare(config: Config, features_root: Path, transcripts_root: Path, label_transcripts: dict[str, str],
+            encoder_names: list[str] | None = None) -> ExtractJob:
+    """Build the encoders once to learn their identities, and create their feature sets."""
+    encoders = select_encoders(config, encoder_names)
+    needs_text = any(e.modality == "text" for e in encoders)
+    transcriber_name = config.get("extract", "transcriber") if needs_text else None
+    transcriber = plugins.build("transcribers", transcriber_name, config) if transcriber_name else None
+    manifests = {e.name: manifest_for(e, config, transcriber) for e in encoders}
+    for manifest in manifests.values():
+        FeatureSet.open(features_root, manifest)
+    return ExtractJob(config, features_root, transcripts_root, manifests, label_transcripts, transcriber_name)
+
+
+class ClipExtractor:
+    """Holds the loaded encoders of one process and extracts one clip at a time."""
+
+    def __init__(self, job: ExtractJob) -> None:
+        self.job = job
+        self.encoders = select_encoders(job.config, list(job.manifests))
+        self.sets = {name: FeatureSet.open(job.features_root, m) for name, m in job.manifests.items()}
+        self.transcriber = (
+            plugins.build("transcribers", job.transcriber, job.config) if job.transcriber else None
+        )
+        self.transcripts = TranscriptStore(job.transcripts_root)
+        self.failures = FailureLog(job.features_root)
+
+    def __call__(self, clip: Clip) -> ClipOutcome:
+        pending = [e for e in self.encoders if self.sets[e.name].status(clip.clip_id) is None]
+        if not pending:
+            return ClipOutcome(clip.clip_id, "skipped")
+        try:
+            return self._extract(clip, pending)
+        except Exception as error:  # whatever goes wrong with one clip, the batch goes on
+            reason = error if isinstance(error, MerError) else f"{type(error).__name__}: {error}"
+            self.failures.record(clip.clip_id, str(reason), path=str(clip.path), stage="extract")
+            return ClipOutcome(clip.clip_id, "failed", failures=[str(reason)])
+
+    def _extract(self, clip: Clip, pending: list[Encoder]) -> ClipOutcome:
+        from mercli import media
+
+        modalities = {e.modality for e in pending}
+        decoded = media.decode(
+            clip.path,
+            clip.clip_id,
+            fps=self.job.config.get("extract", "fps"),
+            sample_rate=self.job.config.get("extract", "sample_rate"),
+            video="visual" in modalities,
+            audio=bool(modalities & {"audio", "text"}),
+        )
+        outcome = ClipOutcome(clip.clip_id, "done", seconds=decoded.duration)
+        if "text" in modalities:
+            try:
+                decoded.transcript = self._transcript(decoded)
+            except Exception as error:  # costs this clip its text features, nothing else
+                outcome.failures.append(f"transcriber {self.job.transcriber}: {type(error).__name__}: {error}")
+                pending = [e for e in pending if e.modality != "text"]
+        for encoder in pending:
+            self._encode(encoder, decoded, outcome)
+        if outcome.failures:
+            outcome.status = "failed"
+            self.failures.record(clip.clip_id, "; ".join(outcome.failures), path=str(clip.path), stage="encode")
+        else:
+            self.failures.clear(clip.clip_id)
+        return outcome
+
+    def _transcript(self, clip: DecodedClip) -> str | None:
+        """The labels file's transcript, else a stored one, else speech recognition."""
+        if clip.clip_id in self.job.label_transcripts:
+            return self.job.label_transcripts[clip.clip_id]
+        if self.transcriber is None or "audio" in clip.absent:
+            return None
+        source = f"{self.transcriber.name}:{self.transcriber.weights_identity()}"
+        stored = self.transcripts.read(clip.clip_id, source)
+        if stored is None:
+            stored = self.transcriber.transcribe(clip)
+            self.transcripts.write(clip.clip_id, source, stored)
+        return stored
+
+    def _encode(self, encoder: Encoder, clip: DecodedClip, outcome: ClipOutcome) -> None:
+        store = self.sets[encoder.name]
+        reason = absence(encoder, clip)
+        if reason is None:
+            try:
+                features = encoder.encode(clip)
+                check_shape(encoder, features)
+            except Exception as error:  # one encoder failing must not cost the clip its other features
+                outcome.failures.append(f"encoder {encoder.name}: {type(error).__name__}: {error}")
+                return
+        else:
+            features = Features(values=None, absent=reason)
+        if features.absent:
+            outcome.absent.setdefault(encoder.modality, features.absent)
+        store.write(clip.clip_id, features)
+
+
+def absence(encoder: Encoder, clip: DecodedClip) -> str | None:
+    """Why ``clip`` has nothing for this encoder's modality, before the encoder even looks."""
+    if encoder.modality == "text":
+        if clip.transcript is None:
+            return clip.absent.get("audio", "no transcript")
+        return "no speech" if not clip.transcript.strip() else None
+    return clip.absent.get(encoder.modality)
+
+
+def check_shape(encoder: Encoder, features: Features) -> None:
+    """Refuse output that does not match what the encoder declared, before it reaches the store."""
+    if features.values is None:
+        if not features.absent:
+            raise ValueError("returned no values and no reason for their absence")
+        return
+    expected = 1 if encoder.level == "utterance" else 2
+    shape = tuple(features.values.shape)
+    if len(shape) != expected or shape[-1] != encoder.dim:
+        raise ValueError(f"returned shape {shape}, declared {encoder.level}-level dim {encoder.dim}")
+
+
+_worker: ClipExtractor | None = None
+
+
+def _start_worker(job: ExtractJob, threads: int) -> None:
+    global _worker
+    import torch
+
+    torch.set_num_threads(threads)
+    _worker = ClipExtractor(job)
+
+
+def _run_in_worker(clip: Clip) -> ClipOutcome:
+    assert _worker is not None, "worker not initialised"
+    return _worker(clip)
+
+
+def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
+    """Extract ``clips``, yielding each outcome as it completes (in-process when ``workers`` is 1)."""
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers == 1:
+        extractor = ClipExtractor(job)
+        for clip in clips:
+            yield extractor(clip)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(job, threads)) as pool:
+        futures = {pool.submit(_run_in_worker, clip): clip for clip in clips}
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+@dataclass
+class ExtractSummary:
+    """The outcome of one ``mer extract``: what ``--json`` prints and the summary table shows."""
+
+    clips: int
+    done: int = 0
+    skipped: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    absent: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> reason -> clips
+    media_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    feature_sets: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, outcome: ClipOutcome) -> None:
+        if outcome.status == "skipped":
+            self.skipped += 1
+        elif outcome.status == "failed":
+            self.failed.append({"clip": outcome.clip_id, "reason": "; ".join(outcome.failures)})
+        else:
+            self.done += 1
+        self.media_seconds += outcome.seconds
+        for modality, reason in outcome.absent.items():
+            counts = self.absent.setdefault(modality, {})
+            counts[reason] = counts.get(reason, 0) + 1
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "clips": self.clips,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "absent": self.absent,
+            "feature_sets": self.feature_sets,
+        }
+
+
+def extract_clips(
+    clips: list[Clip],
+    config: Config,
+    workspace: Workspace,
+    label_transcripts: dict[str, str],
+    encoder_names: list[str] | None = None,
+    workers: int = 1,
+    observe: Callable[[ClipOutcome], None] = lambda outcome: None,
+) -> ExtractSummary:
+    """Run the extract stage over ``clips``, calling ``observe`` after each clip (progress)."""
+    job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
+    summary = ExtractSummary(clips=len(clips))
+    started = time.perf_counter()
+    for outcome in run(job, clips, workers):
+        summary.add(outcome)
+        observe(outcome)
+    summary.wall_seconds = time.perf_counter() - started
+    summary.feature_sets = [
+        {"name": s.name, "modality": m.modality, "dim": m.dim, "level": m.level, "path": str(s.path)}
+        for m in job.manifests.values()
+        for s in [FeatureSet.open(workspace.features, m)]
+    ]
+    return summary
+
+
+def extract_folder(config: Config, workspace: Workspace, clips_dir: Path, labels: Path | None,
+                   shard: Shard | None) -> ExtractSummary:
+    """``mer extract``: discover the clips, read the labels' transcripts, extract with a progress bar."""
+    from mercli.clips import discover
+    from mercli.console import progress
+    from mercli.labels import read_labels
+
+    clips = [c for c in discover(clips_dir) if shard is None or shard.holds(c.clip_id)]
+    transcripts = {r.clip_id: r.transcript for r in read_labels(labels, config) if r.transcript} if labels else {}
+    with progress(len(clips), "extract") as advance:
+        return extract_clips(clips, config, workspace, transcripts, workers=config.get("extract", "workers"),
+                             observe=lambda outcome: advance())
