@@ -9,6 +9,7 @@ encoder that fails on it, is recorded as a failure and the batch goes on; a moda
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -86,6 +87,13 @@ def select_encoders(config: Config, names: list[str] | None = None) -> list[Enco
     return [plugins.build("encoders", name, config) for name in chosen]
 
 
+def transcriber_identity(transcriber: Transcriber) -> str:
+    """Names the recogniser, its weights and its settings: a transcript made under another
+    identity is made again, and text features built on it go to another feature set."""
+    settings = json.dumps(transcriber.settings, sort_keys=True, default=str)
+    return f"{transcriber.name}:{transcriber.weights_identity()}:{settings}"
+
+
 def manifest_for(encoder: Encoder, config: Config, transcriber: Transcriber | None) -> Manifest:
     """The identity of what ``encoder`` writes under this configuration: its settings plus the
     extraction settings its output depends on."""
@@ -96,7 +104,7 @@ def manifest_for(encoder: Encoder, config: Config, transcriber: Transcriber | No
     if encoder.modality == "audio":
         settings["sample_rate"] = config.get("extract", "sample_rate")
     if encoder.modality == "text" and transcriber is not None:
-        settings["transcriber"] = f"{transcriber.name}:{transcriber.weights_identity()}"
+        settings["transcriber"] = transcriber_identity(transcriber)
     return Manifest(
         encoder=encoder.name,
         encoder_version=encoder.version,
@@ -181,7 +189,7 @@ class ClipExtractor:
             return self.job.label_transcripts[clip.clip_id]
         if self.transcriber is None or "audio" in clip.absent:
             return None
-        source = f"{self.transcriber.name}:{self.transcriber.weights_identity()}"
+        source = transcriber_identity(self.transcriber)
         stored = self.transcripts.read(clip.clip_id, source)
         if stored is None:
             stored = self.transcriber.transcribe(clip)

