@@ -79,7 +79,8 @@ class DecodedClip:
 
     ``frames`` is ``(T, H, W, 3)`` uint8 RGB at the times in ``frame_times`` (seconds); ``audio``
     is float32 mono at ``sample_rate``. A clip without video or without an audio track has
-    ``None`` there, and ``absent`` says why (``{"audio": "no audio track"}``). ``derived`` holds
+    ``None`` there, and ``absent`` says why (``{"audio": "no audio track"}``). A damaged file keeps
+    what could be decoded, and ``partial`` says what was lost. ``derived`` holds
     intermediate results that several encoders of one family share for this clip (a face track, say),
     keyed by whoever computed them, so that the work is done once per clip.
     """
@@ -93,6 +94,7 @@ class DecodedClip:
     sample_rate: int = 16000
     transcript: str | None = None
     absent: dict[str, str] = field(default_factory=dict)
+    partial: str | None = None
     derived: dict[str, Any] = field(default_factory=dict)
 
 

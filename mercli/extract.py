@@ -62,6 +62,7 @@ class ClipOutcome:
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
     absent: dict[str, str] = field(default_factory=dict)
+    partial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class ClipExtractor:
             video="visual" in modalities,
             audio=bool(modalities & {"audio", "text"}),
         )
-        outcome = ClipOutcome(clip.clip_id, "done", seconds=decoded.duration)
+        outcome = ClipOutcome(clip.clip_id, "done", seconds=decoded.duration, partial=decoded.partial)
         if "text" in modalities:
             try:
                 decoded.transcript = self._transcript(decoded)
@@ -280,6 +281,7 @@ class ExtractSummary:
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     absent: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> reason -> clips
+    partial: list[dict[str, str]] = field(default_factory=list)
     media_seconds: float = 0.0
     wall_seconds: float = 0.0
     feature_sets: list[dict[str, object]] = field(default_factory=list)
@@ -292,6 +294,8 @@ class ExtractSummary:
         else:
             self.done += 1
         self.media_seconds += outcome.seconds
+        if outcome.partial:
+            self.partial.append({"clip": outcome.clip_id, "reason": outcome.partial})
         for modality, reason in outcome.absent.items():
             counts = self.absent.setdefault(modality, {})
             counts[reason] = counts.get(reason, 0) + 1
@@ -303,6 +307,7 @@ class ExtractSummary:
             "skipped": self.skipped,
             "failed": self.failed,
             "absent": self.absent,
+            "partial": self.partial,
             "feature_sets": self.feature_sets,
         }
 

@@ -75,6 +75,8 @@ def extract_table(summary: "ExtractSummary") -> Table:
     table.add_row("[red]failed[/]" if summary.failed else "failed", str(len(summary.failed)), "")
     for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
         table.add_row("", str(count), escape(reason))
+    for partial in summary.partial:
+        table.add_row("partly decoded", "1", escape(f"{partial['clip']}: {partial['reason']}"))
     for modality, counts in sorted(summary.absent.items()):
         for reason, count in counts.items():
             table.add_row(f"no {modality}", str(count), escape(reason))

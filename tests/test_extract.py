@@ -1,0 +1,275 @@
+"""The extract stage's bookkeeping — resume, failures, absences, shards, interruption — with small
+encoders defined here, on synthetic clips made with PyAV. The real encoders on real clips are in
+tests/test_extract_real.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mercli import plugins
+from mercli.cli import cli
+from mercli.clips import discover
+from mercli.config import load
+from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
+from mercli.extract import Shard, extract_clips
+from mercli.features import list_feature_sets
+from mercli.hookspecs import hookimpl
+from mercli.workspace import Workspace
+
+av = pytest.importorskip("av")
+
+
+class MeanColour(Encoder):
+    name = "test-colour"
+    version = "1"
+    modality = "visual"
+    level = "utterance"
+    dim = 3
+
+    def encode(self, clip: DecodedClip) -> Features:
+        return Features(clip.frames.reshape(-1, 3).mean(axis=0).astype(np.float32))
+
+
+class Loudness(Encoder):
+    name = "test-loudness"
+    version = "1"
+    modality = "audio"
+    level = "frame"
+    dim = 1
+    calls: list[str] = []
+
+    def encode(self, clip: DecodedClip) -> Features:
+        Loudness.calls.append(clip.clip_id)
+        if "boom" in clip.clip_id:
+            raise RuntimeError("exploded on purpose")
+        frames = clip.audio[: len(clip.audio) // 1600 * 1600].reshape(-1, 1600)
+        rms = np.sqrt((frames**2).mean(axis=1, keepdims=True)).astype(np.float32)
+        return Features(rms, mask=np.ones(len(rms), dtype=bool))
+
+
+class WordCount(Encoder):
+    name = "test-words"
+    version = "1"
+    modality = "text"
+    level = "utterance"
+    dim = 1
+
+    def encode(self, clip: DecodedClip) -> Features:
+        return Features(np.array([len(clip.transcript.split())], dtype=np.float32))
+
+
+class FixedWords(Transcriber):
+    name = "test-asr"
+    heard: list[str] = []
+
+    def transcribe(self, clip: DecodedClip) -> str:
+        FixedWords.heard.append(clip.clip_id)
+        return "words from the recogniser"
+
+
+class TestPlugin:
+    @hookimpl
+    def register_encoders(self, register):
+        for encoder in (MeanColour, Loudness, WordCount):
+            register(encoder)
+
+    @hookimpl
+    def register_transcribers(self, register):
+        register(FixedWords)
+
+
+@pytest.fixture
+def test_encoders(fresh_plugins):
+    plugins.loaded().manager.register(TestPlugin(), name="test-extract")
+    Loudness.calls.clear()
+    FixedWords.heard.clear()
+    yield
+
+
+def write_clip(path: Path, seconds: float = 1.0, video: bool = True, audio: bool = True, colour=(200, 30, 30)) -> Path:
+    """A small real media file: a flat-colour video and/or a 440 Hz tone."""
+    with av.open(str(path), "w") as container:
+        vstream = astream = None
+        if video:
+            vstream = container.add_stream("mpeg4", rate=10)
+            vstream.width, vstream.height, vstream.pix_fmt = 64, 48, "yuv420p"
+        if audio:
+            astream = container.add_stream("aac" if path.suffix != ".wav" else "pcm_s16le", rate=16000)
+            astream.layout = "mono"
+        if vstream is not None:
+            image = np.zeros((48, 64, 3), dtype=np.uint8) + np.array(colour, dtype=np.uint8)
+            for index in range(int(seconds * 10)):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = index
+                container.mux(vstream.encode(frame))
+            container.mux(vstream.encode())
+        if astream is not None:
+            t = np.arange(int(seconds * 16000)) / 16000
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, len(tone), 1024):
+                chunk = tone[start:start + 1024][None, :]
+                frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
+                frame.sample_rate, frame.pts, frame.time_base = 16000, start, Fraction(1, 16000)
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode())
+    return path
+
+
+@pytest.fixture
+def clips_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_clip(folder / "a_talk.mp4")
+    write_clip(folder / "b_boom.mp4")
+    write_clip(folder / "c_mute.mp4", audio=False)
+    write_clip(folder / "d_voice.wav", video=False)
+    (folder / "e_empty.mp4").write_bytes(b"")
+    (folder / "f_text.mp4").write_text("not a video\n")
+    return folder
+
+
+ENCODERS = ["test-colour", "test-loudness", "test-words"]
+
+
+def run_extract(workspace: Workspace, folder: Path, transcripts=None, **settings):
+    overrides = {"extract.encoders": ENCODERS, "extract.transcriber": "test-asr", **settings}
+    config = load(None, environ={}, overrides=overrides)
+    return extract_clips(discover(folder), config, workspace, transcripts or {})
+
+
+def test_first_run_stores_results_absences_and_failures(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    summary = run_extract(workspace, clips_dir)
+
+    assert summary.clips == 6 and summary.done == 3 and summary.skipped == 0
+    failed = {f["clip"]: f["reason"] for f in summary.failed}
+    assert set(failed) == {"b_boom", "e_empty", "f_text"}
+    assert "exploded on purpose" in failed["b_boom"]
+    assert "cannot decode" in failed["e_empty"] and "e_empty.mp4" in failed["e_empty"]
+    assert summary.absent["audio"] == {"no audio track": 1}
+    assert summary.absent["visual"] == {"audio-only file": 1}
+
+    sets = {s.manifest.encoder: s for s in list_feature_sets(workspace.features)}
+    assert set(sets) == set(ENCODERS)
+    colour = sets["test-colour"]
+    assert colour.status("a_talk") == "done" and colour.status("d_voice") == "absent"
+    assert np.allclose(colour.read("a_talk").values, [200, 30, 30], atol=12)
+    loudness = sets["test-loudness"]
+    assert loudness.status("c_mute") == "absent" and loudness.status("b_boom") is None
+    assert sets["test-colour"].status("b_boom") == "done", "one encoder failing keeps the others' features"
+    assert sets["test-words"].read("a_talk").values.tolist() == [4.0]
+    assert sets["test-words"].status("c_mute") == "absent"
+    failures = sorted(p.stem for p in (workspace.features / "_failures").glob("*.json"))
+    assert failures == ["b_boom", "e_empty", "f_text"]
+
+
+def test_rerun_redoes_only_what_is_missing(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    run_extract(workspace, clips_dir)
+    Loudness.calls.clear()
+    FixedWords.heard.clear()
+
+    summary = run_extract(workspace, clips_dir)
+
+    assert summary.skipped == 3
+    assert Loudness.calls == ["b_boom"], "only the failed encoder of the failed clip runs again"
+    assert FixedWords.heard == [], "transcripts are kept between runs"
+    assert {f["clip"] for f in summary.failed} == {"b_boom", "e_empty", "f_text"}
+
+
+def test_changed_setting_makes_a_new_set_and_keeps_the_others(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    run_extract(workspace, clips_dir)
+    summary = run_extract(workspace, clips_dir, **{"extract.fps": 5.0})
+
+    names = sorted(s.name for s in list_feature_sets(workspace.features))
+    assert len([n for n in names if n.startswith("test-colour-")]) == 2
+    assert len([n for n in names if n.startswith("test-loudness-")]) == 1
+    assert summary.done == 3, "the clips are done again for the new visual set only"
+
+
+def test_transcripts_from_labels_replace_speech_recognition(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    run_extract(workspace, clips_dir, transcripts={"a_talk": "one two", "d_voice": ""})
+    words = next(s for s in list_feature_sets(workspace.features) if s.manifest.encoder == "test-words")
+    assert words.read("a_talk").values.tolist() == [2.0]
+    assert words.read("d_voice").absent == "no speech"
+    assert "a_talk" not in FixedWords.heard and "d_voice" not in FixedWords.heard
+
+
+def test_shards_split_the_clips_without_overlap():
+    ids = [f"clip{i:03d}" for i in range(200)]
+    shards = [Shard.parse(f"{k}/4") for k in range(1, 5)]
+    held = [[i for i in ids if shard.holds(i)] for shard in shards]
+    assert sorted(sum(held, [])) == ids
+    assert all(30 < len(h) < 70 for h in held)
+
+
+@pytest.mark.parametrize("text", ["0/4", "5/4", "x/4", "2", "1/0"])
+def test_bad_shard_is_a_usage_error(text):
+    from mercli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--shard"):
+        Shard.parse(text)
+
+
+def test_interrupted_run_leaves_no_partial_file_and_resumes(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    config = load(None, environ={}, overrides={"extract.encoders": ENCODERS, "extract.transcriber": "test-asr"})
+    seen = []
+
+    def interrupt(outcome):
+        seen.append(outcome.clip_id)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_clips(discover(clips_dir), config, workspace, {}, observe=interrupt)
+    assert not [p for p in workspace.root.rglob("*") if p.name.endswith(".part")]
+
+    summary = run_extract(workspace, clips_dir)
+    assert summary.skipped == 1 and summary.done == 2  # a_talk was complete; b_boom failed before
+
+
+def test_cli_json_summary_and_exit_status(test_encoders, clips_dir, tmp_path):
+    workspace = tmp_path / "ws"
+    result = CliRunner().invoke(cli, [
+        "-w", str(workspace), "-s", f"extract.encoders={json.dumps(ENCODERS)}", "-s", 'extract.transcriber="test-asr"',
+        "extract", str(clips_dir), "--json",
+    ])
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert document["clips"] == 6 and document["done"] == 3
+    assert {f["clip"] for f in document["failed"]} == {"b_boom", "e_empty", "f_text"}
+    assert {s["modality"] for s in document["feature_sets"]} == {"visual", "audio", "text"}
+    for feature_set in document["feature_sets"]:
+        assert (Path(feature_set["path"]) / "manifest.json").is_file()
+
+
+def test_missing_clips_folder_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(cli, ["-w", str(tmp_path), "extract", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert "nowhere" in result.output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="worker processes are tested on Linux")
+def test_two_workers_give_the_same_features_as_one(clips_dir, tmp_path):
+    """Worker processes load plug-ins from entry points, so this uses a built-in encoder."""
+    pytest.importorskip("opensmile")
+    results = {}
+    for workers in (1, 2):
+        workspace = Workspace(tmp_path / f"ws{workers}")
+        config = load(None, environ={}, overrides={"extract.encoders": ["egemaps"], "extract.workers": workers})
+        summary = extract_clips(discover(clips_dir), config, workspace, {}, workers=workers)
+        assert summary.done == 4 and len(summary.failed) == 2
+        (feature_set,) = list_feature_sets(workspace.features)
+        results[workers] = {c: feature_set.read(c).values for c in ("a_talk", "b_boom", "d_voice")}
+    for clip, values in results[1].items():
+        assert np.allclose(values, results[2][clip], atol=1e-5), clip
