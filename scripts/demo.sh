@@ -24,5 +24,5 @@ TOML
 "$mer" -w "$WORKSPACE" doctor   # exits 1, and stops the demo, when a required piece is missing
 "$mer" -w "$WORKSPACE" plugins
 
-# ---- PIPELINE: the stages on the sample clips (added with the stage issues) --------------------
-# ------------------------------------------------------------------------------------------------
+# ---- PIPELINE: the stages on the sample clips (reason, train, eval and predict follow with their issues)
+"$mer" -w "$WORKSPACE" extract "$CLIPS" --labels "$CLIPS/labels.csv"
