@@ -12,7 +12,7 @@ import click
 
 from mercli import __version__, config as configuration
 from mercli.console import emit_json, error, stderr
-from mercli.errors import EXIT_SOME_FAILED, EXIT_USAGE, MerError
+from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, MerError
 from mercli.workspace import Workspace
 
 
@@ -36,7 +36,8 @@ class App:
 
 
 class MerGroup(click.Group):
-    """Turns a :class:`MerError` into one line on stderr and its exit status."""
+    """Turns a :class:`MerError` into one line on stderr and its exit status, and Ctrl-C into a
+    short note (every stage writes atomically, so running it again resumes)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -44,6 +45,9 @@ class MerGroup(click.Group):
         except MerError as problem:
             error(str(problem))
             sys.exit(problem.exit_code)
+        except KeyboardInterrupt:
+            error("interrupted; what was finished is kept, and running the same command again resumes")
+            sys.exit(EXIT_INTERRUPTED)
 
 
 def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:

@@ -60,9 +60,9 @@ def check_api_keys() -> list[Check]:
 
 
 def component_checks(config: Config) -> list[Check]:
-    """What each installed encoder and reasoner says it needs (model files, packages)."""
+    """What each installed encoder, transcriber and reasoner says it needs (model files, packages)."""
     checks = []
-    for stage in ("encoders", "reasoners"):
+    for stage in ("encoders", "transcribers", "reasoners"):
         for name, registered in plugins.registry(stage).items():
             try:
                 found = plugins.build(stage, name, config).checks()
