@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -251,14 +254,40 @@ def _run_in_worker(clip: Clip) -> ClipOutcome:
     return _worker(clip)
 
 
+@contextmanager
+def noticing_ctrl_c() -> Iterator[Callable[[], bool]]:
+    """Remember that Ctrl-C was pressed. Some libraries turn the interrupt, when it lands in their
+    native code, into an ordinary error, which the per-clip handling would record as a failure
+    and go on from; with this the run stops all the same."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal pressed
+        pressed = True
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
     """Extract ``clips``, yielding each outcome as it completes (in-process when ``workers`` is 1)."""
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     if workers == 1:
         extractor = ClipExtractor(job)
-        for clip in clips:
-            yield extractor(clip)
+        with noticing_ctrl_c() as pressed:
+            for clip in clips:
+                outcome = extractor(clip)
+                if pressed():
+                    raise KeyboardInterrupt
+                yield outcome
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,

@@ -65,6 +65,27 @@ class WordCount(Encoder):
         return Features(np.array([len(clip.transcript.split())], dtype=np.float32))
 
 
+class SwallowsCtrlC(Encoder):
+    """Like a library whose native code turns an interrupt into an ordinary error."""
+
+    name = "test-swallow"
+    modality = "audio"
+    level = "utterance"
+    dim = 1
+
+    def encode(self, clip: DecodedClip) -> Features:
+        import os
+        import signal
+        import time
+
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise RuntimeError("interrupted in native code") from None
+        return Features(np.zeros(1, dtype=np.float32))
+
+
 class FixedWords(Transcriber):
     name = "test-asr"
     heard: list[str] = []
@@ -77,7 +98,7 @@ class FixedWords(Transcriber):
 class TestPlugin:
     @hookimpl
     def register_encoders(self, register):
-        for encoder in (MeanColour, Loudness, WordCount):
+        for encoder in (MeanColour, Loudness, WordCount, SwallowsCtrlC):
             register(encoder)
 
     @hookimpl
@@ -306,3 +327,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_run_resumes(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     summary = json.loads(again.stdout)
     assert again.returncode == 0 and summary["skipped"] == stored and summary["done"] == 40 - stored
+
+
+def test_ctrl_c_turned_into_an_error_by_a_library_still_stops_the_run(test_encoders, clips_dir, tmp_path):
+    config = load(None, environ={}, overrides={"extract.encoders": ["test-swallow"]})
+    with pytest.raises(KeyboardInterrupt):
+        extract_clips(discover(clips_dir), config, Workspace(tmp_path / "ws"), {})
