@@ -109,6 +109,41 @@ def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None
     sys.exit(EXIT_SOME_FAILED if summary.failed else 0)
 
 
+@cli.command()
+@click.option("--labels", type=click.Path(path_type=Path), required=True, help="Labels file with the training clips.")
+@click.option("--loss", help="Training loss, e.g. ce, bcl, bdcl [default: train.loss].")
+@click.option("--features", help="Comma-separated feature-set folders [default: every set in features/].")
+@click.option("--name", help="Run folder under runs/ [default: a timestamp and the loss].")
+@click.option("--group-column", help="Hold out whole groups for validation (speaker-independent), e.g. speaker.")
+@click.option("--folds", type=int, help="K-fold cross-validation (by group when --group-column is given).")
+@click.option("--epochs", type=int, help="Most epochs per fold [default: train.epochs].")
+@click.option("--batch-size", type=int, help="Clips per batch [default: train.batch_size].")
+@click.option("--lr", type=float, help="Peak learning rate [default: train.lr].")
+@click.option("--weight-decay", type=float, help="AdamW weight decay [default: train.weight_decay].")
+@click.option("--seed", type=int, help="Random seed [default: train.seed].")
+@click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels only.")
+@click.option("--priors/--no-priors", default=None, help="Inject prior feature sets (prior-*) [default: train.priors].")
+@json_option
+@pass_app
+def train(app: App, labels: Path, loss: str | None, features: str | None, name: str | None, group_column: str | None,
+          folds: int | None, epochs: int | None, batch_size: int | None, lr: float | None, weight_decay: float | None,
+          seed: int | None, deterministic: bool | None, priors: bool | None, as_json: bool) -> None:
+    """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
+    from mercli.train import epoch_progress, summary_table, train as train_run
+
+    app.override({"train.loss": loss, "train.features": features.split(",") if features else None,
+                  "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
+                  "train.weight_decay": weight_decay, "train.seed": seed, "train.deterministic": deterministic,
+                  "train.priors": priors})
+    with epoch_progress() as on_epoch:
+        result = train_run(app.config, app.workspace, labels, name=name, group_column=group_column, folds=folds,
+                           on_epoch=on_epoch)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stderr.print(summary_table(result))
+
+
 @cli.command(name="plugins")
 @json_option
 def plugins_command(as_json: bool) -> None:

@@ -58,6 +58,26 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
         Option("workers", int, 1, "Worker processes."),
     ),
+    "train": (
+        Option("loss", str, "bdcl", "Training loss (`mer plugins` lists them); its settings go in [loss.NAME]."),
+        Option("features", list, [], "Feature sets to train on (folder names under features/); empty: all."),
+        Option("epochs", int, 60, "Most epochs per fold."),
+        Option("patience", int, 10, "Stop after this many epochs without a better validation WAF (0: never)."),
+        Option("batch_size", int, 32, "Clips per batch."),
+        Option("lr", float, 1e-3, "Peak learning rate (AdamW, cosine decay to zero)."),
+        Option("weight_decay", float, 0.01, "AdamW weight decay."),
+        Option("seed", int, 0, "Seed of every random choice: initialisation, batches, holdout, folds."),
+        Option("deterministic", bool, False, "Deterministic kernels only (slower on GPU, identical reruns)."),
+        Option("device", str, "auto", "auto (cuda, then mps, then cpu), or a torch device such as cuda:1."),
+        Option("val_fraction", float, 0.2, "Share of groups held out for validation with --group-column."),
+        Option("width", int, 128, "Width d of every token of the fusion network."),
+        Option("layers", int, 2, "Transformer layers of the fusion."),
+        Option("heads", int, 4, "Attention heads (must divide width)."),
+        Option("dropout", float, 0.1, "Dropout inside the network."),
+        Option("modality_dropout", float, 0.1, "Chance of dropping each feature set of a clip while training."),
+        Option("projection_dim", int, 64, "Width of the projection head used by contrastive losses."),
+        Option("priors", bool, True, "Inject prior feature sets (prior-*) into their modality."),
+    ),
 }
 
 #: Table prefixes whose sub-tables configure plug-ins, and the registry stage behind each.

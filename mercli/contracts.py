@@ -164,11 +164,13 @@ class Reasoner(Component):
 class Loss(Component):
     """A training objective. ``build`` returns a torch module called as
     ``module(logits, embeddings, labels)`` that returns a scalar; ``embeddings`` are the
-    L2-normalised projections (only contrastive losses use them)."""
+    L2-normalised projections (only contrastive losses use them), ``embedding_dim`` wide. Any
+    parameters the loss owns (class prototypes) are created by ``build``, so the trainer can build
+    its optimizer over the network's and the loss's parameters straight away."""
 
     uses_embeddings: ClassVar[bool] = False
 
-    def build(self, class_counts: Sequence[int]) -> "torch.nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "torch.nn.Module":
         raise NotImplementedError
 
 

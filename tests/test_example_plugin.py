@@ -111,7 +111,7 @@ def test_loss_builds_by_name_and_matches_torch(example):
 
     loss = plugins.build("losses", "label-smoothing", config.load(None, environ={}, overrides={
         "loss.label-smoothing.smoothing": 0.2}))
-    module = loss.build(class_counts=[5, 3, 2])
+    module = loss.build(class_counts=[5, 3, 2], embedding_dim=4)
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(8, 3, generator=generator, requires_grad=True)
     labels = torch.randint(0, 3, (8,), generator=generator)

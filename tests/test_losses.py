@@ -109,7 +109,10 @@ def log_prior(counts) -> list[float]:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-def batch(labels: list[int], dim: int = 6, dtype=torch.float64, seed: int = 0):
+DIM = 6
+
+
+def batch(labels: list[int], dim: int = DIM, dtype=torch.float64, seed: int = 0):
     """Seeded logits (B, K), unit embeddings (B, D) and labels, all requiring gradients."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(len(labels), len(COUNTS), generator=generator, dtype=dtype).requires_grad_()
@@ -122,13 +125,9 @@ LABELS = [0, 0, 0, 1, 2, 0, 1, 2, 3, 0, 1, 1]
 
 
 def built(name: str, dtype=torch.float64, **settings):
-    """The loss module, materialised by a dry run (its prototypes take their width from it)."""
+    """The loss module, built for the embeddings of ``batch`` (seeded: its prototypes are random)."""
     torch.manual_seed(1)
-    module = ALL_LOSSES[name](**settings).build(COUNTS).to(dtype)
-    logits, z, labels = batch(LABELS, dtype=dtype)
-    with torch.no_grad():
-        module(logits, z, labels)
-    return module
+    return ALL_LOSSES[name](**settings).build(COUNTS, DIM).to(dtype)
 
 
 def prototypes_of(module) -> torch.Tensor:
@@ -182,7 +181,7 @@ def test_a_class_without_training_clips_keeps_the_prior_finite():
     logits, z, labels = batch([0, 1, 1])
     for name in ("la-ce", "cb-ce", "focal", "bdcl"):
         settings = {"class_alpha": True} if name == "focal" else {}
-        module = ALL_LOSSES[name](**settings).build([5, 3, 0, 0, 2]).double()
+        module = ALL_LOSSES[name](**settings).build([5, 3, 0, 0, 2], DIM).double()
         loss = module(logits, z, labels)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(logits.grad).all(), name
@@ -232,8 +231,8 @@ def test_intra_class_term_weighs_each_present_class_equally():
 
 def test_bdcl_without_intra_term_equals_bcl_exactly():
     bcl = built("bcl", temperature=0.15, lambda_inter=0.7, tau=0.5)
-    bdcl = ALL_LOSSES["bdcl"](temperature=0.15, lambda_inter=0.7, tau=0.5, lambda_intra=0.0).build(COUNTS).double()
-    bdcl.load_state_dict(bcl.state_dict())  # the same prototypes (loading materialises them)
+    bdcl = ALL_LOSSES["bdcl"](temperature=0.15, lambda_inter=0.7, tau=0.5, lambda_intra=0.0).build(COUNTS, DIM).double()
+    bdcl.load_state_dict(bcl.state_dict())  # the same prototypes
     logits, z, labels = batch(LABELS, seed=3)
     assert torch.equal(bdcl(logits, z, labels), bcl(logits, z, labels))
 
@@ -306,15 +305,15 @@ def test_autocast_half_precision_is_computed_in_float32(name, half):
     assert torch.equal(loss, module(low_logits.float(), low_z.float(), labels))
 
 
-def test_prototypes_are_sized_by_the_first_batch_and_survive_a_state_dict():
-    module = ALL_LOSSES["bdcl"]().build(COUNTS)
-    assert module.prototypes.has_uninitialized_params()
+def test_prototypes_are_sized_at_build_time_and_survive_a_state_dict():
+    module = ALL_LOSSES["bdcl"]().build(COUNTS, DIM)
+    assert module.prototypes.weight.shape == (len(COUNTS), DIM)  # no dry run needed before the optimizer
     logits, z, labels = batch(LABELS, dtype=torch.float32)
     loss = module(logits, z, labels)
     assert module.prototypes.weight.shape == (len(COUNTS), z.shape[1])
     loss.backward()
     assert module.prototypes.weight.grad.abs().sum() > 0
-    reloaded = ALL_LOSSES["bdcl"]().build(COUNTS)
+    reloaded = ALL_LOSSES["bdcl"]().build(COUNTS, DIM)
     reloaded.load_state_dict(module.state_dict())
     assert torch.equal(reloaded(logits, z, labels), loss.detach())
 
@@ -348,11 +347,17 @@ def test_bad_settings_are_refused_with_the_setting_named(name, settings, message
 @pytest.mark.parametrize("counts", [[5], [3, -1], [0, 0], [2.5, 3], [True, 4]])
 def test_bad_class_counts_are_refused(counts):
     with pytest.raises(DataError, match="class counts"):
-        ALL_LOSSES["bdcl"]().build(counts)
+        ALL_LOSSES["bdcl"]().build(counts, DIM)
 
 
 def test_numpy_class_counts_are_accepted():
-    assert ALL_LOSSES["la-ce"]().build(np.array([4, 2, 1])) is not None
+    assert ALL_LOSSES["la-ce"]().build(np.array([4, 2, 1]), DIM) is not None
+
+
+@pytest.mark.parametrize("dim", [0, -3, 2.5, True])
+def test_a_bad_embedding_width_is_refused(dim):
+    with pytest.raises(DataError, match="embedding width"):
+        ALL_LOSSES["bdcl"]().build(COUNTS, dim)
 
 
 def test_a_bad_value_in_mer_toml_fails_when_the_loss_is_built(tmp_path, fresh_plugins):

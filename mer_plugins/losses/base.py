@@ -75,6 +75,13 @@ class CheckedLoss(Loss):
         return [int(c) for c in counts]
 
 
+    def checked_width(self, embedding_dim: int) -> int:
+        """``embedding_dim`` as a plain int, refused unless it is a positive integer."""
+        if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, Integral) or embedding_dim <= 0:
+            raise DataError(f"loss '{self.name}': the embedding width must be a positive integer, got {embedding_dim!r}")
+        return int(embedding_dim)
+
+
 def _floored(counts: Sequence[int]) -> list[int]:
     """Counts with empty classes counted once, so that priors and weights stay finite when a class
     has no training clips (a small fold, say)."""

@@ -31,13 +31,15 @@ class ContrastiveLossBase(CheckedLoss):
     #: Arguments of the contrastive core that this loss does not expose as options.
     fixed: ClassVar[Mapping[str, Any]] = {}
 
-    def build(self, class_counts: Sequence[int]) -> "nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ContrastiveLoss
 
         counts = self.checked_counts(class_counts)
         terms = {**self.fixed, **self.settings}
         tau = terms.pop("tau")
-        return ContrastiveLoss(len(counts), logit_offset=[tau * value for value in log_prior(counts)], **terms)
+        width = self.checked_width(embedding_dim)
+        return ContrastiveLoss(len(counts), width, logit_offset=[tau * value for value in log_prior(counts)],
+                               **terms)
 
 
 class SupCon(ContrastiveLossBase):

@@ -21,7 +21,7 @@ class CrossEntropy(CheckedLoss):
     options = (Option("label_smoothing", float, 0.0, "Probability mass spread evenly over all classes, in [0, 1)."),)
     ranges = {"label_smoothing": FRACTION}
 
-    def build(self, class_counts: Sequence[int]) -> "nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
 
         counts = self.checked_counts(class_counts)
@@ -38,7 +38,7 @@ class Focal(CheckedLoss):
     )
     ranges = {"gamma": NON_NEGATIVE}
 
-    def build(self, class_counts: Sequence[int]) -> "nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
 
         counts = self.checked_counts(class_counts)
@@ -53,7 +53,7 @@ class LogitAdjustedCrossEntropy(CheckedLoss):
     options = (Option("tau", float, 1.0, "Scale of the log class prior added to the logits, >= 0."),)
     ranges = {"tau": NON_NEGATIVE}
 
-    def build(self, class_counts: Sequence[int]) -> "nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
 
         counts = self.checked_counts(class_counts)
@@ -68,7 +68,7 @@ class ClassBalancedCrossEntropy(CheckedLoss):
     options = (Option("beta", float, 0.999, "Effective-number parameter in [0, 1); 0 gives plain cross-entropy."),)
     ranges = {"beta": FRACTION}
 
-    def build(self, class_counts: Sequence[int]) -> "nn.Module":
+    def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
 
         counts = self.checked_counts(class_counts)

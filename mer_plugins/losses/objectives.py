@@ -17,8 +17,6 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedParameter
 
 
 def _at_least_float32(tensor: Tensor) -> Tensor:
@@ -79,26 +77,12 @@ def _vector(values: Sequence[float] | None, size: int, fill: float) -> Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-class ClassPrototypes(LazyModuleMixin, nn.Module):
-    """One learnable direction c_k per class (returned L2-normalised).
+class ClassPrototypes(nn.Module):
+    """One learnable direction c_k per class, as wide as the embeddings (returned L2-normalised)."""
 
-    Their width is that of the embeddings, which a loss does not know when it is built, so the
-    parameter is materialised by the first call (torch's lazy-module "dry run"): run the loss once
-    on a batch before creating the optimizer over the network's and the loss's parameters.
-    """
-
-    cls_to_become = None
-
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, embedding_dim: int) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.weight = UninitializedParameter()
-
-    def initialize_parameters(self, embeddings: Tensor) -> None:
-        if self.has_uninitialized_params():
-            with torch.no_grad():
-                self.weight.materialize((self.num_classes, embeddings.shape[1]))
-                nn.init.normal_(self.weight)
+        self.weight = nn.Parameter(torch.randn(num_classes, embedding_dim))
 
     def forward(self, embeddings: Tensor) -> Tensor:
         return F.normalize(self.weight.to(embeddings.dtype), dim=1)
@@ -171,6 +155,7 @@ class ContrastiveLoss(Float32Loss):
     def __init__(
         self,
         num_classes: int,
+        embedding_dim: int,
         *,
         logit_offset: Sequence[float],
         temperature: float,
@@ -188,7 +173,7 @@ class ContrastiveLoss(Float32Loss):
         self.lambda_intra = lambda_intra
         self.class_averaging = class_averaging
         self.classification = ClassificationLoss(num_classes, logit_offset=logit_offset)
-        self.prototypes = ClassPrototypes(num_classes) if prototypes else None
+        self.prototypes = ClassPrototypes(num_classes, embedding_dim) if prototypes else None
 
     def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor) -> Tensor:
         if embeddings is None:

@@ -19,7 +19,7 @@ class LabelSmoothing(Loss):
         if not 0 <= self.settings["smoothing"] < 1:
             raise ConfigError(f"[loss.{self.name}] smoothing must be in [0, 1), got {self.settings['smoothing']}")
 
-    def build(self, class_counts: Sequence[int]):
+    def build(self, class_counts: Sequence[int], embedding_dim: int):
         from mer_example.label_smoothing import LabelSmoothedCrossEntropy  # imports torch
 
         return LabelSmoothedCrossEntropy(self.settings["smoothing"])

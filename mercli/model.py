@@ -1,0 +1,178 @@
+"""The fusion network: one token per feature set, priors injected per modality, attention across.
+
+Reading order, top to bottom:
+
+1. ``SetProjection``: each feature set is standardised with its training statistics and projected
+   to a common width ``d``. An utterance-level set
+   gives one token; a frame-level set is projected frame by frame and pooled to one token by masked
+   attention pooling (padded and unmeasured frames get no weight).
+2. A learned embedding per set (its "modality token") is added, so the fusion knows which input a
+   token came from.
+3. Priors (optional): a prior feature set (encoder ``prior-*``) of modality m is projected the same
+   way, and every token of modality m attends to the prior tokens of m by cross-attention whose
+   output enters through a gate initialised to zero (``tanh(0) = 0``), so training starts from the
+   network without priors. A clip without a prior for m is left untouched.
+4. Fusion: a small transformer encoder over ``[CLS] + set tokens``; absent sets are removed with the
+   key padding mask (never zero-filled in silence), and during training whole sets are dropped at
+   random (modality dropout) so that a clip missing a modality still gets a good prediction.
+5. Heads on the CLS output: a classifier (logits) and a projection head whose output ``z`` is
+   L2-normalised for the contrastive losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mercli.trainset import InputSpec
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The sizes of the network (``[train]`` in mer.toml)."""
+
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    modality_dropout: float = 0.1
+    projection_dim: int = 64
+    priors: bool = True
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> "ModelSettings":
+        return cls(**{k: table[k] for k in asdict(cls()) if k in table})
+
+
+def injected_priors(inputs: Sequence[InputSpec], settings: ModelSettings) -> list[InputSpec]:
+    """The prior sets the network injects: none when priors are switched off, and only those whose
+    modality has a feature set to inject into."""
+    modalities = {s.modality for s in inputs if not s.prior}
+    return [s for s in inputs if s.prior and settings.priors and s.modality in modalities]
+
+
+class SetProjection(nn.Module):
+    """Features of one set -> one token of width ``d`` per clip.
+
+    Inputs are first standardised feature by feature with the training set's mean and standard
+    deviation (buffers, so they travel with the weights): functionals such as eGeMAPS mix loudness,
+    Hz and ratios on scales that differ by orders of magnitude.
+    """
+
+    def __init__(self, spec: InputSpec, width: int, dropout: float) -> None:
+        super().__init__()
+        self.frame_level = spec.level == "frame"
+        self.register_buffer("feature_mean", torch.zeros(spec.dim))
+        self.register_buffer("feature_scale", torch.ones(spec.dim))
+        self.project = nn.Sequential(nn.Linear(spec.dim, width), nn.LayerNorm(width), nn.GELU(), nn.Dropout(dropout))
+        self.pool_score = nn.Linear(width, 1) if self.frame_level else None
+
+    def forward(self, values: Tensor, mask: Tensor) -> Tensor:
+        projected = self.project((values - self.feature_mean) / self.feature_scale)
+        if not self.frame_level:
+            return projected
+        # A clip without any real frame (absent) would have all scores at -inf: give it a uniform
+        # weight instead; its token is masked out downstream anyway.
+        usable = mask | ~mask.any(dim=1, keepdim=True)
+        scores = self.pool_score(projected).squeeze(-1).masked_fill(~usable, float("-inf"))
+        weights = torch.softmax(scores.float(), dim=1).to(projected.dtype)
+        return (weights.unsqueeze(-1) * projected).sum(dim=1)
+
+
+class GatedPriorAttention(nn.Module):
+    """token + tanh(gate) * CrossAttention(token -> prior tokens), for clips that have a prior."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, token: Tensor, priors: Tensor, prior_present: Tensor) -> Tensor:
+        has_prior = prior_present.any(dim=1)
+        # Rows without any prior would attend to nothing (NaN): let them see everything, then drop
+        # their update.
+        padding = ~(prior_present | ~has_prior[:, None])
+        update, _ = self.attention(self.norm(token)[:, None], priors, priors, key_padding_mask=padding,
+                                   need_weights=False)
+        return token + torch.tanh(self.gate) * update[:, 0] * has_prior[:, None].to(token.dtype)
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor
+    embeddings: Tensor
+
+
+class FusionNetwork(nn.Module):
+    """See the module docstring. ``forward(values, masks)`` takes per-set tensors keyed by set name,
+    as :func:`mercli.trainset.collate` builds them."""
+
+    def __init__(self, inputs: Sequence[InputSpec], num_classes: int, settings: ModelSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.inputs = [s for s in inputs if not s.prior]
+        if not self.inputs:
+            raise ValueError("the network needs at least one feature set that is not a prior")
+        self.priors = injected_priors(inputs, settings)
+        width = settings.width
+        self.projections = nn.ModuleDict({s.name: SetProjection(s, width, settings.dropout) for s in self.inputs})
+        self.prior_projections = nn.ModuleDict({s.name: SetProjection(s, width, settings.dropout) for s in self.priors})
+        self.prior_attention = nn.ModuleDict({
+            s.name: GatedPriorAttention(width, settings.heads, settings.dropout)
+            for s in self.inputs if any(p.modality == s.modality for p in self.priors)
+        })
+        self.set_embedding = nn.Parameter(torch.randn(len(self.inputs), width) * 0.02)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, settings.heads, dim_feedforward=2 * width, dropout=settings.dropout,
+                                           batch_first=True, norm_first=True, activation="gelu")
+        self.fusion = nn.TransformerEncoder(layer, settings.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, num_classes)
+        self.projection_head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, settings.projection_dim))
+
+    def standardise_with(self, statistics: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        """Set each set's feature mean and scale (from the training clips: never from validation)."""
+        projections = {**self.projections, **self.prior_projections}
+        with torch.no_grad():
+            for name, (mean, scale) in statistics.items():
+                if name in projections:
+                    projections[name].feature_mean.copy_(mean)
+                    projections[name].feature_scale.copy_(scale)
+
+    def _present(self, spec: InputSpec, mask: Tensor) -> Tensor:
+        return mask.any(dim=1) if spec.level == "frame" else mask
+
+    def _modality_dropout(self, present: Tensor) -> Tensor:
+        """Drop whole sets at random while training, keeping at least one present set per clip."""
+        rate = self.settings.modality_dropout
+        if not self.training or rate <= 0:
+            return present
+        keep = present & (torch.rand(present.shape, device=present.device) >= rate)
+        lost_all = ~keep.any(dim=1)
+        return torch.where(lost_all[:, None], present, keep)
+
+    def forward(self, values: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> ModelOutput:
+        prior_tokens = {p.modality: [] for p in self.priors}
+        prior_present = {p.modality: [] for p in self.priors}
+        for p in self.priors:
+            prior_tokens[p.modality].append(self.prior_projections[p.name](values[p.name], masks[p.name]))
+            prior_present[p.modality].append(self._present(p, masks[p.name]))
+        tokens, present = [], []
+        for spec in self.inputs:
+            token = self.projections[spec.name](values[spec.name], masks[spec.name])
+            if spec.name in self.prior_attention:
+                token = self.prior_attention[spec.name](token, torch.stack(prior_tokens[spec.modality], dim=1),
+                                                        torch.stack(prior_present[spec.modality], dim=1))
+            tokens.append(token)
+            present.append(self._present(spec, masks[spec.name]))
+        stacked = torch.stack(tokens, dim=1) + self.set_embedding.to(tokens[0].dtype)
+        kept = self._modality_dropout(torch.stack(present, dim=1))
+        sequence = torch.cat([self.cls_token.expand(len(stacked), -1, -1).to(stacked.dtype), stacked], dim=1)
+        padding = torch.cat([torch.zeros_like(kept[:, :1]), ~kept], dim=1)
+        fused = self.norm(self.fusion(sequence, src_key_padding_mask=padding)[:, 0])
+        return ModelOutput(self.classifier(fused), F.normalize(self.projection_head(fused), dim=1))

@@ -1,0 +1,226 @@
+"""The training table: labelled clips joined with the feature sets of the workspace.
+
+Every check that can refuse a run happens here, before a network is built: labels outside the
+class list, a single-class training set, NaN or infinite features, and feature sets whose width
+differs from what an earlier run of the same name was trained on. Clips that carry a label but have
+no features in any chosen set are not an error: they are listed as exclusions, so that nothing is
+dropped in silence. Unlabelled rows (a test set without labels) are ignored.
+
+A feature set whose encoder name starts with ``prior-`` holds reasoning-trace embeddings (written by
+the reason stage); its manifest's modality names the modality it informs. The model injects it into
+that modality's stream instead of treating it as a modality of its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mercli.config import Config
+from mercli.errors import DataError
+from mercli.features import FeatureSet, list_feature_sets
+from mercli.labels import check_classes, read_labels
+
+PRIOR_PREFIX = "prior-"
+
+
+def is_prior(feature_set: FeatureSet) -> bool:
+    return feature_set.manifest.encoder.startswith(PRIOR_PREFIX)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network needs to know of one feature set, and what a run records of it."""
+
+    name: str
+    modality: str
+    level: str
+    dim: int
+    prior: bool
+
+    @classmethod
+    def of(cls, feature_set: FeatureSet) -> "InputSpec":
+        m = feature_set.manifest
+        return cls(feature_set.name, m.modality, m.level, m.dim, is_prior(feature_set))
+
+
+@dataclass
+class TrainingTable:
+    """Labelled clips and, per feature set, each clip's values (``None`` where the modality is
+    absent) and frame mask (frame-level sets only)."""
+
+    classes: list[str]
+    clip_ids: list[str]
+    labels: np.ndarray
+    speakers: list[str | None]
+    splits: list[str | None]
+    sets: list[FeatureSet]
+    values: dict[str, list[np.ndarray | None]]
+    masks: dict[str, list[np.ndarray | None]]
+    excluded: list[str]
+
+    @property
+    def inputs(self) -> list[InputSpec]:
+        return [InputSpec.of(s) for s in self.sets]
+
+    def manifests(self) -> dict[str, dict[str, Any]]:
+        """The exact manifest of every set used, by set name, as a run records them."""
+        return {s.name: s.manifest.to_json() for s in self.sets}
+
+    def class_counts(self, indices: Sequence[int]) -> list[int]:
+        counts = np.bincount(self.labels[np.asarray(indices, dtype=np.int64)], minlength=len(self.classes))
+        return [int(c) for c in counts]
+
+
+def choose_sets(features_root: Path, names: Sequence[str] | None) -> list[FeatureSet]:
+    """The named feature sets (in the order given), or every set of the workspace."""
+    available = {s.name: s for s in list_feature_sets(features_root)}
+    if not available:
+        raise DataError(f"{features_root}: no feature sets; run `mer extract` first")
+    if not names:
+        return list(available.values())
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise DataError(f"{features_root}: no feature set named {', '.join(unknown)} "
+                        f"(available: {', '.join(available)})")
+    return [available[n] for n in dict.fromkeys(names)]
+
+
+def check_expected_inputs(sets: Sequence[FeatureSet], expected: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """Refuse sets whose width or level differs from the manifests ``expected`` records (an
+    earlier run's ``config.json``), or a different choice of sets: its weights would not fit."""
+    current = {s.name: s.manifest for s in sets}
+    if set(current) != set(expected):
+        raise DataError(f"{where}: was trained on feature sets {', '.join(sorted(expected))}, "
+                        f"this run uses {', '.join(sorted(current))}")
+    for name, manifest in current.items():
+        recorded = expected[name]
+        if (manifest.dim, manifest.level) != (recorded.get("dim"), recorded.get("level")):
+            raise DataError(f"{where}: feature set {name} is {manifest.level}-level of dim {manifest.dim}, "
+                            f"the run expects {recorded.get('level')}-level of dim {recorded.get('dim')}")
+
+
+def _read_clip(feature_set: FeatureSet, clip_id: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One clip's (values, mask), ``(None, None)`` where the modality is absent. NaN or infinity in a
+    real measurement is refused, naming the file."""
+    features = feature_set.read(clip_id)
+    if features.values is None:
+        return None, None
+    measured = features.values if features.mask is None else features.values[features.mask]
+    if not np.isfinite(measured).all():
+        raise DataError(f"{feature_set.path / (clip_id + '.npy')}: features hold NaN or infinity")
+    return features.values, features.mask
+
+
+def build_table(config: Config, features_root: Path, labels_path: Path,
+                feature_names: Sequence[str] | None = None) -> TrainingTable:
+    """Join the labels of ``labels_path`` with the chosen feature sets; see the module docstring
+    for what is refused and what is excluded."""
+    classes = list(config.get("data", "classes"))
+    clips = read_labels(labels_path, config)
+    check_classes(clips, classes, labels_path)
+    labelled = [c for c in clips if c.label is not None]
+    if not labelled:
+        raise DataError(f"{labels_path}: no labelled rows")
+    sets = choose_sets(features_root, feature_names)
+    if all(is_prior(s) for s in sets):
+        raise DataError(f"{features_root}: only prior feature sets were chosen; training needs at least one modality")
+    values: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
+    masks: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
+    kept, excluded = [], []
+    stored = {s.name: set(s.clip_ids()) for s in sets}
+    for clip in labelled:
+        read = {s.name: _read_clip(s, clip.clip_id) if clip.clip_id in stored[s.name] else (None, None) for s in sets}
+        if all(read[s.name][0] is None for s in sets if not is_prior(s)):
+            excluded.append(clip.clip_id)
+            continue
+        kept.append(clip)
+        for name, (clip_values, clip_mask) in read.items():
+            values[name].append(clip_values)
+            masks[name].append(clip_mask)
+    if not kept:
+        raise DataError(f"{labels_path}: none of its {len(labelled)} labelled clips has features in "
+                        f"{', '.join(s.name for s in sets)}")
+    index = {c: i for i, c in enumerate(classes)}
+    table = TrainingTable(
+        classes=classes,
+        clip_ids=[c.clip_id for c in kept],
+        labels=np.array([index[c.label] for c in kept], dtype=np.int64),
+        speakers=[c.speaker for c in kept],
+        splits=[c.split.lower() if c.split else None for c in kept],
+        sets=sets,
+        values=values,
+        masks=masks,
+        excluded=excluded,
+    )
+    present = Counter(classes[i] for i in table.labels)
+    if len(present) < 2:
+        only = ", ".join(present) or "none"
+        raise DataError(f"{labels_path}: the clips with features cover one class only ({only}); "
+                        "training needs two or more")
+    return table
+
+
+def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str, tuple[Any, Any]]:
+    """Per set, the mean and standard deviation of every feature over the real measurements of the
+    clips at ``indices`` (a feature that never varies gets a scale of 1)."""
+    import torch
+
+    statistics = {}
+    for feature_set in table.sets:
+        rows = [(v if m is None else v[m]) for i in indices
+                for v, m in [(table.values[feature_set.name][i], table.masks[feature_set.name][i])] if v is not None]
+        if not rows:
+            continue
+        stacked = np.concatenate([np.atleast_2d(r) for r in rows]).astype(np.float64)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        std[std < 1e-8] = 1.0
+        statistics[feature_set.name] = (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
+    return statistics
+
+
+@dataclass
+class Batch:
+    """Tensors of one batch, per feature set: ``values`` ``(B, dim)`` or ``(B, T, dim)`` padded to the
+    longest clip, ``mask`` ``(B,)`` (the clip has the modality) or ``(B, T)`` (real frames)."""
+
+    values: dict[str, Any]
+    masks: dict[str, Any]
+    labels: Any
+
+    def to(self, device: Any) -> "Batch":
+        return Batch({k: v.to(device) for k, v in self.values.items()},
+                     {k: v.to(device) for k, v in self.masks.items()}, self.labels.to(device))
+
+
+def collate(table: TrainingTable, indices: Sequence[int]) -> Batch:
+    """Stack the clips at ``indices``; absent clips are zeros with a False mask, frame-level sets
+    are padded per batch to the longest clip."""
+    import torch
+
+    values, masks = {}, {}
+    for feature_set in table.sets:
+        name, dim = feature_set.name, feature_set.manifest.dim
+        rows = [table.values[name][i] for i in indices]
+        row_masks = [table.masks[name][i] for i in indices]
+        if feature_set.frame_level:
+            longest = max((len(r) for r in rows if r is not None), default=1)
+            stacked = np.zeros((len(rows), longest, dim), dtype=np.float32)
+            mask = np.zeros((len(rows), longest), dtype=bool)
+            for j, (row, row_mask) in enumerate(zip(rows, row_masks)):
+                if row is not None:
+                    stacked[j, : len(row)] = row
+                    mask[j, : len(row)] = row_mask
+        else:
+            stacked = np.zeros((len(rows), dim), dtype=np.float32)
+            mask = np.zeros(len(rows), dtype=bool)
+            for j, row in enumerate(rows):
+                if row is not None:
+                    stacked[j], mask[j] = row, True
+        values[name], masks[name] = torch.from_numpy(stacked), torch.from_numpy(mask)
+    labels = torch.from_numpy(table.labels[np.asarray(indices, dtype=np.int64)])
+    return Batch(values, masks, labels)

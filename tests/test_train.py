@@ -1,0 +1,381 @@
+"""The train stage on small synthetic feature sets written with the feature store: an utterance-level
+audio set that some clips lack, and a frame-level visual set with masks and varying lengths. The
+classes are separable, so a working trainer reaches a high validation WAF in a few CPU seconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mercli.cli import cli
+from mercli.config import load
+from mercli.contracts import Features
+from mercli.errors import ConfigError, DataError
+from mercli.features import FeatureSet, Manifest
+from mercli.model import FusionNetwork, ModelSettings
+from mercli.splits import plan_splits
+from mercli.train import load_model, predict_logits, train, train_fold
+from mercli.trainset import InputSpec, build_table, collate, feature_statistics
+from mercli.workspace import Workspace
+
+CLASSES = ["neutral", "angry", "happy"]
+FAST = {"train.epochs": 8, "train.batch_size": 16, "train.width": 32, "train.heads": 2, "train.layers": 1,
+        "train.projection_dim": 16, "train.lr": 3e-3, "train.patience": 0, "train.device": "cpu"}
+
+
+def manifest(encoder: str, modality: str, dim: int, level: str) -> Manifest:
+    return Manifest(encoder=encoder, encoder_version="1", package="tests", package_version="0", weights=encoder,
+                    settings={}, modality=modality, dim=dim, level=level)
+
+
+def write_workspace(root: Path, clips_per_class: int = 24, speakers: int = 5, seed: int = 0,
+                    prior: bool = False) -> Path:
+    """Separable synthetic features for three classes; returns the labels CSV.
+
+    Every 5th clip lacks the audio set (absent record); the visual set is frame-level with 3 to 7
+    frames, some masked. Clips are spread over ``speakers`` speakers; every 6th clip is in the test
+    split and every 4th (from the second) in val."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(CLASSES), 8)) * 2.5
+    audio = FeatureSet.open(root / "features", manifest("syn-audio", "audio", 8, "utterance"))
+    visual = FeatureSet.open(root / "features", manifest("syn-visual", "visual", 4, "frame"))
+    priors = FeatureSet.open(root / "features", manifest("prior-visual", "visual", 5, "utterance")) if prior else None
+    rows = ["name,discrete,speaker,split"]
+    for number in range(clips_per_class * len(CLASSES)):
+        label = number % len(CLASSES)
+        clip = f"clip{number:03d}"
+        if number % 5 == 0:
+            audio.write(clip, Features(None, absent="no audio track"))
+        else:
+            audio.write(clip, Features((centres[label] + rng.normal(scale=0.5, size=8)).astype(np.float32)))
+        frames = int(rng.integers(3, 8))
+        values = (centres[label, :4] + rng.normal(scale=0.7, size=(frames, 4))).astype(np.float32)
+        mask = rng.random(frames) > 0.2
+        mask[0] = True
+        visual.write(clip, Features(values, mask))
+        if priors is not None:
+            priors.write(clip, Features(rng.normal(size=5).astype(np.float32)))
+        split = "test" if number % 6 == 0 else "val" if number % 4 == 1 else "train"
+        rows.append(f"{clip},{CLASSES[label]},spk{number % speakers},{split}")
+    labels = root / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return labels
+
+
+def config(**overrides):
+    return load(None, environ={}, overrides={"data.classes": CLASSES, **FAST, **overrides})
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    labels = write_workspace(tmp_path)
+    return Workspace(tmp_path), labels
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run with the default loss (bdcl), shared by the tests that only read it."""
+    root = tmp_path_factory.mktemp("trained")
+    labels = write_workspace(root)
+    return Workspace(root), labels, train(config(), Workspace(root), labels, name="syn")
+
+
+def test_training_reaches_a_high_waf_on_separable_data(trained):
+    _space, _labels, result = trained
+    assert result.best["waf"] > 0.9
+    assert result.seconds_per_epoch < 5  # about 0.1 s on an idle 2-core machine
+
+
+def test_same_seed_same_run(trained):
+    space, labels, first = trained
+    second = train(config(), space, labels, name="again")
+    assert first.folds[0].history[-1]["train_loss"] == second.folds[0].history[-1]["train_loss"]
+    assert all(torch.equal(first.folds[0].state[k], second.folds[0].state[k]) for k in first.folds[0].state)
+
+
+# --- what the run writes ----------------------------------------------------------------------
+
+
+def test_run_folder_holds_weights_that_load_back_to_the_same_logits(trained):
+    space, labels, result = trained
+    run = space.root / "runs" / "syn"
+    assert {p.name for p in run.iterdir()} == {"model.safetensors", "config.json", "history.json", "metrics.json",
+                                               "curves.png"}
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["classes"] == CLASSES and recorded["seed"] == 0 and recorded["loss"]["name"] == "bdcl"
+    assert recorded["loss"]["settings"]["temperature"] == 0.1
+    assert sorted(recorded["manifests"]) == sorted(spec.name for spec in result.inputs)
+    assert {m["encoder"] for m in recorded["manifests"].values()} == {"syn-audio", "syn-visual"}
+    history = json.loads((run / "history.json").read_text())["folds"][0]["epochs"]
+    assert len(history) == FAST["train.epochs"] and {"train_loss", "val_waf", "val_macro_f1"} <= set(history[0])
+
+    model, _ = load_model(run)
+    table = build_table(config(), space.features, labels)
+    indices = list(range(10))
+    fresh = FusionNetwork(table.inputs, len(CLASSES), ModelSettings.from_table(config().table("train")))
+    fresh.load_state_dict(result.folds[0].state)
+    expected = predict_logits(fresh, table, indices, torch.device("cpu"), 4)
+    assert torch.allclose(predict_logits(model, table, indices, torch.device("cpu"), 4), expected)
+
+
+def test_clips_with_labels_but_no_features_are_listed_not_fatal(workspace):
+    space, labels = workspace
+    with labels.open("a", encoding="utf-8") as handle:
+        handle.write("ghost1,happy,spk0,train\nghost2,sad,spk1,train\nunlabelled,,spk1,train\n")
+    result = train(config(**{"data.classes": [*CLASSES, "sad"], "train.epochs": 1}), space, labels, name="syn")
+    assert result.excluded == ["ghost1", "ghost2"]
+    assert json.loads((result.run / "config.json").read_text())["excluded"] == ["ghost1", "ghost2"]
+
+
+def test_absent_modalities_are_masked_and_padding_changes_nothing(workspace):
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    audio = next(s.name for s in table.sets if s.manifest.encoder == "syn-audio")
+    assert table.values[audio][0] is None  # clip000 has an absent record
+    model = FusionNetwork(table.inputs, len(CLASSES), ModelSettings(width=16, heads=2, layers=1)).eval()
+    batch = collate(table, [0, 1, 2])
+    assert not batch.masks[audio][0] and batch.masks[audio][1]
+    with torch.no_grad():
+        alone = model(collate(table, [0]).values, collate(table, [0]).masks).logits
+        together = model(batch.values, batch.masks).logits  # clip 0 padded to the longest clip of the batch
+    assert torch.isfinite(together).all()
+    assert torch.allclose(alone[0], together[0], atol=1e-5)
+
+
+# --- validation never touches test clips ------------------------------------------------------
+
+
+def test_selection_uses_val_clips_only(trained):
+    _space, labels, result = trained
+    rows = [line.split(",") for line in labels.read_text().splitlines()[1:]]
+    val = {r[0] for r in rows if r[3] == "val"}
+    test = {r[0] for r in rows if r[3] == "test"}
+    metrics = json.loads((result.run / "metrics.json").read_text())
+    assert set(metrics["folds"][0]["val_clips"]) == val and not val & test
+    assert metrics["folds"][0]["train_clips"] == len(rows) - len(val) - len(test)
+
+
+def test_group_holdout_keeps_every_speaker_on_one_side(workspace):
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    (split,) = plan_splits(table, seed=3, group_column="speaker", val_fraction=0.3)
+    train_speakers = {table.speakers[i] for i in split.train}
+    val_speakers = {table.speakers[i] for i in split.val}
+    assert val_speakers and train_speakers and not train_speakers & val_speakers
+    assert not {table.splits[i] for i in (*split.train, *split.val)} & {"test"}
+    result = train(config(), space, labels, name="grouped", group_column="speaker")
+    assert result.folds[0].val_clips and result.best["waf"] > 0.8
+
+
+@pytest.mark.parametrize("group_column", [None, "speaker"])
+def test_k_folds_cover_the_non_test_clips_once(workspace, group_column):
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    splits = plan_splits(table, seed=0, folds=3, group_column=group_column)
+    validated = np.concatenate([s.val for s in splits])
+    assert sorted(validated) == [i for i, split in enumerate(table.splits) if split != "test"]
+    for split in splits:
+        assert not set(split.train) & set(split.val)
+        if group_column:
+            assert not {table.speakers[i] for i in split.train} & {table.speakers[i] for i in split.val}
+        else:  # stratified: every class in every fold
+            assert len(np.unique(table.labels[split.val])) == len(CLASSES)
+
+
+def test_k_fold_run_writes_one_model_per_fold(workspace):
+    space, labels = workspace
+    result = train(config(**{"train.epochs": 3}), space, labels, name="cv", folds=2, group_column="speaker")
+    assert [f.weights for f in result.folds] == ["model-fold1.safetensors", "model-fold2.safetensors"]
+    assert all((result.run / f.weights).exists() for f in result.folds)
+    model, _ = load_model(result.run, fold=2)
+    assert isinstance(model, FusionNetwork)
+
+
+# --- priors -----------------------------------------------------------------------------------
+
+
+def test_priors_flag_switches_prior_injection(tmp_path):
+    labels = write_workspace(tmp_path, clips_per_class=6, prior=True)
+    fast = {"train.epochs": 1}
+    with_priors = train(config(**fast), Workspace(tmp_path), labels, name="on")
+    without = train(config(**fast, **{"train.priors": False}), Workspace(tmp_path), labels, name="off")
+    assert with_priors.priors_note.startswith("priors injected: prior-visual-")
+    assert "switched off" in without.priors_note
+    assert json.loads((with_priors.run / "config.json").read_text())["priors"]
+    assert json.loads((without.run / "config.json").read_text())["priors"] == []
+    assert any(k.startswith("prior_attention.") for k in with_priors.folds[0].state)
+    assert not any(k.startswith("prior_") for k in without.folds[0].state)
+
+
+def test_without_prior_sets_the_run_says_priors_are_off(workspace):
+    space, labels = workspace
+    assert "no prior feature sets" in train(config(**{"train.epochs": 1}), space, labels).priors_note
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_labels_outside_the_classes_are_refused(workspace):
+    space, labels = workspace
+    with labels.open("a", encoding="utf-8") as handle:
+        handle.write("clip000x,bored,spk0,train\n")
+    with pytest.raises(DataError, match=r"labels outside the classes .*bored \(1\)"):
+        train(config(), space, labels)
+
+
+def test_a_single_class_is_refused(workspace):
+    space, labels = workspace
+    lines = labels.read_text().splitlines()
+    labels.write_text("\n".join([lines[0], *(l for l in lines[1:] if ",angry," in l)]) + "\n")
+    with pytest.raises(DataError, match="one class only"):
+        train(config(), space, labels)
+
+
+def test_labels_that_match_no_features_are_refused(workspace):
+    space, labels = workspace
+    labels.write_text("name,discrete,split\nother1,happy,train\nother2,angry,val\n")
+    with pytest.raises(DataError, match="none of its 2 labelled clips has features"):
+        train(config(), space, labels)
+
+
+def test_nan_features_are_refused_naming_the_file(workspace):
+    space, labels = workspace
+    audio = next(p for p in space.features.iterdir() if p.name.startswith("syn-audio"))
+    np.save(audio / "clip001.npy", np.full(8, np.nan, dtype=np.float32))
+    with pytest.raises(DataError, match=r"clip001\.npy: features hold NaN"):
+        train(config(), space, labels)
+
+
+def test_feature_sets_must_match_an_earlier_run_of_the_same_name(workspace):
+    space, labels = workspace
+    train(config(**{"train.epochs": 1}), space, labels, name="r")
+    path = space.root / "runs" / "r" / "config.json"
+    recorded = json.loads(path.read_text())
+    audio = next(n for n in recorded["manifests"] if n.startswith("syn-audio"))
+    recorded["manifests"][audio]["dim"] = 99
+    path.write_text(json.dumps(recorded))
+    with pytest.raises(DataError, match=rf"{audio} is utterance-level of dim 8, the run expects utterance-level of dim 99"):
+        train(config(**{"train.epochs": 1}), space, labels, name="r")
+    visual = next(n for n in recorded["manifests"] if n.startswith("syn-visual"))
+    with pytest.raises(DataError, match="was trained on feature sets"):
+        train(config(**{"train.epochs": 1, "train.features": [visual]}), space, labels, name="r")
+
+
+def test_unknown_feature_set_and_missing_validation_are_refused(workspace):
+    space, labels = workspace
+    with pytest.raises(DataError, match="no feature set named nope"):
+        train(config(**{"train.features": ["nope"]}), space, labels)
+    text = labels.read_text().replace(",val\n", ",train\n")
+    labels.write_text(text)
+    with pytest.raises(DataError, match="no validation clips"):
+        train(config(), space, labels)
+
+
+@pytest.mark.parametrize("setting, message", [({"train.heads": 3}, "must divide width"),
+                                              ({"train.epochs": 0}, "epochs must be a positive"),
+                                              ({"train.modality_dropout": 1.0}, "modality_dropout must be in")])
+def test_bad_train_settings_are_refused(workspace, setting, message):
+    space, labels = workspace
+    with pytest.raises(ConfigError, match=message):
+        train(config(**setting), space, labels)
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_mer_train_json(workspace):
+    space, labels = workspace
+    args = ["-w", str(space.root), *(a for k, v in {**FAST, "data.classes": CLASSES}.items()
+                                     for a in ("-s", f"{k}={json.dumps(v)}")),
+            "train", "--labels", str(labels), "--loss", "ce", "--name", "cli", "--epochs", "3", "--json"]
+    outcome = CliRunner().invoke(cli, args)
+    assert outcome.exit_code == 0, outcome.output
+    document = json.loads(outcome.stdout)
+    assert set(document) == {"run", "best", "folds"} and set(document["best"]) == {"epoch", "waf", "macro_f1"}
+    assert document["run"] == str(space.root / "runs" / "cli")
+    assert json.loads((space.root / "runs" / "cli" / "config.json").read_text())["loss"]["name"] == "ce"
+
+
+def test_mer_train_bad_input_exits_2_with_one_line(workspace):
+    space, labels = workspace
+    outcome = CliRunner().invoke(cli, ["-w", str(space.root), "-s", 'data.classes=["neutral", "angry"]',
+                                       "train", "--labels", str(labels), "--json"])
+    assert outcome.exit_code == 2
+    assert "labels outside the classes" in outcome.stderr and "happy (24)" in outcome.stderr
+    assert outcome.stdout == "" and len(outcome.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs on CUDA only)")
+def test_mixed_precision_training_on_cuda(workspace):
+    space, labels = workspace
+    result = train(config(**{"train.device": "cuda"}), space, labels, name="gpu")
+    assert result.device.startswith("cuda") and result.best["waf"] > 0.9
+    assert json.loads((result.run / "config.json").read_text())["mixed_precision"] is True
+
+
+def test_deterministic_mode_runs_and_restores_torch_global_mode(workspace):
+    space, labels = workspace
+    before = torch.are_deterministic_algorithms_enabled()
+    first = train(config(**{"train.epochs": 2, "train.deterministic": True}), space, labels, name="d1")
+    second = train(config(**{"train.epochs": 2, "train.deterministic": True}), space, labels, name="d2")
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert first.folds[0].history[-1]["train_loss"] == second.folds[0].history[-1]["train_loss"]
+    assert json.loads((first.run / "config.json").read_text())["train"]["deterministic"] is True
+
+
+def test_retraining_a_run_with_fewer_folds_removes_the_old_fold_weights(workspace):
+    space, labels = workspace
+    train(config(**{"train.epochs": 1}), space, labels, name="r", folds=2)
+    train(config(**{"train.epochs": 1}), space, labels, name="r")
+    assert sorted(p.name for p in (space.root / "runs" / "r").glob("*.safetensors")) == ["model.safetensors"]
+
+
+def test_prior_injection_starts_closed_and_ignores_clips_without_a_prior():
+    inputs = [InputSpec("a", "audio", "utterance", 3, False), InputSpec("prior-a", "audio", "utterance", 2, True)]
+    model = FusionNetwork(inputs, 2, ModelSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
+    values = {"a": torch.randn(2, 3), "prior-a": torch.randn(2, 2)}
+    masks = {"a": torch.ones(2, dtype=torch.bool), "prior-a": torch.tensor([True, False])}
+    with torch.no_grad():
+        closed = model(values, masks).logits
+        model.prior_attention["a"].gate.fill_(1.0)
+        opened = model(values, masks).logits
+    assert torch.isfinite(opened).all()
+    assert not torch.allclose(closed[0], opened[0])  # the clip with a prior now hears it
+    assert torch.equal(closed[1], opened[1])  # the clip without one is untouched
+
+
+def test_features_are_standardised_with_training_statistics_only(workspace):
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    audio = next(s.name for s in table.sets if s.manifest.encoder == "syn-audio")
+    train_part = [i for i, split in enumerate(table.splits) if split == "train"]
+    statistics = feature_statistics(table, train_part)
+    present = np.stack([table.values[audio][i] for i in train_part if table.values[audio][i] is not None])
+    assert np.allclose(statistics[audio][0].numpy(), present.mean(axis=0), atol=1e-5)
+    assert np.allclose(statistics[audio][1].numpy(), present.std(axis=0), atol=1e-5)
+    result = train(config(**{"train.epochs": 1}), space, labels, name="std")
+    assert torch.allclose(result.folds[0].state[f"projections.{audio}.feature_mean"], statistics[audio][0])
+
+
+def test_a_diverging_loss_stops_the_run_with_one_line(workspace):
+    class Diverging:
+        name, uses_embeddings = "diverging", False
+
+        def build(self, class_counts, embedding_dim):
+            return NanLoss()
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, embeddings, labels):
+            return logits.sum() * float("nan")
+
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    (split,) = plan_splits(table, seed=0)
+    with pytest.raises(DataError, match=r"fold 1, epoch 1: the training loss is nan; lower train.lr"):
+        train_fold(table, split, config().table("train"), Diverging(), torch.device("cpu"))
