@@ -24,5 +24,6 @@ TOML
 "$mer" -w "$WORKSPACE" doctor   # exits 1, and stops the demo, when a required piece is missing
 "$mer" -w "$WORKSPACE" plugins
 
-# ---- PIPELINE: the stages on the sample clips (reason, train, eval and predict follow with their issues)
+# ---- PIPELINE: the stages on the sample clips (reason, eval and predict follow with their issues)
 "$mer" -w "$WORKSPACE" extract "$CLIPS" --labels "$CLIPS/labels.csv"
+"$mer" -w "$WORKSPACE" train --labels "$CLIPS/labels.csv" --folds 3 --name demo-bdcl
