@@ -27,13 +27,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mer_plugins.encoders import models
-from mercli.contracts import Check, DecodedClip, Encoder, Features, Option
+from mer_plugins.encoders.face_encoder import FaceTrackEncoder
+from mercli.contracts import Check, DecodedClip, Features, Option
 from mercli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from mer_plugins.encoders.faces import FaceTracker
 
 BLENDSHAPE_NAMES = (
     "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
@@ -65,8 +64,6 @@ FEATURE_NAMES = (
     *POSE_NAMES,
     *(f"{point}_{axis}" for point in KEY_POINTS for axis in "xy"),
 )
-#: How many faces the landmarker reports per frame, among which the target is chosen.
-MAX_FACES = 4
 
 
 def head_angles(rotations: "np.ndarray") -> "np.ndarray":
@@ -105,47 +102,32 @@ def key_point_geometry(landmarks: "np.ndarray") -> "np.ndarray":
     return np.asarray(rows, dtype=np.float32).reshape(len(landmarks), 2 * len(indices))
 
 
-class FaceLandmarksEncoder(Encoder):
+class FaceLandmarksEncoder(FaceTrackEncoder):
     name = "face-landmarks"
     version = "1"
     description = "MediaPipe FaceLandmarker per frame: 52 blendshapes, head pose and placement, key-point geometry"
     options = (
         Option("model_path", str, None, "FaceLandmarker .task file (default: the one shipped with mer)."),
     )
-    modality = "visual"
-    level = "frame"
     dim = len(FEATURE_NAMES)
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        self.model_path = models.resolve(models.FACE_LANDMARKER, self.settings["model_path"])
-        self._tracker: "FaceTracker | None" = None
-
-    @property
-    def tracker(self) -> "FaceTracker":
-        if self._tracker is None:
-            from mer_plugins.encoders.faces import FaceTracker
-
-            self._tracker = FaceTracker(self.model_path, MAX_FACES)
-        return self._tracker
+        self.landmarker_path = models.resolve(models.FACE_LANDMARKER, self.settings["model_path"])
 
     def weights_identity(self) -> str:
-        return models.identity(self.model_path, "face landmarker model")
+        return models.identity(self.landmarker_path, "face landmarker model")
 
     def checks(self) -> list[Check]:
-        return [models.check("face landmarker model", self.model_path, models.FACE_LANDMARKER)]
+        return [models.check("face landmarker model", self.landmarker_path, models.FACE_LANDMARKER)]
 
     def encode(self, clip: DecodedClip) -> Features:
         import numpy as np
 
-        from mer_plugins.encoders.faces import NO_FACE, NO_FRAMES
-
-        track = self.tracker.track(clip)
-        if track is None:
-            return Features(values=None, absent=clip.absent.get("visual", NO_FRAMES))
+        track = self.target_face(clip)
+        if isinstance(track, Features):
+            return track
         found = track.present
-        if not found.any():
-            return Features(values=None, absent=NO_FACE)
         blendshapes_end = len(BLENDSHAPE_NAMES)
         pose_end = blendshapes_end + len(POSE_NAMES)
         values = np.zeros((len(found), self.dim), dtype=np.float32)

