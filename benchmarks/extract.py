@@ -1,0 +1,335 @@
+"""Speed and memory of ``mer extract`` with the default encoders, against the issue's floor of
+2 s of video per wall second per worker.
+
+    .venv/bin/python benchmarks/extract.py [--repeat N] [--workers 1 2] [--clips DIR ...]
+
+Datasets: ../shared/data/crema-d and ../shared/data/mer2023, or the folders given with ``--clips``
+(repeatable; ``DIR/labels.csv`` is passed as ``--labels`` when it exists). For each dataset and
+worker count the script runs, as a user would and in a fresh temporary workspace each time (so
+nothing is skipped):
+
+    mer -w WORKSPACE extract DIR --labels DIR/labels.csv --workers N --json
+
+and reads the done and failed counts from the JSON document. Every number comes from this run,
+on this machine:
+
+* **Media** is measured with ``mercli.media.probe``: seconds of video (clips with a video stream)
+  and seconds of all media (audio-only clips included) are reported apart.
+* **Peak memory.** "max RSS" is ``ru_maxrss`` from ``os.wait4`` on the ``mer`` process: the
+  largest *single* process of the tree (the main process or one worker), not their sum. "tree
+  PSS" adds the proportional set size of every process of the tree (shared library pages split
+  between the processes that map them), sampled every 0.5 s from /proc: with several workers it
+  is the figure to size a machine by, and a sample can miss a short spike.
+* **Start-up.** Interpreter start, imports and model loading are paid once per process. A second
+  run extracts a folder holding one copy of the dataset's shortest video clip per worker; its
+  wall time is the "start-up run" (start-up plus one short clip per worker), and the rate "after
+  start-up" is (media of the full run - media of the start-up run) / (wall of the full run - wall
+  of the start-up run).
+* **Where the time goes.** In this process, one worker's steps are timed apart over the same clips,
+  in the order ``mer extract`` runs them: decoding (``mercli.media.decode`` with the extract
+  defaults), the transcript (labels, else Whisper ASR), then each encoder's ``encode``. The first
+  clip loads the models and is reported on its own; the steady figures come from a second pass
+  over every clip. Work shared between components is charged to the one that runs first: the
+  transcriber computes the Whisper encoder states the ``whisper`` encoder reuses, and
+  ``face-landmarks`` tracks the face that ``fer-expression`` reuses.
+
+Before timing, one untimed run warms the page cache, so the first measured run does not pay for
+reading the model files from disk. With ``--repeat N`` every run is made N times; wall times are
+the median, memory the largest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mercli import config as configuration, plugins
+from mercli.clips import Clip, discover
+from mercli.extract import absence, select_encoders
+from mercli.labels import read_labels
+from mercli.media import decode, probe
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATASETS = [SHARED_DATA / "crema-d", SHARED_DATA / "mer2023"]
+FLOOR = 2.0  # seconds of video per wall second per worker (issue 3)
+SAMPLE_SECONDS = 0.5
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass(frozen=True)
+class Media:
+    clips: int
+    video_seconds: float
+    media_seconds: float
+
+
+@dataclass(frozen=True)
+class Run:
+    wall: float
+    max_rss_mib: float
+    tree_pss_mib: float
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    workers: int
+    media: Media
+    full: Run
+    startup_media: Media
+    startup: Run
+
+
+def measure_media(clips: list[Path]) -> Media:
+    infos = [probe(clip) for clip in clips]
+    return Media(len(infos), sum(i.duration for i in infos if i.has_video), sum(i.duration for i in infos))
+
+
+def mer_command() -> list[str]:
+    """The console script beside this interpreter (what a user runs), else ``python -m mercli``."""
+    script = Path(sys.executable).with_name("mer")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mercli"]
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:  # the process ended while we looked
+                continue
+            parent = int(stat.rpartition(")")[2].split()[1])
+            tree[parent].append(int(entry.name))
+    return tree
+
+
+def tree_pss_kib(root: int) -> int:
+    """Sum of the proportional set size of ``root`` and its descendants, now."""
+    tree = children_by_parent()
+    pending, total = [root], 0
+    while pending:
+        pid = pending.pop()
+        pending.extend(tree.get(pid, []))
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total
+
+
+def run_extract(folder: Path, labels: Path | None, workers: int) -> Run:
+    """One ``mer extract --json`` in a fresh workspace, with its wall time and memory."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MER_")}
+    with tempfile.TemporaryDirectory(prefix="mer-bench-") as scratch:
+        command = [*mer_command(), "-w", str(Path(scratch, "workspace")), "extract", str(folder),
+                   *(["--labels", str(labels)] if labels else []), "--workers", str(workers), "--json"]
+        output, errors = Path(scratch, "stdout"), Path(scratch, "stderr")
+        peak_pss = 0
+        with output.open("wb") as out, errors.open("wb") as err:
+            start = time.perf_counter()
+            process = subprocess.Popen(command, cwd=scratch, env=environment, stdout=out, stderr=err)
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                peak_pss = max(peak_pss, tree_pss_kib(process.pid))
+                time.sleep(SAMPLE_SECONDS)
+            wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode not in (0, 1):  # 1: finished with failed clips, which are counted
+            last = errors.read_text(errors="replace").strip().splitlines()[-1:]
+            sys.exit(f"{' '.join(command)}: exit status {process.returncode}: {' '.join(last)}")
+        summary = json.loads(output.read_text())
+    return Run(wall, usage.ru_maxrss / 1024, peak_pss / 1024, summary["done"], len(summary["failed"]))
+
+
+def repeated(repeat: int, folder: Path, labels: Path | None, workers: int) -> Run:
+    runs = [run_extract(folder, labels, workers) for _ in range(repeat)]
+    return Run(statistics.median(r.wall for r in runs), max(r.max_rss_mib for r in runs),
+               max(r.tree_pss_mib for r in runs), runs[0].done, runs[0].failed)
+
+
+def startup_folder(folder: Path, labels: Path | None, clips: list[Path], copies: int,
+                   into: Path) -> tuple[Path, Path | None]:
+    """A folder holding ``copies`` copies of the shortest video clip (the shortest clip when none
+    has video), with a labels file whose rows are the original's row under the copies' names."""
+    videos = [c for c in clips if probe(c).has_video] or clips
+    shortest = min(videos, key=lambda c: probe(c).duration)
+    names = [shortest.stem] + [f"{shortest.stem}-copy{n}" for n in range(2, copies + 1)]
+    for name in names:
+        shutil.copyfile(shortest, into / f"{name}{shortest.suffix}")
+    if labels is None:
+        return into, None
+    with labels.open(newline="", encoding="utf-8") as source:
+        reader = csv.DictReader(source)
+        row = next((r for r in reader if r.get("name") == shortest.stem), None)
+        fields = reader.fieldnames or []
+    if row is None:
+        return into, None
+    copied_labels = into / "labels.csv"
+    with copied_labels.open("w", newline="", encoding="utf-8") as target:
+        writer = csv.DictWriter(target, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({**row, "name": name} for name in names)
+    return into, copied_labels
+
+
+def per_worker_video_rate(video_seconds: float, wall: float, workers: int) -> float:
+    return video_seconds / wall / workers
+
+
+def floor_verdict(media: Media, rate: float) -> str:
+    if not media.video_seconds:
+        return "n/a (no video)"
+    return "[green]yes[/]" if rate >= FLOOR else "[red]no[/]"
+
+
+# --- where the time goes (in this process) ------------------------------------------------------
+
+
+def time_steps(clips: list[Clip], config: configuration.Config, transcripts: dict[str, str],
+               encoders: list, transcriber) -> dict[str, float]:
+    """Seconds spent in each step, summed over ``clips``, in the order ``mer extract`` runs them."""
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(step: str, action):
+        start = time.perf_counter()
+        result = action()
+        spent[step] += time.perf_counter() - start
+        return result
+
+    for clip in clips:
+        decoded = timed("decode", lambda: decode(clip.path, clip.clip_id, fps=config.get("extract", "fps"),
+                                                 sample_rate=config.get("extract", "sample_rate")))
+        if clip.clip_id in transcripts:
+            decoded.transcript = transcripts[clip.clip_id]
+        elif "audio" not in decoded.absent:
+            decoded.transcript = timed(f"transcribe ({transcriber.name})", lambda: transcriber.transcribe(decoded))
+        for encoder in encoders:
+            if absence(encoder, decoded) is None:
+                timed(encoder.name, lambda: encoder.encode(decoded))
+    return spent
+
+
+def breakdown(folder: Path, labels: Path | None, media: Media, console: Console) -> None:
+    config = configuration.load(None, environ={})
+    clips = discover(folder)
+    transcripts = {r.clip_id: r.transcript for r in read_labels(labels, config) if r.transcript} if labels else {}
+    encoders = select_encoders(config)
+    transcriber = plugins.build("transcribers", config.get("extract", "transcriber"), config)
+    by_path = {c.path: c for c in clips}
+    videos = [c for c in clips if probe(c.path).has_video] or clips
+    first = min(videos, key=lambda c: probe(c.path).duration)
+    loading = time_steps([by_path[first.path]], config, transcripts, encoders, transcriber)
+    steady = time_steps(clips, config, transcripts, encoders, transcriber)
+    total = sum(steady.values())
+
+    table = Table(title=f"{folder.name}: where one worker's time goes (in-process, {media.clips} clips, "
+                        f"{media.video_seconds:.1f} s video, {media.media_seconds:.1f} s media)")
+    for column in ("step", "first clip s (loads models)", "all clips s", "share", "s per s of media"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for step, seconds in steady.items():
+        table.add_row(step, f"{loading.get(step, 0.0):.2f}", f"{seconds:.2f}", f"{seconds / total:.0%}",
+                      f"{seconds / media.media_seconds:.3f}")
+    table.add_row("[bold]total[/]", f"{sum(loading.values()):.2f}", f"{total:.2f}", "100%",
+                  f"{total / media.media_seconds:.3f}")
+    console.print(table)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def datasets_of(arguments: argparse.Namespace) -> list[Path]:
+    chosen = arguments.clips or [d for d in DEFAULT_DATASETS if d.is_dir()]
+    if not chosen:
+        sys.exit(f"{SHARED_DATA}: missing; give clip folders with --clips DIR")
+    missing = [d for d in chosen if not d.is_dir()]
+    if missing:
+        sys.exit(f"{missing[0]}: no such folder")
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--clips", type=Path, action="append", metavar="DIR",
+                        help="a clips folder to measure (repeatable) [default: crema-d and mer2023 in ../shared/data]")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts [default: 1 2]")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median counts [default: 1]")
+    arguments = parser.parse_args()
+    datasets = datasets_of(arguments)
+    console = Console() if Console().is_terminal else Console(width=200)
+    encoders = configuration.load(None, environ={}).get("extract", "encoders")
+    console.print(f"mer extract, default encoders ({', '.join(encoders)}); {os.cpu_count()} CPUs, "
+                  f"Python {sys.version.split()[0]}, repeat {arguments.repeat}")
+
+    rows = []
+    for folder in datasets:
+        labels = folder / "labels.csv" if (folder / "labels.csv").is_file() else None
+        clips = [c.path for c in discover(folder)]
+        media = measure_media(clips)
+        for workers in arguments.workers:
+            with tempfile.TemporaryDirectory(prefix="mer-bench-startup-") as scratch:
+                small, small_labels = startup_folder(folder, labels, clips, workers, Path(scratch))
+                if not rows:
+                    run_extract(small, small_labels, workers)  # untimed: warms the page cache
+                startup = repeated(arguments.repeat, small, small_labels, workers)
+                startup_media = measure_media([c.path for c in discover(small)])
+            full = repeated(arguments.repeat, folder, labels, workers)
+            rows.append(Row(folder.name, workers, media, full, startup_media, startup))
+            console.print(f"measured {folder.name} with {workers} worker(s): {full.wall:.1f} s")
+        breakdown(folder, labels, media, console)
+
+    whole = Table(title="mer extract, whole run (start-up included)")
+    for column in ("dataset", "workers", "clips (done/failed)", "video s", "media s", "wall s", "clips/s",
+                   "media s/wall s", "video s/wall s/worker", f"≥ {FLOOR:g} (floor)", "max RSS MiB (1 process)",
+                   "tree PSS MiB (sum)"):
+        whole.add_column(column, justify="left" if column == "dataset" else "right")
+    for row in rows:
+        rate = per_worker_video_rate(row.media.video_seconds, row.full.wall, row.workers)
+        whole.add_row(row.dataset, str(row.workers), f"{row.media.clips} ({row.full.done}/{row.full.failed})",
+                      f"{row.media.video_seconds:.1f}", f"{row.media.media_seconds:.1f}", f"{row.full.wall:.1f}",
+                      f"{row.media.clips / row.full.wall:.2f}", f"{row.media.media_seconds / row.full.wall:.2f}",
+                      f"{rate:.2f}", floor_verdict(row.media, rate), f"{row.full.max_rss_mib:.0f}",
+                      f"{row.full.tree_pss_mib:.0f}")
+    console.print(whole)
+
+    steady = Table(title="start-up run (one copy of the shortest video clip per worker) and the rate after it")
+    for column in ("dataset", "workers", "start-up run: clips", "start-up run: wall s",
+                   "after start-up: clips/s", "after start-up: media s/wall s",
+                   "after start-up: video s/wall s/worker", f"≥ {FLOOR:g} (floor)"):
+        steady.add_column(column, justify="left" if column == "dataset" else "right")
+    for row in rows:
+        wall = row.full.wall - row.startup.wall
+        startup = (row.dataset, str(row.workers), str(row.startup_media.clips), f"{row.startup.wall:.1f}")
+        if row.media.clips <= row.startup_media.clips or wall <= 0:  # else noise exceeds the clips' cost
+            reason = "no clips beyond it" if wall > 0 else "start-up run ≥ full run"
+            steady.add_row(*startup, "n/a", "n/a", "n/a", f"n/a ({reason})")
+            continue
+        video = row.media.video_seconds - row.startup_media.video_seconds
+        rate = per_worker_video_rate(video, wall, row.workers)
+        steady.add_row(*startup, f"{(row.media.clips - row.startup_media.clips) / wall:.2f}",
+                       f"{(row.media.media_seconds - row.startup_media.media_seconds) / wall:.2f}",
+                       f"{rate:.2f}", floor_verdict(row.media, rate))
+    console.print(steady)
+
+
+if __name__ == "__main__":
+    main()
