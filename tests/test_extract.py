@@ -333,3 +333,16 @@ def test_ctrl_c_turned_into_an_error_by_a_library_still_stops_the_run(test_encod
     config = load(None, environ={}, overrides={"extract.encoders": ["test-swallow"]})
     with pytest.raises(KeyboardInterrupt):
         extract_clips(discover(clips_dir), config, Workspace(tmp_path / "ws"), {})
+
+
+def test_extract_lets_idle_openmp_threads_sleep(test_encoders, clips_dir, tmp_path, monkeypatch):
+    """Spinning OpenMP pools of torch and CTranslate2 starve each other on few cores; the setting
+    must be in the environment that the worker processes inherit, unless the user chose one."""
+    import os
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    run_extract(Workspace(tmp_path / "ws"), clips_dir)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    run_extract(Workspace(tmp_path / "ws2"), clips_dir)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
