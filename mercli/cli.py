@@ -129,19 +129,21 @@ def train(app: App, labels: Path, loss: str | None, features: str | None, name: 
           folds: int | None, epochs: int | None, batch_size: int | None, lr: float | None, weight_decay: float | None,
           seed: int | None, deterministic: bool | None, priors: bool | None, as_json: bool) -> None:
     """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
-    from mercli.train import epoch_progress, summary_table, train as train_run
+    from mercli.console import fold_progress
+    from mercli.reports import train_table
+    from mercli.train import train as train_run
 
     app.override({"train.loss": loss, "train.features": features.split(",") if features else None,
                   "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
                   "train.weight_decay": weight_decay, "train.seed": seed, "train.deterministic": deterministic,
                   "train.priors": priors})
-    with epoch_progress() as on_epoch:
+    with fold_progress() as on_epoch:
         result = train_run(app.config, app.workspace, labels, name=name, group_column=group_column, folds=folds,
                            on_epoch=on_epoch)
     if as_json:
         emit_json(result.to_json())
     else:
-        stderr.print(summary_table(result))
+        stderr.print(train_table(result))
 
 
 @cli.command(name="plugins")

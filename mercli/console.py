@@ -51,3 +51,19 @@ def progress(total: int, description: str, unit: str = "clips") -> Iterator[Call
     with Progress(*columns, console=stderr) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)
+
+
+@contextmanager
+def fold_progress() -> Iterator[Callable[[int, int, int, dict[str, Any]], None]]:
+    """A rich progress bar on stderr, one line per fold, showing the loss and validation WAF."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=stderr) as bar:
+        tasks: dict[int, Any] = {}
+
+        def update(fold: int, epoch: int, total: int, record: dict[str, Any]) -> None:
+            if fold not in tasks:
+                tasks[fold] = bar.add_task(f"fold {fold}", total=total)
+            bar.update(tasks[fold], completed=epoch, description=(
+                f"fold {fold}: loss {record['train_loss']:.3f}  val WAF {record['val_waf']:.3f}"))
+
+        yield update

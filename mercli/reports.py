@@ -13,6 +13,7 @@ from mercli.contracts import Check
 
 if TYPE_CHECKING:
     from mercli.extract import ExtractSummary
+    from mercli.train import RunResult
 
 
 def _plain(value: object) -> Text:
@@ -83,4 +84,27 @@ def extract_table(summary: "ExtractSummary") -> Table:
     for feature_set in summary.feature_sets:
         table.add_row("feature set", "", f"{feature_set['path']} ({feature_set['modality']}, "
                       f"{feature_set['level']}, dim {feature_set['dim']})")
+    return table
+
+
+def train_table(result: "RunResult") -> Table:
+    """The run in one table: its inputs (the exact feature sets), priors, exclusions and folds."""
+    table = Table(title=f"mer train: {result.run} ({result.device}, {result.seconds_per_epoch:.2f} s/epoch)")
+    table.add_column("")
+    table.add_column("detail")
+    for spec in result.inputs:
+        kind = "prior" if spec.prior else spec.modality
+        made_by = result.manifests[spec.name]
+        table.add_row("feature set", escape(f"{spec.name} ({kind}, {spec.level}, dim {spec.dim}; "
+                                            f"{made_by['encoder']} {made_by['encoder_version']}, "
+                                            f"weights {made_by['weights'] or 'unrecorded'})"))
+    table.add_row("priors", escape(result.priors_note))
+    if result.excluded:
+        shown = ", ".join(result.excluded[:10]) + (" ..." if len(result.excluded) > 10 else "")
+        table.add_row("[yellow]excluded[/]", escape(f"{len(result.excluded)} labelled clips without features: {shown}"))
+    for fold in result.folds:
+        table.add_row(f"fold {fold.fold}", f"best epoch {fold.best_epoch}: WAF {fold.waf:.4f}, macro-F1 "
+                      f"{fold.macro_f1:.4f}, accuracy {fold.accuracy:.4f} ({fold.train_clips} train, "
+                      f"{len(fold.val_clips)} val clips)")
+    table.add_row("[bold]best[/]", f"WAF {result.best['waf']:.4f}, macro-F1 {result.best['macro_f1']:.4f}")
     return table

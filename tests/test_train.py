@@ -379,3 +379,15 @@ def test_a_diverging_loss_stops_the_run_with_one_line(workspace):
     (split,) = plan_splits(table, seed=0)
     with pytest.raises(DataError, match=r"fold 1, epoch 1: the training loss is nan; lower train.lr"):
         train_fold(table, split, config().table("train"), Diverging(), torch.device("cpu"))
+
+
+def test_mer_train_shows_inputs_and_folds_on_stderr(workspace):
+    space, labels = workspace
+    args = ["-w", str(space.root), *(a for k, v in {**FAST, "data.classes": CLASSES}.items()
+                                     for a in ("-s", f"{k}={json.dumps(v)}")),
+            "train", "--labels", str(labels), "--loss", "ce", "--name", "shown", "--epochs", "2"]
+    outcome = CliRunner(env={"COLUMNS": "200"}).invoke(cli, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert outcome.stdout == ""
+    assert "mer train:" in outcome.stderr and "feature set" in outcome.stderr
+    assert "priors" in outcome.stderr and "best epoch" in outcome.stderr
