@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -15,15 +15,18 @@ def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename,
     on any error (Ctrl-C included) it is removed and ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    # The name is chosen before the file exists (mkstemp could be interrupted after creating it
+    # but before returning its name), so whatever interrupts the write, the cleanup knows the file.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    exclusive = mode.replace("w", "x")
     try:
-        with os.fdopen(descriptor, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+        with open(temporary, exclusive, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -269,11 +270,19 @@ def noticing_ctrl_c() -> Iterator[Callable[[], bool]]:
         pressed = True
         signal.default_int_handler(signum, frame)
 
+    def unraisable(report: "sys.UnraisableHookArgs") -> None:
+        # An interrupt inside a native callback (opensmile's) cannot propagate and would be printed
+        # as a traceback; it is noted above, so stay quiet about it.
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            previous_hook(report)
+
     previous = signal.signal(signal.SIGINT, handler)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield lambda: pressed
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
 
 
 def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:

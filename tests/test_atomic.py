@@ -1,0 +1,38 @@
+"""Atomic writes: whatever interrupts a write, neither half a file nor a temporary file is left."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import pytest
+
+from mercli import atomic
+
+
+def test_a_write_replaces_the_file_whole(tmp_path):
+    target = tmp_path / "a" / "doc.json"
+    atomic.write_json(target, {"x": 1})
+    atomic.write_text(target, "second\n")
+    assert target.read_text() == "second\n"
+    assert [p.name for p in target.parent.iterdir()] == ["doc.json"]
+
+
+@pytest.mark.parametrize("where", ["while writing", "right after the temporary file is created"])
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch, where):
+    target = tmp_path / "doc.txt"
+    target.write_text("old\n")
+    if where == "right after the temporary file is created":
+        real_open = builtins.open
+
+        def open_then_interrupt(file, *args, **kwargs):
+            real_open(file, *args, **kwargs).close()
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(atomic, "open", open_then_interrupt, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.replacing(target) as handle:
+            handle.write("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["doc.txt"]
