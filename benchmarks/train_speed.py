@@ -4,7 +4,7 @@ Synthetic clips at MER2024-like feature sizes (audio 1024, visual 768, text 5120
 plus one 384-d prior set per modality, held in memory so that only training is measured. Runs on
 the device ``[train] device`` picks (auto: cuda, then mps, then cpu); mixed precision on CUDA.
 
-    .venv/bin/python benchmarks/train_speed.py [--clips 5000] [--epochs 2] [--loss bdcl] [--no-priors]
+    .venv/bin/python benchmarks/train_speed.py [--clips 5000] [--epochs 2] [--loss bdcl] [--no-priors] [--device cuda]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mercli.config import MER2024_CLASSES, load
 from mercli.features import FeatureSet, Manifest
@@ -43,9 +44,11 @@ def main() -> None:
     parser.add_argument("--loss", default="bdcl")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-priors", action="store_true")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     arguments = parser.parse_args()
     config = load(None, environ={}, overrides={"train.epochs": arguments.epochs, "train.patience": 0,
-                                               "train.batch_size": arguments.batch_size})
+                                               "train.batch_size": arguments.batch_size,
+                                               "train.device": arguments.device})
     settings = checked_settings(config.table("train"))
     table = synthetic_table(arguments.clips, priors=not arguments.no_priors)
     device = pick_device(settings["device"])
@@ -54,9 +57,11 @@ def main() -> None:
         result = train_fold(table, split, settings, plugins.build("losses", arguments.loss, config), device)
     epoch_seconds = [record["seconds"] for record in result.history[1:]] or [result.history[0]["seconds"]]
     seconds = float(np.median(epoch_seconds))  # the first epoch carries one-off start-up costs
-    print(f"{'device':<8} {'loss':<6} {'priors':<6} {'clips':>6} {'batch':>5} {'s/epoch':>8} {'samples/s':>10}")
-    print(f"{device.type:<8} {arguments.loss:<6} {str(not arguments.no_priors):<6} {arguments.clips:>6} "
-          f"{arguments.batch_size:>5} {seconds:>8.2f} {arguments.clips / seconds:>10.0f}")
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    print(f"{'device':<8} {'amp':<5} {'loss':<6} {'priors':<6} {'clips':>6} {'batch':>5} {'s/epoch':>8} "
+          f"{'samples/s':>10} {'peak MiB':>9}")
+    print(f"{device.type:<8} {str(device.type == 'cuda'):<5} {arguments.loss:<6} {str(not arguments.no_priors):<6} "
+          f"{arguments.clips:>6} {arguments.batch_size:>5} {seconds:>8.2f} {arguments.clips / seconds:>10.0f} {peak:>9.0f}")
 
 
 if __name__ == "__main__":

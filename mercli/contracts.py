@@ -147,14 +147,94 @@ class Transcriber(Component):
 # --- reasoners --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one reasoner call consumed (or, for a plan, is expected to consume)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens)
+
+
+@dataclass(frozen=True)
+class ReasoningRequest:
+    """Everything a reasoner may use for one clip.
+
+    ``prompt`` (versioned by the core) and ``answer_schema`` (a JSON schema of the answer: the
+    ``visual``, ``acoustic``, ``textual`` and ``overall`` parts of a trace, emotions restricted to
+    ``classes``) are the same for every remote reasoner, so their traces compare. ``label`` is set
+    only when the user asked for label-conditioned traces. ``features`` holds the clip's extracted
+    features by encoder name (the newest set of each), for reasoners that work from measurements.
+    """
+
+    clip_id: str
+    path: Path
+    prompt: str
+    answer_schema: dict[str, Any]
+    classes: tuple[str, ...]
+    transcript: str | None = None
+    label: str | None = None
+    features: Mapping[str, Features] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReasoningAnswer:
+    """A reasoner's answer for one clip: the four parts of a trace, before the core checks them
+    against the schema and adds the clip id and provenance."""
+
+    answer: dict[str, Any]
+    usage: Usage = Usage()
+
+
+class ReasonerError(Exception):
+    """Base of what a reasoner raises when a call gives no usable answer; the message is one line."""
+
+
+class RetryableError(ReasonerError):
+    """Worth asking again: rate limited (429), a server error (5xx), a timeout, a refused connection.
+    ``retry_after`` is the server's hint in seconds, when it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AnswerRejected(ReasonerError):
+    """This clip got no usable answer (a safety block, an empty or malformed reply): recorded as the
+    clip's failure, never stored as a trace; the run goes on."""
+
+
+class StopRun(ReasonerError):
+    """Nothing more can succeed (quota exhausted, key rejected, model unknown): the run stops cleanly,
+    keeping the traces already written."""
+
+
 class Reasoner(Component):
-    """Writes a modality-separable reasoning trace for one clip (the trace schema is in
-    :mod:`mercli.traces`). ``needs_network`` tells ``mer reason --dry-run`` and ``mer doctor``
-    whether it calls a remote service."""
+    """Writes the modality-separable reasoning of one clip (the trace schema is in
+    :mod:`mercli.traces`). The core owns scheduling, retries, rate limits, caching, cost and the
+    schema check; ``reason`` makes one attempt and raises a :class:`ReasonerError` subclass when it
+    fails. ``needs_network`` tells ``mer reason --dry-run`` and ``mer doctor`` whether it calls a
+    remote service. Set a ``model`` option: the model name is part of every trace's source.
+    """
 
     needs_network: ClassVar[bool] = False
 
-    def reason(self, clip: DecodedClip, context: Mapping[str, Any]) -> dict[str, Any]:
+    @property
+    def model(self) -> str:
+        return str(self.settings.get("model") or self.name)
+
+    def trace_version(self, prompt_version: str) -> str:
+        """The version a trace of this reasoner is filed under: the core's prompt version for
+        reasoners that use the prompt, a rule version for those that do not."""
+        return prompt_version
+
+    def estimate_usage(self, request: ReasoningRequest) -> Usage:
+        """Tokens a call on ``request`` is expected to use, for ``--dry-run`` and ``--max-cost``."""
+        return Usage()
+
+    def reason(self, request: ReasoningRequest) -> ReasoningAnswer:
         raise NotImplementedError
 
 
