@@ -110,6 +110,45 @@ def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None
 
 
 @cli.command()
+@click.argument("clips_dir", type=click.Path(path_type=Path))
+@click.option("--model", "model_spec", metavar="REASONER[:MODEL]",
+              help="Reasoner, and optionally its model, e.g. local, gemini, gemini:gemini-2.5-pro, openai:qwen2.5-vl "
+                   "[default: reason.reasoner].")
+@click.option("--labels", type=click.Path(path_type=Path), help="Labels file (transcripts; labels only with --label-conditioned).")
+@click.option("--concurrency", type=int, help="Calls in flight at once [default: reason.concurrency].")
+@click.option("--rpm", type=float, help="Most calls started per minute [default: reason.requests_per_minute].")
+@click.option("--max-cost", type=float, metavar="USD", help="Stop before the estimated cost would pass USD.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (clips, calls, tokens, cost) and call nothing.")
+@click.option("--retry-failed", is_flag=True, help="Ask again about clips whose last answer failed.")
+@click.option("--label-conditioned", is_flag=True,
+              help="Show each clip's label to the reasoner; such traces are marked, kept apart, and refused for "
+                   "validation and test clips.")
+@click.option("--no-embed", is_flag=True, help="Do not turn the traces into prior feature sets.")
+@json_option
+@pass_app
+def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | None, concurrency: int | None,
+           rpm: float | None, max_cost: float | None, dry_run: bool, retry_failed: bool, label_conditioned: bool,
+           no_embed: bool, as_json: bool) -> None:
+    """Per-modality reasoning traces for every clip, cached by clip content; then prior feature sets."""
+    from mercli.reason import reason_folder, parse_model
+    from mercli.reports import reason_table
+
+    if model_spec:
+        reasoner, model = parse_model(model_spec)
+        app.override({"reason.reasoner": reasoner, f"reasoner.{reasoner}.model": model})
+    app.override({"reason.concurrency": concurrency, "reason.requests_per_minute": rpm})
+    summary = reason_folder(app.config, app.workspace, clips_dir, labels=labels, label_conditioned=label_conditioned,
+                            retry_failed=retry_failed, dry_run=dry_run, max_cost=max_cost, embed=not no_embed)
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        stderr.print(reason_table(summary))
+    if summary.stopped and not dry_run:
+        error(summary.stopped)
+    sys.exit(EXIT_SOME_FAILED if (summary.failed or summary.stopped) and not dry_run else 0)
+
+
+@cli.command()
 @click.option("--labels", type=click.Path(path_type=Path), required=True, help="Labels file with the training clips.")
 @click.option("--loss", help="Training loss, e.g. ce, bcl, bdcl [default: train.loss].")
 @click.option("--features", help="Comma-separated feature-set folders [default: every set in features/].")
@@ -144,6 +183,39 @@ def train(app: App, labels: Path, loss: str | None, features: str | None, name: 
         emit_json(result.to_json())
     else:
         stderr.print(train_table(result))
+
+
+@cli.command(name="eval")
+@click.option("--checkpoint", "checkpoints", multiple=True, metavar="RUN",
+              help="A run name under runs/ or a run folder; repeat it to aggregate seeds [default: the newest run].")
+@click.option("--labels", type=click.Path(path_type=Path),
+              help="Evaluate on these clips instead of each fold's validation clips.")
+@click.option("--split", help="Rows of --labels to evaluate: a split name or all [default: test when the file "
+                              "has a split column, else all].")
+@click.option("--allow-train-clips", is_flag=True, help="Evaluate even clips the run was trained or selected on.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for metrics.json, predictions.csv and confusion.png [default: RUN/eval].")
+@click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the predictions as a MER2024 submission CSV (name,discrete).")
+@json_option
+@pass_app
+def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, split: str | None,
+                 allow_train_clips: bool, out: Path | None, submission: Path | None, as_json: bool) -> None:
+    """Score a run: WAF, accuracy, macro-F1, UAR, ECE, per-class figures and the confusion matrix."""
+    from mercli.evaluation import evaluate, write_submission
+    from mercli.reports import eval_tables
+
+    if labels is None and (split or submission or allow_train_clips):
+        raise click.UsageError("--split, --submission and --allow-train-clips need --labels")
+    evaluation = evaluate(app.config, app.workspace, checkpoints, labels=labels, split=split,
+                          allow_train_clips=allow_train_clips, out=out)
+    if submission is not None:
+        write_submission(submission, evaluation)
+    if as_json:
+        emit_json(evaluation.to_json())
+    else:
+        for table in eval_tables(evaluation):
+            stderr.print(table)
 
 
 @cli.command(name="plugins")

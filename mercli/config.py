@@ -45,6 +45,16 @@ DEFAULT_LABEL_MAP = {
 
 DEFAULT_ENCODERS = ["face-landmarks", "fer-expression", "whisper", "egemaps", "text-embedding"]
 
+#: List prices in US dollars per million tokens (text, image and video input) as published in late
+#: 2025. They change: put current ones in mer.toml under ``[reason.prices]``.
+DEFAULT_PRICES = {
+    "gemini-2.5-flash": {"input": 0.30, "output": 2.50},
+    "gemini-2.5-flash-lite": {"input": 0.10, "output": 0.40},
+    "gemini-2.5-pro": {"input": 1.25, "output": 10.00},
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+}
+
 CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
     "data": (
         Option("classes", list, MER2024_CLASSES, "Class names, in the order the model outputs them."),
@@ -57,6 +67,17 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("encoders", list, DEFAULT_ENCODERS, "Encoders to run (`mer plugins` lists them)."),
         Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
         Option("workers", int, 1, "Worker processes."),
+    ),
+    "reason": (
+        Option("reasoner", str, "local", "Reasoner plug-in (`mer plugins`); its settings go in [reasoner.NAME]."),
+        Option("concurrency", int, 4, "Calls in flight at once."),
+        Option("requests_per_minute", float, 60.0, "Most calls started per minute (0: no limit)."),
+        Option("max_retries", int, 5, "Retries of a call after a 429, a 5xx, a timeout or a refused connection."),
+        Option("backoff", float, 2.0, "Longest wait before the first retry, in seconds; doubles each retry."),
+        Option("max_backoff", float, 60.0, "Longest wait before any retry, unless the server asks for longer."),
+        Option("max_cost", float, None, "Stop before the estimated spending would pass this many US dollars."),
+        Option("prices", dict, DEFAULT_PRICES, "US dollars per million input and output tokens, by model."),
+        Option("embed_with", str, "text-embedding", "Text encoder that turns traces into prior feature sets."),
     ),
     "train": (
         Option("loss", str, "bdcl", "Training loss (`mer plugins` lists them); its settings go in [loss.NAME]."),

@@ -9,7 +9,8 @@ Reading order, top to bottom:
 2. A learned embedding per set (its "modality token") is added, so the fusion knows which input a
    token came from.
 3. Priors (optional): a prior feature set (encoder ``prior-*``) of modality m is projected the same
-   way, and every token of modality m attends to the prior tokens of m by cross-attention whose
+   way, and every token of modality m attends to the prior tokens of m, and to those of priors of
+   no one modality (modality ``unknown``: a trace's overall summary), by cross-attention whose
    output enters through a gate initialised to zero (``tanh(0) = 0``), so training starts from the
    network without priors. A clip without a prior for m is left untouched.
 4. Fusion: a small transformer encoder over ``[CLS] + set tokens``; absent sets are removed with the
@@ -48,11 +49,20 @@ class ModelSettings:
         return cls(**{k: table[k] for k in asdict(cls()) if k in table})
 
 
+#: The modality of a prior that concerns the whole clip: it is offered to every stream.
+SHARED_PRIOR = "unknown"
+
+
 def injected_priors(inputs: Sequence[InputSpec], settings: ModelSettings) -> list[InputSpec]:
     """The prior sets the network injects: none when priors are switched off, and only those whose
-    modality has a feature set to inject into."""
-    modalities = {s.modality for s in inputs if not s.prior}
+    modality has a feature set to inject into (a shared prior has every stream)."""
+    modalities = {s.modality for s in inputs if not s.prior} | {SHARED_PRIOR}
     return [s for s in inputs if s.prior and settings.priors and s.modality in modalities]
+
+
+def priors_of(spec: InputSpec, priors: Sequence[InputSpec]) -> list[InputSpec]:
+    """The priors the stream of ``spec`` attends to: its modality's and the shared ones."""
+    return [p for p in priors if p.modality in (spec.modality, SHARED_PRIOR)]
 
 
 class SetProjection(nn.Module):
@@ -124,7 +134,7 @@ class FusionNetwork(nn.Module):
         self.prior_projections = nn.ModuleDict({s.name: SetProjection(s, width, settings.dropout) for s in self.priors})
         self.prior_attention = nn.ModuleDict({
             s.name: GatedPriorAttention(width, settings.heads, settings.dropout)
-            for s in self.inputs if any(p.modality == s.modality for p in self.priors)
+            for s in self.inputs if priors_of(s, self.priors)
         })
         self.set_embedding = nn.Parameter(torch.randn(len(self.inputs), width) * 0.02)
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
@@ -157,17 +167,15 @@ class FusionNetwork(nn.Module):
         return torch.where(lost_all[:, None], present, keep)
 
     def forward(self, values: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> ModelOutput:
-        prior_tokens = {p.modality: [] for p in self.priors}
-        prior_present = {p.modality: [] for p in self.priors}
-        for p in self.priors:
-            prior_tokens[p.modality].append(self.prior_projections[p.name](values[p.name], masks[p.name]))
-            prior_present[p.modality].append(self._present(p, masks[p.name]))
+        prior_tokens = {p.name: self.prior_projections[p.name](values[p.name], masks[p.name]) for p in self.priors}
+        prior_present = {p.name: self._present(p, masks[p.name]) for p in self.priors}
         tokens, present = [], []
         for spec in self.inputs:
             token = self.projections[spec.name](values[spec.name], masks[spec.name])
             if spec.name in self.prior_attention:
-                token = self.prior_attention[spec.name](token, torch.stack(prior_tokens[spec.modality], dim=1),
-                                                        torch.stack(prior_present[spec.modality], dim=1))
+                attended = [p.name for p in priors_of(spec, self.priors)]
+                token = self.prior_attention[spec.name](token, torch.stack([prior_tokens[n] for n in attended], dim=1),
+                                                        torch.stack([prior_present[n] for n in attended], dim=1))
             tokens.append(token)
             present.append(self._present(spec, masks[spec.name]))
         stacked = torch.stack(tokens, dim=1) + self.set_embedding.to(tokens[0].dtype)

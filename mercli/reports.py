@@ -12,7 +12,9 @@ from rich.text import Text
 from mercli.contracts import Check
 
 if TYPE_CHECKING:
+    from mercli.evaluation import Evaluation
     from mercli.extract import ExtractSummary
+    from mercli.reason import ReasonSummary
     from mercli.train import RunResult
 
 
@@ -62,6 +64,16 @@ def config_table(settings: dict[str, dict[str, dict[str, Any]]], workspace: Path
     return table
 
 
+def add_grouped(table: Table, outcome: str, items: list[dict[str, str]], colour: str) -> None:
+    """A row counting ``items`` (``{"clip", "reason"}``), then one row per distinct reason, commonest first."""
+    reasons: dict[str, int] = {}
+    for item in items:
+        reasons[item["reason"]] = reasons.get(item["reason"], 0) + 1
+    table.add_row(f"[{colour}]{outcome}[/]" if items else outcome, str(len(items)), "")
+    for reason, count in sorted(reasons.items(), key=lambda pair: -pair[1]):
+        table.add_row("", str(count), escape(reason))
+
+
 def extract_table(summary: "ExtractSummary") -> Table:
     rate = summary.media_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
     table = Table(title=f"mer extract: {summary.clips} clips, {rate:.1f} s of media per second")
@@ -70,12 +82,7 @@ def extract_table(summary: "ExtractSummary") -> Table:
     table.add_column("detail")
     table.add_row("done", str(summary.done), "")
     table.add_row("skipped", str(summary.skipped), "already stored under the same manifest")
-    reasons: dict[str, int] = {}
-    for failure in summary.failed:
-        reasons[failure["reason"]] = reasons.get(failure["reason"], 0) + 1
-    table.add_row("[red]failed[/]" if summary.failed else "failed", str(len(summary.failed)), "")
-    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
-        table.add_row("", str(count), escape(reason))
+    add_grouped(table, "failed", summary.failed, "red")
     for partial in summary.partial:
         table.add_row("partly decoded", "1", escape(f"{partial['clip']}: {partial['reason']}"))
     for modality, counts in sorted(summary.absent.items()):
@@ -84,6 +91,34 @@ def extract_table(summary: "ExtractSummary") -> Table:
     for feature_set in summary.feature_sets:
         table.add_row("feature set", "", f"{feature_set['path']} ({feature_set['modality']}, "
                       f"{feature_set['level']}, dim {feature_set['dim']})")
+    return table
+
+
+def reason_table(summary: "ReasonSummary") -> Table:
+    """Outcomes, calls, tokens and cost of ``mer reason`` (or, for ``--dry-run``, its plan)."""
+    source = summary.source
+    kind = "plan (nothing called)" if summary.dry_run else f"{summary.clips} clips"
+    labels = ", label-conditioned" if source.label_conditioned else ""
+    table = Table(title=f"mer reason: {source.reasoner} {source.model} ({source.prompt_version}{labels}): {kind}")
+    table.add_column("outcome")
+    table.add_column("clips", justify="right")
+    table.add_column("detail")
+    if summary.dry_run:
+        table.add_row("to ask", str(summary.calls), "one call per clip, retries not counted")
+    else:
+        table.add_row("done", str(len(summary.done)), "")
+    table.add_row("cached", str(len(summary.cached)), "a trace of the same clip content is stored")
+    add_grouped(table, "failed", summary.failed, "red")
+    if summary.skipped:
+        add_grouped(table, "not asked", summary.skipped, "yellow")
+    if summary.stopped:
+        table.add_row("[red]stopped[/]", "", escape(summary.stopped))
+    usage = summary.usage
+    estimated = "estimated " if summary.dry_run else ""
+    table.add_row("calls", str(summary.calls), f"{estimated}{usage.input_tokens:,} input + "
+                  f"{usage.output_tokens:,} output tokens, {estimated}cost {summary.cost_usd:.4f} USD")
+    for prior in summary.priors:
+        table.add_row("prior set", "", f"{prior['path']} ({prior['modality']}, dim {prior['dim']})")
     return table
 
 
@@ -108,3 +143,51 @@ def train_table(result: "RunResult") -> Table:
                       f"{len(fold.val_clips)} val clips)")
     table.add_row("[bold]best[/]", f"WAF {result.best['waf']:.4f}, macro-F1 {result.best['macro_f1']:.4f}")
     return table
+
+
+def _figures_row(figures: dict[str, Any]) -> list[str]:
+    return [f"{figures[key]:.4f}" for key in ("waf", "accuracy", "macro_f1", "uar", "ece")]
+
+
+def eval_summary_table(evaluation: "Evaluation") -> Table:
+    """Every fold model's figures, their mean ± std, and the pooled (or fold-averaged) figures."""
+    table = Table(title=_plain(f"mer eval: {evaluation.source}"))
+    for column in ("model", "T", "clips", "WAF", "accuracy", "macro-F1", "UAR", "ECE"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for member in evaluation.member_figures:
+        table.add_row(_plain(f"{Path(member['run']).name} fold {member['fold']}"), f"{member['temperature']:.3f}",
+                      str(member["clips"]), *_figures_row(member))
+    mean, std = evaluation.spread()
+    if len(evaluation.member_figures) > 1:
+        table.add_row("mean ± std", "", "", *(f"{mean[k]:.4f} ± {std[k]:.4f}" for k in mean))
+    overall = "pooled out-of-fold" if evaluation.mode == "validation" else "mean of the fold models"
+    table.add_row(f"[bold]{overall}[/]", "", str(len(evaluation.clip_ids)), *_figures_row(evaluation.figures))
+    if evaluation.excluded:
+        shown = ", ".join(evaluation.excluded[:10]) + (" ..." if len(evaluation.excluded) > 10 else "")
+        table.caption = _plain(f"excluded: {len(evaluation.excluded)} labelled clips without features: {shown}")
+    return table
+
+
+def per_class_table(evaluation: "Evaluation") -> Table:
+    table = Table(title="per class")
+    for column in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in evaluation.figures["per_class"].items():
+        table.add_row(_plain(name), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+                      str(row["support"]))
+    return table
+
+
+def confusion_table(evaluation: "Evaluation") -> Table:
+    """Rows: true class; columns: predicted class; the diagonal (correct predictions) in bold."""
+    table = Table(title="confusion matrix (rows true, columns predicted)")
+    table.add_column("")
+    for name in evaluation.classes:
+        table.add_column(_plain(name), justify="right")
+    for row, (name, counts) in enumerate(zip(evaluation.classes, evaluation.figures["confusion"])):
+        table.add_row(_plain(name), *(f"[bold]{c}[/]" if row == column else str(c) for column, c in enumerate(counts)))
+    return table
+
+
+def eval_tables(evaluation: "Evaluation") -> list[Table]:
+    return [eval_summary_table(evaluation), per_class_table(evaluation), confusion_table(evaluation)]

@@ -302,6 +302,9 @@ class TraceStore:
         carry, say, the HTTP status or the number of attempts."""
         return self._failures.record(clip_id, reason, content_hash=content_hash, **details)
 
+    def failure(self, clip_id: str) -> Failure | None:
+        return self._failures.get(clip_id)
+
     def failures(self) -> list[Failure]:
         return self._failures.all()
 

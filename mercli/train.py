@@ -3,9 +3,11 @@
 A run folder ``runs/<name>/`` holds ``model.safetensors`` (``model-fold<k>.safetensors`` per fold
 under k-fold), ``config.json`` (class list, loss and its settings, train settings, the exact
 feature manifests used, the seed, how validation was chosen), ``history.json`` (per epoch: training
-loss, validation WAF and macro-F1), ``metrics.json`` (the selected epoch of every fold and the clips
-it was selected on) and ``curves.png``. The epoch kept is the one with the best validation WAF
-(weighted F1); test clips are never part of a fold.
+loss, validation WAF and macro-F1), ``metrics.json`` (the selected epoch of every fold, the clips
+it was trained and selected on, and its ``temperature``) and ``curves.png``. The epoch kept is the
+one with the best validation WAF (weighted F1); test clips are never part of a fold. The temperature
+is fitted on the same validation clips once the epoch is chosen (see mercli.calibration), so that
+predicted probabilities mean what they say; runs without one load with T = 1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 
 from mercli import plugins
 from mercli.atomic import write_bytes, write_json
+from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, ModelSettings, injected_priors
@@ -51,12 +54,15 @@ class FoldResult:
     state: dict[str, torch.Tensor]
     train_clips: int
     val_clips: list[str]
+    train_clip_ids: list[str]
+    calibration: TemperatureFit
     weights: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"fold": self.fold, "best_epoch": self.best_epoch, "waf": self.waf, "macro_f1": self.macro_f1,
                 "accuracy": self.accuracy, "train_clips": self.train_clips, "val_clips": self.val_clips,
-                "weights": self.weights}
+                "train_clip_ids": self.train_clip_ids, "weights": self.weights,
+                "temperature": self.calibration.temperature, "calibration": self.calibration.to_json()}
 
 
 @dataclass
@@ -153,7 +159,8 @@ def predict_logits(model: FusionNetwork, table: TrainingTable, indices: Sequence
 
 def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], loss_component: Any,
                device: torch.device, on_epoch: EpochCallback | None = None) -> FoldResult:
-    """Train one fold; returns the weights of the epoch with the best validation WAF."""
+    """Train one fold; returns the weights of the epoch with the best validation WAF and the
+    temperature that calibrates them on the same validation clips."""
     seed = settings["seed"] + split.fold
     torch.manual_seed(seed)
     model = FusionNetwork(table.inputs, len(table.classes), ModelSettings.from_table(settings))
@@ -204,8 +211,11 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
                     "epoch": epoch, "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
         elif settings["patience"] and epoch - best["epoch"] >= settings["patience"]:
             break
+    model.load_state_dict(best["state"])
+    calibration = fit_temperature(predict_logits(model, table, split.val, device, batch_size).numpy(), val_labels)
     return FoldResult(split.fold, best["epoch"], best["waf"], best["macro_f1"], best["accuracy"], history,
-                      best["state"], len(split.train), [table.clip_ids[i] for i in split.val])
+                      best["state"], len(split.train), [table.clip_ids[i] for i in split.val],
+                      [table.clip_ids[i] for i in split.train], calibration)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -236,22 +246,97 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
-def load_model(run: Path, fold: int | None = None) -> tuple[FusionNetwork, dict[str, Any]]:
-    """The network of a run (its first fold unless ``fold`` is given) and the run's config."""
+@dataclass
+class TrainedFold:
+    """One fold of a run, ready to predict: its network, the temperature that calibrates it, and
+    the clips it was trained and selected on (``train_clip_ids`` is ``None`` for runs written
+    before they were recorded)."""
+
+    fold: int
+    model: FusionNetwork
+    temperature: float
+    val_clips: list[str]
+    train_clip_ids: list[str] | None
+
+
+@dataclass
+class TrainedRun:
+    path: Path
+    config: dict[str, Any]
+    folds: list[TrainedFold]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config["classes"])
+
+
+def _read_run_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing, so {path.parent} is not a training run") from None
+    except (OSError, UnicodeDecodeError, ValueError) as problem:
+        raise DataError(f"{path}: unreadable ({problem})") from None
+
+
+def _run_documents(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run's config.json and the fold records of its metrics.json, checked for what loading needs."""
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder")
+    run_config, metrics = _read_run_json(run / "config.json"), _read_run_json(run / "metrics.json")
+    try:
+        if not (isinstance(run_config["classes"], list) and isinstance(run_config["manifests"], dict)
+                and isinstance(run_config["train"], dict)):
+            raise TypeError("classes, manifests or train has the wrong type")
+        for spec in run_config["inputs"]:
+            InputSpec(**spec)
+    except (KeyError, TypeError) as problem:
+        raise DataError(f"{run / 'config.json'}: not a run configuration ({problem!r})") from None
+    folds = metrics.get("folds") if isinstance(metrics, dict) else None
+    if not folds or not all(isinstance(f, dict) and {"fold", "weights", "val_clips"} <= set(f) for f in folds):
+        raise DataError(f"{run / 'metrics.json'}: no fold records with fold, weights and val_clips")
+    return run_config, folds
+
+
+def _load_fold(run: Path, run_config: dict[str, Any], record: dict[str, Any]) -> TrainedFold:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    weights = run / str(record["weights"])
+    if weights.parent != run or not weights.is_file():
+        raise DataError(f"{weights}: missing, so fold {record['fold']} of the run has no weights")
+    temperature = record.get("temperature", 1.0)  # runs written before calibration: T = 1
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise DataError(f"{run / 'metrics.json'}: fold {record['fold']} has temperature {temperature!r}, "
+                        "not a positive number")
     try:
-        run_config = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        folds = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["folds"]
-    except (OSError, ValueError, KeyError) as problem:
-        raise DataError(f"{run}: not a training run ({problem})") from None
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as problem:
+        raise DataError(f"{weights}: not readable safetensors weights ({problem})") from None
+    try:
+        model = FusionNetwork([InputSpec(**spec) for spec in run_config["inputs"]], len(run_config["classes"]),
+                              ModelSettings.from_table(run_config["train"]))
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as problem:
+        first_line = str(problem).strip().splitlines()[0]
+        raise DataError(f"{weights}: does not fit the network {run / 'config.json'} describes ({first_line})") from None
+    return TrainedFold(int(record["fold"]), model.eval(), float(temperature), list(record["val_clips"]),
+                       record.get("train_clip_ids"))
+
+
+def load_run(run: Path) -> TrainedRun:
+    """Every fold of the run in folder ``run``; a missing or corrupt file is a DataError naming it."""
+    run_config, folds = _run_documents(run)
+    return TrainedRun(run, run_config, [_load_fold(run, run_config, record) for record in folds])
+
+
+def load_model(run: Path, fold: int | None = None) -> tuple[FusionNetwork, dict[str, Any]]:
+    """The network of a run (its first fold unless ``fold`` is given) and the run's config."""
+    run_config, folds = _run_documents(run)
     chosen = next((f for f in folds if fold is None or f["fold"] == fold), None)
     if chosen is None:
         raise DataError(f"{run}: no fold {fold}")
-    inputs = [InputSpec(**spec) for spec in run_config["inputs"]]
-    model = FusionNetwork(inputs, len(run_config["classes"]), ModelSettings.from_table(run_config["train"]))
-    model.load_state_dict(load_file(run / chosen["weights"]))
-    return model.eval(), run_config
+    return _load_fold(run, run_config, chosen).model, run_config
 
 
 def plot_curves(path: Path, folds: Sequence[FoldResult]) -> None:
@@ -322,7 +407,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         "manifests": table.manifests(),
         "priors": used_priors,
         "validation": validation,
-        "labels": str(labels),
+        "labels": str(labels.resolve()),
         "excluded": table.excluded,
         "device": str(device),
         "mixed_precision": device.type == "cuda",

@@ -33,5 +33,14 @@ class TranscriptStore:
         text = document.get("text")
         return text if isinstance(text, str) else None
 
+    def latest(self, clip_id: str) -> str | None:
+        """The stored transcript whichever recogniser made it (reasoners take any), or ``None``."""
+        try:
+            document = json.loads(self._path(clip_id).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        text = document.get("text") if isinstance(document, dict) else None
+        return text if isinstance(text, str) else None
+
     def write(self, clip_id: str, source: str, text: str) -> None:
         write_json(self._path(clip_id), {"text": text, "source": source})

@@ -1,0 +1,75 @@
+"""Reasoning traces as features: each part of a trace, embedded by a text encoder, becomes a
+``prior-*`` feature set that ``mer train`` injects into the matching modality stream.
+
+A trace gives four sets: ``prior-visual`` (modality visual), ``prior-acoustic`` (audio),
+``prior-textual`` (text) and ``prior-overall`` (no one modality: the network offers it to every
+stream). A modality the trace marks absent is stored absent with the trace's reason, never as an
+embedding of "nothing". The manifest names the trace source (reasoner, model, prompt version,
+whether labels were shown) and the text encoder, so priors of two sources never share a set, and
+label-conditioned priors can be refused wherever a label must not leak (validation, test).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mercli import plugins
+from mercli.config import Config
+from mercli.contracts import DecodedClip, Encoder, Features
+from mercli.errors import ConfigError
+from mercli.features import UNKNOWN_MODALITY, FeatureSet, Manifest
+from mercli.traces import TraceStore
+
+PRIORS_VERSION = "1"
+#: Trace part -> the modality whose stream its prior enters.
+PARTS = {"visual": "visual", "acoustic": "audio", "textual": "text", "overall": UNKNOWN_MODALITY}
+
+
+def prior_text(part: str, section: dict[str, Any]) -> str | None:
+    """What the text encoder reads for one part of a trace; ``None`` when the modality is absent."""
+    if part == "overall":
+        return f"overall: {section['emotion']} (confidence {section['confidence']:.2f}). {section['summary']}"
+    if section.get("absent") is not None:
+        return None
+    cues = "; ".join(section["cues"]) or "no specific cues"
+    return f"{part}: {section['emotion']} (confidence {section['confidence']:.2f}). Cues: {cues}"
+
+
+def prior_manifests(store: TraceStore, encoder: Encoder) -> dict[str, Manifest]:
+    """The manifest of each prior set of ``store``'s source embedded by ``encoder``."""
+    provenance = plugins.get("encoders", encoder.name).provenance
+    settings = {"source": asdict(store.source), "text_encoder": encoder.name,
+                "text_encoder_settings": dict(encoder.settings)}
+    return {part: Manifest(encoder=f"prior-{part}", encoder_version=PRIORS_VERSION, package=provenance.package,
+                           package_version=provenance.package_version, weights=encoder.weights_identity(),
+                           settings=settings, modality=modality, dim=encoder.dim, level="utterance")
+            for part, modality in PARTS.items()}
+
+
+def label_conditioned(feature_set: FeatureSet) -> bool:
+    """True for prior sets made from traces whose reasoner saw the clip's label."""
+    source = feature_set.manifest.settings.get("source")
+    return isinstance(source, dict) and source.get("label_conditioned") is True
+
+
+def embed_traces(config: Config, features_root: Path, store: TraceStore, refresh: Iterable[str] = (),
+                 advance: Callable[[], None] = lambda: None) -> list[FeatureSet]:
+    """Embed every trace of ``store`` that has no prior yet, and those in ``refresh`` (traces
+    written by this run, which may replace older ones); returns the prior sets."""
+    encoder: Encoder = plugins.build("encoders", config.get("reason", "embed_with"), config)
+    if encoder.modality != "text":
+        raise ConfigError(f"[reason] embed_with: '{encoder.name}' is a {encoder.modality} encoder, not a text encoder")
+    sets = {part: FeatureSet.open(features_root, manifest) for part, manifest in prior_manifests(store, encoder).items()}
+    redo = set(refresh)
+    for clip_id in store.clip_ids():
+        if clip_id in redo or any(s.status(clip_id) is None for s in sets.values()):
+            trace = store.read(clip_id)
+            for part, feature_set in sets.items():
+                text = prior_text(part, trace[part])
+                features = (Features(values=None, absent=trace[part]["absent"]) if text is None
+                            else encoder.encode(DecodedClip(clip_id, store.folder, 0.0, transcript=text)))
+                feature_set.write(clip_id, features)
+        advance()
+    return list(sets.values())

@@ -1,0 +1,409 @@
+"""The reason stage: ask a reasoner about every clip of a folder, keep each answer as a trace.
+
+The core owns everything around the call, so that every reasoner plug-in gets it for free:
+caching by clip content (a re-run costs nothing), a concurrency limit, a requests-per-minute limit,
+retries with backoff on transient errors, a clean stop when nothing more can succeed (a rejected
+key, an exhausted quota), a cost budget, and the schema check of every answer. An answer that is
+blocked, empty or invalid is recorded as that clip's failure and never stored as a trace.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from mercli import plugins, prompts
+from mercli.clips import Clip, discover
+from mercli.config import DEFAULT_PRICES, Config
+from mercli.contracts import (AnswerRejected, Features, Reasoner, ReasoningRequest, RetryableError, StopRun,
+                              Usage)
+from mercli.errors import ConfigError, DataError
+from mercli.failures import utc_now
+from mercli.features import FeatureSet, list_feature_sets
+from mercli.labels import LabelledClip, read_labels
+from mercli.pacing import RateLimiter, backoff_delay
+from mercli.traces import MODALITY_KEYS, TraceSource, TraceStore, content_hash, validate_trace
+from mercli.transcripts import TranscriptStore
+from mercli.workspace import Workspace
+
+Outcome = Literal["done", "cached", "failed", "skipped"]
+
+
+# --- cost -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million input and output tokens."""
+
+    input: float
+    output: float
+
+    def of(self, usage: Usage) -> float:
+        return (usage.input_tokens * self.input + usage.output_tokens * self.output) / 1e6
+
+
+FREE = Price(0.0, 0.0)
+
+
+def price_for(reasoner: Reasoner, prices: dict[str, Any]) -> Price:
+    """The price of the reasoner's model: ``[reason.prices]`` in mer.toml over the built-in list;
+    free for an offline reasoner; an error for a remote model without a price, since neither the
+    cost report nor ``--max-cost`` could work."""
+    entry = {**DEFAULT_PRICES, **prices}.get(reasoner.model)
+    if entry is None:
+        if not reasoner.needs_network:
+            return FREE
+        raise ConfigError(f"no price for model '{reasoner.model}' in [reason.prices]; add "
+                          f"'\"{reasoner.model}\" = {{ input = USD_PER_MTOK, output = USD_PER_MTOK }}' to mer.toml")
+    if (not isinstance(entry, dict) or set(entry) != {"input", "output"}
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in entry.values())):
+        raise ConfigError(f"[reason.prices] '{reasoner.model}' must be {{ input = NUMBER, output = NUMBER }} "
+                          "(US dollars per million tokens)")
+    return Price(float(entry["input"]), float(entry["output"]))
+
+
+class Budget:
+    """Spending so far, and the calls in flight whose estimated cost is reserved, so that
+    concurrent calls cannot together pass ``--max-cost``."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self._reserved = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, estimate: float) -> bool:
+        with self._lock:
+            if self.limit is not None and self.spent + self._reserved + estimate > self.limit:
+                return False
+            self._reserved += estimate
+            return True
+
+    def settle(self, estimate: float, actual: float) -> None:
+        with self._lock:
+            self._reserved -= estimate
+            self.spent += actual
+
+
+# --- what a reasoner is told about a clip -----------------------------------------------------
+
+
+class ClipInputs:
+    """Transcripts and extracted features of clips, for building requests.
+
+    The transcript comes from the labels file, else from whichever recogniser ``mer extract``
+    used; the features are the newest set of each encoder that holds the clip."""
+
+    def __init__(self, workspace: Workspace, labelled: dict[str, LabelledClip]) -> None:
+        self.labelled = labelled
+        self.transcripts = TranscriptStore(workspace.transcripts)
+        newest: dict[str, FeatureSet] = {}
+        for feature_set in list_feature_sets(workspace.features):
+            encoder = feature_set.manifest.encoder
+            if encoder.startswith("prior-"):
+                continue
+            if encoder not in newest or feature_set.manifest.created > newest[encoder].manifest.created:
+                newest[encoder] = feature_set
+        self.feature_sets = newest
+
+    def transcript(self, clip_id: str) -> str | None:
+        record = self.labelled.get(clip_id)
+        if record is not None and record.transcript:
+            return record.transcript
+        return self.transcripts.latest(clip_id)
+
+    def features(self, clip_id: str) -> dict[str, Features]:
+        found = {}
+        for encoder, feature_set in self.feature_sets.items():
+            if feature_set.status(clip_id) is not None:
+                found[encoder] = feature_set.read(clip_id)
+        return found
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """``[reason]`` settings that shape the calls."""
+
+    concurrency: int
+    requests_per_minute: float
+    max_retries: int
+    backoff: float
+    max_backoff: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Pacing":
+        table = config.table("reason")
+        pacing = cls(table["concurrency"], table["requests_per_minute"], table["max_retries"], table["backoff"],
+                     table["max_backoff"])
+        if pacing.concurrency < 1 or pacing.max_retries < 0 or pacing.requests_per_minute < 0:
+            raise ConfigError("[reason] concurrency must be at least 1, max_retries and requests_per_minute "
+                              "not negative")
+        return pacing
+
+
+@dataclass
+class ClipTask:
+    clip: Clip
+    content_hash: str
+    state: Literal["new", "failed"]
+
+
+@dataclass
+class ReasonSummary:
+    """What a run (or, with ``dry_run``, the plan of one) did."""
+
+    source: TraceSource
+    clips: int
+    dry_run: bool = False
+    network: bool = False
+    done: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    calls: int = 0
+    usage: Usage = Usage()
+    cost_usd: float = 0.0
+    stopped: str | None = None
+    priors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clips": self.clips, "done": len(self.done), "cached": len(self.cached), "failed": self.failed,
+            "calls": self.calls,
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
+            "cost_usd": round(self.cost_usd, 6), "skipped": self.skipped, "stopped": self.stopped,
+            "dry_run": self.dry_run, "source": {"reasoner": self.source.reasoner, "model": self.source.model,
+                                                "prompt_version": self.source.prompt_version,
+                                                "label_conditioned": self.source.label_conditioned},
+            "priors": self.priors,
+        }
+
+
+class ReasonRun:
+    """One ``mer reason`` over a list of clips with one reasoner and one trace store."""
+
+    def __init__(self, reasoner: Reasoner, store: TraceStore, inputs: ClipInputs, classes: Sequence[str],
+                 pacing: Pacing, price: Price, budget: Budget, label_conditioned: bool) -> None:
+        self.reasoner = reasoner
+        self.store = store
+        self.inputs = inputs
+        self.classes = tuple(classes)
+        self.pacing = pacing
+        self.price = price
+        self.budget = budget
+        self.label_conditioned = label_conditioned
+        #: Called with (clip id, outcome) as each clip finishes, from the thread that asked.
+        self.observe: Callable[[str, Outcome], None] = lambda clip, outcome: None
+        self.limiter = RateLimiter(pacing.requests_per_minute if reasoner.needs_network else 0)
+        self.stop = threading.Event()
+        self.summary = ReasonSummary(store.source, 0, network=reasoner.needs_network)
+        self._lock = threading.Lock()
+        self._rng = random.Random()
+
+    def request(self, clip: Clip) -> ReasoningRequest:
+        transcript = self.inputs.transcript(clip.clip_id)
+        label = None
+        if self.label_conditioned:
+            record = self.inputs.labelled.get(clip.clip_id)
+            label = record.label if record is not None else None
+            if label is None:
+                raise DataError(f"{clip.path}: no label for this clip, so no label-conditioned trace")
+        return ReasoningRequest(
+            clip_id=clip.clip_id, path=clip.path,
+            prompt=prompts.instruction(self.classes, label=label, transcript=transcript),
+            answer_schema=prompts.answer_schema(self.classes), classes=self.classes, transcript=transcript,
+            label=label, features=self.inputs.features(clip.clip_id))
+
+    def trace(self, clip: Clip, digest: str, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
+        """The stored document: the answer, the clip id and its provenance; raises AnswerRejected
+        when the answer breaks the schema or names an emotion outside the classes."""
+        if not isinstance(answer, dict):
+            raise AnswerRejected("the answer is not a JSON object")
+        source = self.store.source
+        trace = {"clip": clip.clip_id, **answer, "provenance": {
+            "reasoner": source.reasoner, "model": source.model, "prompt_version": source.prompt_version,
+            "label_conditioned": source.label_conditioned,
+            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            "cost_usd": round(self.price.of(usage), 8), "content_hash": digest, "created": utc_now()}}
+        problems = validate_trace(trace)
+        emotions = [trace[k].get("emotion") for k in MODALITY_KEYS if isinstance(trace.get(k), dict)]
+        emotions.append(trace["overall"].get("emotion") if isinstance(trace.get("overall"), dict) else None)
+        problems += [f"emotion {e!r} is not one of {', '.join(self.classes)}"
+                     for e in emotions if e is not None and e not in self.classes]
+        if problems:
+            more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+            raise AnswerRejected(f"answer does not match the trace schema: {'; '.join(problems[:2])}{more}")
+        return trace
+
+    def _count_call(self, usage: Usage) -> None:
+        with self._lock:
+            self.summary.calls += 1
+            self.summary.usage = self.summary.usage + usage
+
+    def _finish(self, clip: Clip, outcome: Outcome, reason: str | None = None) -> Outcome:
+        with self._lock:
+            if outcome == "done":
+                self.summary.done.append(clip.clip_id)
+            elif outcome == "failed":
+                self.summary.failed.append({"clip": clip.clip_id, "reason": reason or ""})
+            elif outcome == "skipped":
+                self.summary.skipped.append({"clip": clip.clip_id, "reason": reason or ""})
+        self.observe(clip.clip_id, outcome)
+        return outcome
+
+    def _fail(self, task: ClipTask, reason: str, **details: Any) -> Outcome:
+        self.store.record_failure(task.clip.clip_id, reason, task.content_hash, path=str(task.clip.path), **details)
+        return self._finish(task.clip, "failed", reason)
+
+    def ask(self, task: ClipTask) -> Outcome:
+        """Ask about one clip until an answer is stored, the clip fails, or the run stops."""
+        clip = task.clip
+        try:
+            request = self.request(clip)
+        except DataError as problem:
+            return self._fail(task, str(problem))
+        estimate = self.price.of(self.reasoner.estimate_usage(request))
+        attempt = 0
+        while True:
+            attempt += 1
+            if self.stop.is_set() or not self.limiter.wait(self.stop):
+                return self._finish(clip, "skipped", f"not asked: {self.summary.stopped}")
+            if not self.budget.reserve(estimate):
+                return self._finish(clip, "skipped", f"not asked: the next call could pass --max-cost "
+                                                     f"{self.budget.limit:.2f} USD")
+            usage = Usage()
+            try:
+                reply = self.reasoner.reason(request)
+                usage = reply.usage
+                self.store.write(clip.clip_id, self.trace(clip, task.content_hash, reply.answer, usage))
+                return self._finish(clip, "done")
+            except RetryableError as problem:
+                if attempt > self.pacing.max_retries:
+                    return self._fail(task, f"gave up after {attempt} attempts: {problem}", attempts=attempt)
+                delay = backoff_delay(attempt, self.pacing.backoff, self.pacing.max_backoff, problem.retry_after,
+                                      self._rng)
+                if self.stop.wait(delay):
+                    return self._finish(clip, "skipped", f"not asked again: {self.summary.stopped}")
+            except AnswerRejected as problem:
+                return self._fail(task, str(problem), attempts=attempt)
+            except StopRun as problem:
+                with self._lock:
+                    self.summary.stopped = self.summary.stopped or str(problem)
+                self.stop.set()
+                return self._finish(clip, "skipped", f"not answered: {problem}")
+            finally:
+                self._count_call(usage)
+                self.budget.settle(estimate, self.price.of(usage))
+
+    def run(self, tasks: Sequence[ClipTask]) -> None:
+        """Ask about ``tasks`` with up to ``concurrency`` calls in flight. Ctrl-C stops the run:
+        calls in flight finish (their answers are kept), nothing new starts."""
+        with ThreadPoolExecutor(max_workers=self.pacing.concurrency, thread_name_prefix="reason") as pool:
+            futures = [pool.submit(self.ask, task) for task in tasks]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+            except BaseException:
+                self.summary.stopped = self.summary.stopped or "interrupted"
+                self.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+        self.summary.cost_usd = self.budget.spent
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def parse_model(spec: str) -> tuple[str, str | None]:
+    """``gemini`` -> ("gemini", None); ``gemini:gemini-2.5-pro`` -> ("gemini", "gemini-2.5-pro")."""
+    name, _, model = spec.partition(":")
+    if not name.strip():
+        raise ConfigError(f"--model '{spec}': expected REASONER or REASONER:MODEL, e.g. gemini:gemini-2.5-flash")
+    return name.strip(), model.strip() or None
+
+
+def labelled_clips(config: Config, labels: Path | None, clips_dir: Path, needed: bool) -> dict[str, LabelledClip]:
+    """The labels file's rows by clip id (its transcripts help; its labels are sent only when
+    asked). Without a file, a folder whose layout codes the labels is read when labels are needed."""
+    if labels is not None:
+        return {r.clip_id: r for r in read_labels(labels, config)}
+    if needed:
+        return {r.clip_id: r for r in read_labels(clips_dir, config)}
+    return {}
+
+
+def plan(clips: Sequence[Clip], store: TraceStore, retry_failed: bool) -> tuple[list[ClipTask], list[str], list[dict[str, str]]]:
+    """(clips to ask, clips already answered, clips whose recorded failure stands)."""
+    tasks, cached, failed = [], [], []
+    for clip in clips:
+        digest = content_hash(clip.path)
+        status = store.status(clip.clip_id, digest)
+        if status == "done":
+            cached.append(clip.clip_id)
+        elif status == "failed" and not retry_failed:
+            record = store.failure(clip.clip_id)
+            failed.append({"clip": clip.clip_id, "reason": f"failed before: {record.reason if record else '?'} "
+                                                           "(--retry-failed asks again)"})
+        else:
+            tasks.append(ClipTask(clip, digest, "failed" if status == "failed" else "new"))
+    return tasks, cached, failed
+
+
+def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labels: Path | None = None,
+                  label_conditioned: bool = False, retry_failed: bool = False, dry_run: bool = False,
+                  max_cost: float | None = None, embed: bool = True) -> ReasonSummary:
+    """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
+    feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
+    from mercli.console import progress
+    from mercli.priors import embed_traces
+
+    table = config.table("reason")
+    reasoner: Reasoner = plugins.build("reasoners", table["reasoner"], config)
+    source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(prompts.PROMPT_VERSION),
+                         label_conditioned)
+    store = TraceStore.open(workspace.reasoning, source)
+    clips = discover(clips_dir)
+    inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
+    tasks, cached, failed = plan(clips, store, retry_failed)
+    price = price_for(reasoner, table["prices"])
+    limit = max_cost if max_cost is not None else table["max_cost"]
+    run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
+                    Budget(limit), label_conditioned)
+    run.summary.clips, run.summary.cached, run.summary.failed = len(clips), cached, failed
+    if dry_run:
+        return estimate(run, tasks)
+    with progress(len(tasks), f"reason ({reasoner.name})") as advance:
+        run.observe = lambda clip, outcome: advance()
+        run.run(tasks)
+    if embed and store.clip_ids():
+        with progress(len(store.clip_ids()), "embed priors") as advance:
+            prior_sets = embed_traces(config, workspace.features, store, refresh=run.summary.done, advance=advance)
+        run.summary.priors = [{"name": s.name, "modality": s.manifest.modality, "dim": s.manifest.dim,
+                               "path": str(s.path)} for s in prior_sets]
+    return run.summary
+
+
+def estimate(run: ReasonRun, tasks: Sequence[ClipTask]) -> ReasonSummary:
+    """The plan of a run, calling nothing: one call per clip to ask, its estimated tokens and cost."""
+    summary = run.summary
+    summary.dry_run = True
+    for task in tasks:
+        try:
+            usage = run.reasoner.estimate_usage(run.request(task.clip))
+        except DataError as problem:
+            summary.skipped.append({"clip": task.clip.clip_id, "reason": str(problem)})
+            continue
+        summary.calls += 1
+        summary.usage = summary.usage + usage
+    summary.cost_usd = run.price.of(summary.usage)
+    return summary
+
