@@ -218,6 +218,31 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
             stderr.print(table)
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", help="Run name under runs/, or a run folder [default: the newest run].")
+@json_option
+@pass_app
+def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, as_json: bool) -> None:
+    """Emotion probabilities for video or audio files (or folders of them) from a trained run."""
+    from mercli.evaluation import resolve_run
+    from mercli.predict import predict_paths
+    from mercli.reports import predictions_table
+    from mercli.train import load_run
+
+    run = load_run(resolve_run(app.workspace, checkpoint))
+    predictions = []
+    for prediction in predict_paths(app.config, run, paths):
+        predictions.append(prediction)
+        if prediction.error:
+            error(prediction.error)
+        if as_json:
+            emit_json(prediction.to_json())
+    if not as_json:
+        stderr.print(predictions_table(predictions, run.path.name))
+    sys.exit(EXIT_SOME_FAILED if any(p.error for p in predictions) else 0)
+
+
 @cli.command(name="plugins")
 @json_option
 def plugins_command(as_json: bool) -> None:

@@ -194,6 +194,13 @@ class Config:
     def get(self, table: str, key: str) -> Any:
         return self.tables[table][key].value
 
+    def with_overrides(self, overrides: Mapping[str, Any], source: str = "run") -> "Config":
+        """A copy with ``overrides`` (``{"extract.fps": 4}``) applied and checked, e.g. the settings
+        a trained run recorded, which must win over mer.toml when predicting with it."""
+        tables = {name: dict(settings) for name, settings in self.tables.items()}
+        _override(tables, overrides, source)
+        return Config(tables, self.path)
+
     def table(self, name: str) -> dict[str, Any]:
         """The values of one table; a plug-in table that was never configured is empty."""
         return {key: setting.value for key, setting in self.tables.get(name, {}).items()}
@@ -287,14 +294,18 @@ def load(
                 value = coerce(option, parse_value(environ[variable], option.kind), f"environment {variable}")
                 tables[table][option.name] = Setting(value, f"environment {variable}")
 
-    for dotted, value in (overrides or {}).items():
+    _override(tables, overrides or {}, "command line")
+    return Config(tables, path if path is not None and path.is_file() else None)
+
+
+def _override(tables: dict[str, dict[str, Setting]], overrides: Mapping[str, Any], source: str) -> None:
+    for dotted, value in overrides.items():
         table, _, key = dotted.rpartition(".")
-        where = f"command line ({dotted})"
+        where = f"{source} ({dotted})"
         if not table:
             raise ConfigError(f"{where}: a setting is named TABLE.KEY, for example extract.fps")
         checked = _checked_value(_table_options(table, where), table, key, value, where)
-        tables.setdefault(table, {})[key] = Setting(checked, "command line")
-    return Config(tables, path if path is not None and path.is_file() else None)
+        tables.setdefault(table, {})[key] = Setting(checked, source)
 
 
 def toml_value(value: Any) -> str:

@@ -12,7 +12,8 @@ Two modes:
   nothing about new clips.
 
 The clips are read through :func:`mercli.trainset.build_table`, the function train uses, so every
-check train makes on its inputs applies here too. The outputs go to ``RUN/eval/`` (or ``--out``):
+check train makes on its inputs applies here too, and priors from traces whose reasoner saw the
+label are refused for every clip evaluated. The outputs go to ``RUN/eval/`` (or ``--out``):
 ``metrics.json``, ``predictions.csv`` and ``confusion.png``.
 """
 
@@ -29,12 +30,12 @@ import numpy as np
 
 from mercli.atomic import write_bytes, write_json, write_text
 from mercli.calibration import calibrated, expected_calibration_error
-from mercli.config import Config, Setting
+from mercli.config import Config
 from mercli.errors import DataError
 from mercli.labels import read_labels
 from mercli.splits import SPLIT_NAMES
 from mercli.train import TrainedFold, TrainedRun, load_run, pick_device, predict_logits, scores
-from mercli.trainset import TrainingTable, build_table, check_expected_inputs
+from mercli.trainset import TrainingTable, build_table, check_expected_inputs, refuse_label_leaks
 from mercli.workspace import Workspace
 
 #: The single-number figures, in the order tables show them.
@@ -159,8 +160,7 @@ def _compatible(runs: Sequence[TrainedRun]) -> None:
 
 def _with_classes(config: Config, run: TrainedRun) -> Config:
     """``config`` with the run's class list: the network outputs those, whatever mer.toml says now."""
-    data = {**config.tables["data"], "classes": Setting(run.classes, str(run.path / "config.json"))}
-    return Config({**config.tables, "data": data}, config.path)
+    return config.with_overrides({"data.classes": run.classes}, str(run.path / "config.json"))
 
 
 def _run_table(config: Config, workspace: Workspace, run: TrainedRun, labels: Path) -> TrainingTable:
@@ -194,7 +194,9 @@ def _validation_members(config: Config, workspace: Workspace, runs: Sequence[Tra
             if lost:
                 raise DataError(f"{labels}: {len(lost)} validation clips of fold {fold.fold} of {run.path} are no "
                                 f"longer labelled there with features (first: {', '.join(lost[:5])})")
-            members.append(_predict(run, fold, table, [position[c] for c in fold.val_clips], config.table("train")))
+            indices = [position[c] for c in fold.val_clips]
+            refuse_label_leaks(table, indices, "validation")
+            members.append(_predict(run, fold, table, indices, config.table("train")))
     return members
 
 
@@ -234,6 +236,7 @@ def _labels_members(config: Config, workspace: Workspace, runs: Sequence[Trained
             raise DataError(f"{labels}: {len(reused)} of the {len(chosen)} clips to evaluate were used to train or "
                             f"select the run (first: {', '.join(reused[:5])}); evaluate held-out clips or pass "
                             "--allow-train-clips")
+    refuse_label_leaks(table, chosen, "evaluated")
     lacking = set(table.excluded)
     excluded = [clip.clip_id for clip in read_labels(labels, _with_classes(config, runs[0]))
                 if clip.clip_id in lacking and (wanted is None or _split_name(clip.split) == wanted)]

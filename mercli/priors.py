@@ -48,9 +48,9 @@ def prior_manifests(store: TraceStore, encoder: Encoder) -> dict[str, Manifest]:
             for part, modality in PARTS.items()}
 
 
-def label_conditioned(feature_set: FeatureSet) -> bool:
+def label_conditioned(manifest: Manifest) -> bool:
     """True for prior sets made from traces whose reasoner saw the clip's label."""
-    source = feature_set.manifest.settings.get("source")
+    source = manifest.settings.get("source")
     return isinstance(source, dict) and source.get("label_conditioned") is True
 
 

@@ -14,6 +14,7 @@ from mercli.contracts import Check
 if TYPE_CHECKING:
     from mercli.evaluation import Evaluation
     from mercli.extract import ExtractSummary
+    from mercli.predict import Prediction
     from mercli.reason import ReasonSummary
     from mercli.train import RunResult
 
@@ -119,6 +120,20 @@ def reason_table(summary: "ReasonSummary") -> Table:
                   f"{usage.output_tokens:,} output tokens, {estimated}cost {summary.cost_usd:.4f} USD")
     for prior in summary.priors:
         table.add_row("prior set", "", f"{prior['path']} ({prior['modality']}, dim {prior['dim']})")
+    return table
+
+
+def predictions_table(predictions: "list[Prediction]", run: str) -> Table:
+    """One row per clip: the label, its probability, the modalities measured and the time taken."""
+    table = Table(title=f"mer predict with {run}")
+    for column in ("clip", "label", "p", "audio", "visual", "text", "seconds"):
+        table.add_column(column, justify="right" if column in ("p", "seconds") else "left")
+    for p in predictions:
+        if p.error:
+            table.add_row(_plain(p.clip), "[red]failed[/]", "", "", "", "", "")
+            continue
+        marks = ["yes" if p.modalities[m] else "-" for m in ("audio", "visual", "text")]
+        table.add_row(_plain(p.clip), _plain(p.label), f"{p.probs[p.label]:.2f}", *marks, f"{p.seconds:.2f}")
     return table
 
 

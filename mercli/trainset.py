@@ -104,7 +104,7 @@ def check_expected_inputs(sets: Sequence[FeatureSet], expected: Mapping[str, Map
                             f"the run expects {recorded.get('level')}-level of dim {recorded.get('dim')}")
 
 
-def _read_clip(feature_set: FeatureSet, clip_id: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+def read_clip(feature_set: FeatureSet, clip_id: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One clip's (values, mask), ``(None, None)`` where the modality is absent. NaN or infinity in a
     real measurement is refused, naming the file."""
     features = feature_set.read(clip_id)
@@ -134,7 +134,7 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
     kept, excluded = [], []
     stored = {s.name: set(s.clip_ids()) for s in sets}
     for clip in labelled:
-        read = {s.name: _read_clip(s, clip.clip_id) if clip.clip_id in stored[s.name] else (None, None) for s in sets}
+        read = {s.name: read_clip(s, clip.clip_id) if clip.clip_id in stored[s.name] else (None, None) for s in sets}
         if all(read[s.name][0] is None for s in sets if not is_prior(s)):
             excluded.append(clip.clip_id)
             continue
@@ -163,6 +163,22 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
         raise DataError(f"{labels_path}: the clips with features cover one class only ({only}); "
                         "training needs two or more")
     return table
+
+
+def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) -> None:
+    """Refuse priors from label-conditioned traces for the clips at ``indices`` (validation or
+    test clips): the reasoner saw their labels, so the score would be a leak, not a measurement."""
+    from mercli.priors import label_conditioned
+
+    for feature_set in table.sets:
+        if not (is_prior(feature_set) and label_conditioned(feature_set.manifest)):
+            continue
+        leaked = [table.clip_ids[i] for i in indices if table.values[feature_set.name][i] is not None]
+        if leaked:
+            first = ", ".join(leaked[:3]) + (" ..." if len(leaked) > 3 else "")
+            raise DataError(f"{feature_set.path}: priors from label-conditioned traces for {len(leaked)} {role} "
+                            f"clip(s) ({first}): their labels would leak; reason those clips without "
+                            "--label-conditioned, or leave this set out with --features")
 
 
 def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str, tuple[Any, Any]]:
