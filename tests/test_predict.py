@@ -1,0 +1,113 @@
+"""``mer predict`` end to end on real clips: a run trained on the CREMA-D sample (extract with the
+default encoders, local reasoning priors, bdcl) predicts every video of ../shared/data; bad files
+and bad checkpoints give one-line errors while the other files are still predicted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mercli.cli import cli
+
+CREMA_CLASSES = '["neutral", "angry", "happy", "sad", "fear", "disgust"]'
+VIDEO_SUFFIXES = {".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"}
+
+
+def mer(workspace: Path, *args: str):
+    return CliRunner(env={"COLUMNS": "200"}).invoke(cli, ["-w", str(workspace), *args])
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data: Path, tmp_path_factory) -> Path:
+    """A workspace with a 2-fold bdcl run that uses priors."""
+    root = tmp_path_factory.mktemp("predict")
+    clips = root / "crema-d"
+    shutil.copytree(shared_data / "crema-d", clips)
+    workspace = root / "ws"
+    workspace.mkdir()
+    (workspace / "mer.toml").write_text(f"[data]\nclasses = {CREMA_CLASSES}\n")
+    for args in (["extract", str(clips), "--labels", str(clips / "labels.csv")],
+                 ["reason", str(clips)],
+                 ["train", "--labels", str(clips / "labels.csv"), "--folds", "2", "--epochs", "3", "--name", "run"]):
+        outcome = mer(workspace, *args)
+        assert outcome.exit_code == 0, outcome.output
+    assert any((workspace / "features").glob("prior-visual-*"))
+    return workspace
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_every_video_of_the_shared_data_gets_a_valid_prediction(trained, shared_data):
+    videos = sorted(p for p in shared_data.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    assert len(videos) >= 15
+    outcome = mer(trained, "predict", *map(str, videos), "--json")
+    assert outcome.exit_code == 0, outcome.output
+    lines = json_lines(outcome.stdout)
+    assert [line["clip"] for line in lines] == [str(v) for v in videos]
+    config = json.loads((trained / "runs" / "run" / "config.json").read_text())
+    for line in lines:
+        assert set(line) == {"clip", "label", "probs", "modalities", "seconds"}
+        assert list(line["probs"]) == config["classes"] and line["label"] in config["classes"]
+        assert sum(line["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert line["label"] == max(line["probs"], key=line["probs"].get)
+        assert set(line["modalities"]) == {"audio", "visual", "text"} and line["seconds"] > 0
+    by_name = {Path(line["clip"]).parent.name + "/" + Path(line["clip"]).name: line for line in lines}
+    mead_without_audio = [line for name, line in by_name.items() if name.startswith("mead/")
+                          and not line["modalities"]["audio"]]
+    assert mead_without_audio and all(line["modalities"]["visual"] for line in mead_without_audio)
+
+
+def test_bad_files_get_one_line_errors_and_the_others_are_still_predicted(trained, shared_data, tmp_path):
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_text("this is not a video")
+    good = next((shared_data / "crema-d").glob("*.flv"))
+    outcome = mer(trained, "predict", str(corrupt), str(tmp_path / "missing.mp4"), str(good), "--json")
+    assert outcome.exit_code == 1
+    lines = json_lines(outcome.stdout)
+    assert lines[0]["clip"] == str(corrupt) and "corrupt.mp4" in lines[0]["error"]
+    assert "no such file" in lines[1]["error"]
+    assert lines[2]["clip"] == str(good) and sum(lines[2]["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    errors = [line for line in outcome.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2
+
+
+def test_the_human_report_is_a_table_on_stderr(trained, shared_data):
+    good = next((shared_data / "crema-d").glob("*.flv"))
+    outcome = mer(trained, "predict", str(good))
+    assert outcome.exit_code == 0 and outcome.stdout == ""
+    assert "mer predict with run" in outcome.stderr and good.name in outcome.stderr
+
+
+def copy_run(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained / "runs" / "run", run)
+    return run
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda run: (run / "model-fold1.safetensors").write_bytes(b"garbage"), "not readable safetensors"),
+    (lambda run: (run / "config.json").write_text("{"), "config.json: unreadable"),
+    (lambda run: shutil.rmtree(run), "no such run folder"),
+])
+def test_a_missing_or_corrupt_checkpoint_is_one_line(trained, shared_data, tmp_path, damage, expected):
+    run = copy_run(trained, tmp_path)
+    damage(run)
+    outcome = mer(trained, "predict", str(next((shared_data / "crema-d").glob("*.flv"))), "--checkpoint", str(run))
+    assert outcome.exit_code != 0
+    assert expected in outcome.stderr and outcome.stderr.count("error:") == 1 and "Traceback" not in outcome.output
+
+
+def test_a_checkpoint_whose_encoder_is_not_installed_is_refused(trained, shared_data, tmp_path):
+    run = copy_run(trained, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    name = next(n for n, m in config["manifests"].items() if m["encoder"] == "egemaps")
+    config["manifests"][name]["encoder"] = "no-such-encoder"
+    (run / "config.json").write_text(json.dumps(config))
+    outcome = mer(trained, "predict", str(next((shared_data / "crema-d").glob("*.flv"))), "--checkpoint", str(run))
+    assert outcome.exit_code == 2 and "no-such-encoder" in outcome.stderr and "Traceback" not in outcome.output
