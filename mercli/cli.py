@@ -117,7 +117,7 @@ def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file (transcripts; labels only with --label-conditioned).")
 @click.option("--concurrency", type=int, help="Calls in flight at once [default: reason.concurrency].")
 @click.option("--rpm", type=float, help="Most calls started per minute [default: reason.requests_per_minute].")
-@click.option("--max-cost", type=float, metavar="USD", help="Stop before the estimated cost would pass USD.")
+@click.option("--max-cost", type=float, metavar="USD", help="Stop before the estimated cost would pass USD [default: reason.max_cost; 0: no limit].")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clips, calls, tokens, cost) and call nothing.")
 @click.option("--retry-failed", is_flag=True, help="Ask again about clips whose last answer failed.")
 @click.option("--label-conditioned", is_flag=True,

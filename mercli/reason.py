@@ -375,7 +375,7 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
     tasks, cached, failed = plan(clips, store, retry_failed)
     price = price_for(reasoner, table["prices"])
-    limit = max_cost if max_cost is not None else table["max_cost"]
+    limit = (max_cost if max_cost is not None else table["max_cost"]) or None  # 0: no limit
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
                     Budget(limit), label_conditioned)
     run.summary.clips, run.summary.cached, run.summary.failed = len(clips), cached, failed

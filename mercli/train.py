@@ -36,7 +36,7 @@ from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, ModelSettings, injected_priors
 from mercli.splits import Split, plan_splits
 from mercli.trainset import (InputSpec, TrainingTable, build_table, check_expected_inputs, collate,
-                             feature_statistics)
+                             feature_statistics, refuse_label_leaks)
 from mercli.workspace import Workspace
 
 #: Called after every epoch with (fold, epoch, epochs, record).
@@ -378,6 +378,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     splits = plan_splits(table, seed=settings["seed"], folds=folds, group_column=group_column,
                          val_fraction=settings["val_fraction"])
     for split in splits:
+        refuse_label_leaks(table, split.val, "validation")
         if len(np.unique(table.labels[split.train])) < 2:
             raise DataError(f"fold {split.fold}: the training clips cover one class only; training needs two or more")
     device = pick_device(settings["device"])

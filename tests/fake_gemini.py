@@ -1,0 +1,383 @@
+"""A local stand-in for the Gemini REST API, so that tests and benchmarks run the real
+``google-genai`` client without the internet.
+
+It serves, on 127.0.0.1 and a free port, what the SDK calls for one clip: ``generateContent``,
+the Files API resumable upload (start, then upload/finalize), file state polls and deletes, under
+any API version (``v1``, ``v1beta``). Point the SDK at it with ``GOOGLE_GEMINI_BASE_URL``::
+
+    with FakeGemini(latency=0.3) as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        server.script(rate_limited(retry_delay="7s"), answer(sample_answer()))
+        ...
+        server.calls["generate"], server.generate_requests()[0]
+
+``generateContent`` takes its replies from the scripted queue, first in first out, and gives
+``default`` (a valid answer) when the queue is empty. Every request is recorded with its headers
+and body. An uploaded file reports ``PROCESSING`` on upload and on the next ``processing_polls``
+polls, then ``file_outcome`` (``ACTIVE`` or ``FAILED``); with ``processing_polls=0`` the upload
+itself reports the outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
+
+_VERSION = r"(?P<version>v\d+\w*)"
+_GENERATE = re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):generateContent$")
+_UPLOAD = re.compile(rf"^/upload/{_VERSION}/files$")
+_FILE = re.compile(rf"^/{_VERSION}/files/(?P<id>[^/]+)$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted HTTP answer: ``body`` is a JSON document, or a str sent as it is."""
+
+    status: int = 200
+    body: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request the server received; ``headers`` keys are lower case."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    def parts(self) -> list["SentPart"]:
+        """The content parts of a generateContent request, in order."""
+        found = []
+        for content in (self.json or {}).get("contents", []):
+            for part in content.get("parts", []):
+                if "text" in part:
+                    found.append(SentPart("text", text=part["text"]))
+                elif (inline := _field(part, "inlineData")) is not None:
+                    found.append(SentPart("inline", mime_type=_field(inline, "mimeType"),
+                                          data=_decode_bytes(_field(inline, "data"))))
+                elif (file := _field(part, "fileData")) is not None:
+                    found.append(SentPart("file", mime_type=_field(file, "mimeType"), uri=_field(file, "fileUri")))
+        return found
+
+
+@dataclass(frozen=True)
+class SentPart:
+    """One part of a request: ``kind`` is "text", "inline" (the bytes in ``data``) or "file" (a
+    Files API ``uri``)."""
+
+    kind: str
+    text: str | None = None
+    mime_type: str | None = None
+    data: bytes | None = None
+    uri: str | None = None
+
+
+def _decode_bytes(text: str) -> bytes:
+    """A JSON ``bytes`` field: base64, standard or URL-safe (the SDK sends URL-safe), padded or not."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+
+
+def _field(message: Mapping[str, Any], name: str) -> Any:
+    """A field of a JSON request under its camelCase or snake_case name (the REST API takes both,
+    and the SDK sends both)."""
+    snake = re.sub(r"[A-Z]", lambda upper: "_" + upper.group().lower(), name)
+    return message.get(name, message.get(snake))
+
+
+# --- replies ---------------------------------------------------------------------------------
+
+
+def sample_answer(classes: Sequence[str] = MER2024_CLASSES, emotion: str | None = None) -> dict[str, Any]:
+    """An answer that satisfies ``mercli.prompts.answer_schema(classes)``."""
+    emotion = emotion or classes[0]
+    modality = {"cues": ["steady gaze", "even tone"], "emotion": emotion, "confidence": 0.7, "absent": None}
+    return {
+        "visual": dict(modality),
+        "acoustic": dict(modality),
+        "textual": {"cues": [], "emotion": None, "confidence": None, "absent": "no speech"},
+        "overall": {"emotion": emotion, "confidence": 0.7, "summary": "Face and voice agree."},
+    }
+
+
+def answer_text(text: str, *, finish_reason: str = "STOP", prompt_tokens: int = 1200,
+                output_tokens: int = 150, thoughts_tokens: int = 0, thought: str | None = None) -> Reply:
+    """A 200 whose candidate holds ``text`` (preceded by a thought part when ``thought`` is given)."""
+    parts = ([{"text": thought, "thought": True}] if thought else []) + [{"text": text}]
+    usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+             "totalTokenCount": prompt_tokens + output_tokens + thoughts_tokens}
+    if thoughts_tokens:
+        usage["thoughtsTokenCount"] = thoughts_tokens
+    candidate = {"content": {"parts": parts, "role": "model"}, "finishReason": finish_reason, "index": 0}
+    return Reply(body={"candidates": [candidate], "usageMetadata": usage, "responseId": "fake"})
+
+
+def answer(document: Any, **usage: Any) -> Reply:
+    """A 200 whose text is ``document`` as JSON (any JSON value: the schema is not checked)."""
+    return answer_text(json.dumps(document), **usage)
+
+
+def blocked(finish_reason: str = "SAFETY") -> Reply:
+    """The answer was withheld: a candidate with no content and a blocking finish reason."""
+    candidate = {"finishReason": finish_reason, "index": 0,
+                 "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True}]}
+    return Reply(body={"candidates": [candidate], "usageMetadata": {"promptTokenCount": 1200, "totalTokenCount": 1200}})
+
+
+def prompt_blocked(block_reason: str = "PROHIBITED_CONTENT") -> Reply:
+    """The request itself was blocked: no candidates, only prompt feedback."""
+    return Reply(body={"promptFeedback": {"blockReason": block_reason},
+                       "usageMetadata": {"promptTokenCount": 1200, "totalTokenCount": 1200}})
+
+
+def api_error(code: int, status: str, message: str, details: Sequence[Mapping[str, Any]] = (),
+              headers: Mapping[str, str] | None = None) -> Reply:
+    """A Google API error body: ``{"error": {"code", "message", "status", "details"}}``."""
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = list(details)
+    return Reply(status=code, body={"error": error}, headers=dict(headers or {}))
+
+
+def rate_limited(retry_delay: str | None = "7s", retry_after: str | None = None,
+                 quota_id: str = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                 quota_value: str = "10") -> Reply:
+    """A 429 RESOURCE_EXHAUSTED the way Gemini sends it: a QuotaFailure naming the quota, and
+    a RetryInfo delay and/or a Retry-After header."""
+    details: list[dict[str, Any]] = [{
+        "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+        "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": quota_id, "quotaValue": quota_value}],
+    }]
+    if retry_delay is not None:
+        details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": retry_delay})
+    return api_error(429, "RESOURCE_EXHAUSTED",
+                     "You exceeded your current quota, please check your plan and billing details.",
+                     details, headers={"Retry-After": retry_after} if retry_after else None)
+
+
+def key_invalid() -> Reply:
+    """What Gemini answers to a wrong key: 400 INVALID_ARGUMENT with reason API_KEY_INVALID."""
+    return api_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", [{
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
+        "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"},
+    }])
+
+
+def stalled(seconds: float) -> Reply:
+    """A valid answer sent only after ``seconds``: longer than a client timeout, it makes the
+    client give up."""
+    return Reply(body=answer(sample_answer()).body, delay=seconds)
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+class FakeGemini:
+    """The fake API as a context manager; see the module notes."""
+
+    def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE") -> None:
+        if file_outcome not in ("ACTIVE", "FAILED"):
+            raise ValueError(f"file_outcome must be ACTIVE or FAILED, not {file_outcome!r}")
+        self.latency = latency
+        self.processing_polls = processing_polls
+        self.file_outcome = file_outcome
+        self.default = answer(sample_answer())
+        self.calls: Counter[str] = Counter()
+        self.requests: list[Recorded] = []
+        self.files: dict[str, dict[str, Any]] = {}  # "files/<id>" -> the File resource, plus its data
+        self._queue: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._ids = itertools.count(1)
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle --
+
+    def __enter__(self) -> "FakeGemini":
+        fake = self
+
+        class Handler(_Handler):
+            server_state = fake
+
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
+        # A short poll interval: shutdown() waits up to one interval, and tests start many servers.
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), name="fake-gemini", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing.set()  # wakes stalled handlers
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeGemini is not running: use it as a context manager")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # -- scripting and inspection --
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next generateContent calls, in order."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def generate_requests(self) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if _GENERATE.match(urlsplit(r.path).path)]
+
+    # -- request handling (called on the server's threads) --
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        recorded = Recorded(method, path, dict(headers), body)
+        with self._lock:
+            self.requests.append(recorded)
+        url = urlsplit(path)
+        if method == "POST" and (match := _GENERATE.match(url.path)):
+            return self._generate(match["model"], recorded)
+        if method == "POST" and (match := _UPLOAD.match(url.path)):
+            upload_id = parse_qs(url.query).get("upload_id", [None])[0]
+            if upload_id is None:
+                return self._start_upload(match["version"], headers, body)
+            return self._receive_upload(upload_id, headers, body)
+        if method in ("GET", "DELETE") and (match := _FILE.match(url.path)):
+            name = f"files/{match['id']}"
+            return self._file_state(name) if method == "GET" else self._delete(name)
+        return api_error(404, "NOT_FOUND", f"fake Gemini has no {method} {url.path}")
+
+    def _generate(self, model: str, request: Recorded) -> Reply:
+        with self._lock:
+            self.calls["generate"] += 1
+            reply = self._queue.popleft() if self._queue else self.default
+            files = dict(self.files)
+        self.pause(self.latency)
+        for part in request.parts():
+            if part.kind != "file":
+                continue
+            name = "files/" + str(part.uri).rsplit("/files/", 1)[-1]
+            if name not in files or files[name]["state"] != "ACTIVE":
+                return api_error(400, "FAILED_PRECONDITION",
+                                 f"The File {name} is not in an ACTIVE state and usage is not allowed.")
+        if isinstance(reply.body, dict) and "candidates" in reply.body:
+            reply = Reply(reply.status, {**reply.body, "modelVersion": model}, reply.headers, reply.delay)
+        return reply
+
+    def _start_upload(self, version: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        if headers.get("x-goog-upload-protocol") != "resumable" or headers.get("x-goog-upload-command") != "start":
+            return api_error(400, "INVALID_ARGUMENT", "expected a resumable upload start")
+        metadata = (json.loads(body) if body else {}).get("file", {})
+        with self._lock:
+            self.calls["upload_start"] += 1
+            upload_id = f"up{next(self._ids)}"
+            name = f"files/fake{upload_id}"
+            self.files[name] = {
+                "name": name, "displayName": _field(metadata, "displayName") or "",
+                "mimeType": headers.get("x-goog-upload-header-content-type") or _field(metadata, "mimeType") or "",
+                "sizeBytes": headers.get("x-goog-upload-header-content-length", "0"),
+                "uri": f"https://generativelanguage.googleapis.com/{version}/{name}",
+                "state": "PROCESSING", "source": "UPLOADED", "upload_id": upload_id, "data": b"", "polls": 0,
+            }
+        url = f"{self.base_url}/upload/{version}/files?upload_id={upload_id}&upload_protocol=resumable"
+        return Reply(headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"}, body={})
+
+    def _receive_upload(self, upload_id: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        with self._lock:
+            self.calls["upload"] += 1
+            record = next((f for f in self.files.values() if f["upload_id"] == upload_id), None)
+            if record is None:
+                return api_error(404, "NOT_FOUND", f"no upload {upload_id}")
+            record["data"] += body
+            if "finalize" not in headers.get("x-goog-upload-command", ""):
+                return Reply(headers={"X-Goog-Upload-Status": "active"}, body={})
+            if self.processing_polls == 0:
+                self._settle(record)
+            return Reply(headers={"X-Goog-Upload-Status": "final"}, body={"file": _resource(record)})
+
+    def _file_state(self, name: str) -> Reply:
+        with self._lock:
+            self.calls["file_get"] += 1
+            record = self.files.get(name)
+            if record is None or record.get("deleted"):
+                return api_error(404, "NOT_FOUND", f"File {name} does not exist")
+            record["polls"] += 1
+            if record["polls"] > self.processing_polls:
+                self._settle(record)
+            return Reply(body=_resource(record))
+
+    def _settle(self, record: dict[str, Any]) -> None:
+        record["state"] = self.file_outcome
+        if self.file_outcome == "FAILED":
+            record["error"] = {"code": 3, "message": "The video could not be processed."}
+
+    def _delete(self, name: str) -> Reply:
+        with self._lock:
+            self.calls["file_delete"] += 1
+            record = self.files.get(name)
+            if record is None or record.get("deleted"):
+                return api_error(404, "NOT_FOUND", f"File {name} does not exist")
+            record["deleted"] = True
+        return Reply(body={})
+
+    def pause(self, seconds: float) -> None:
+        """Sleep, but wake when the server closes so that no handler outlives it."""
+        if seconds > 0:
+            self._closing.wait(seconds)
+
+
+def _resource(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("upload_id", "data", "polls", "deleted")}
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that gave up (timeout tests) breaks the pipe: that is expected, not news."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_state: FakeGemini
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        try:
+            reply = self.server_state.handle(self.command, self.path, headers, body)
+        except Exception as error:  # a bug in the fake shows up as a 500 naming it, not a hang-up
+            reply = api_error(500, "INTERNAL", f"fake Gemini crashed: {type(error).__name__}: {error}")
+        self.server_state.pause(reply.delay)
+        payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body if reply.body is not None else {})
+        data = payload.encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
