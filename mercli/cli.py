@@ -145,7 +145,8 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
         stderr.print(reason_table(summary))
     if summary.stopped and not dry_run:
         error(summary.stopped)
-    sys.exit(EXIT_SOME_FAILED if (summary.failed or summary.stopped) and not dry_run else 0)
+    unfinished = summary.failed or summary.skipped or summary.stopped
+    sys.exit(EXIT_SOME_FAILED if unfinished and not dry_run else 0)
 
 
 @cli.command()
