@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -10,11 +9,6 @@ import sys
 from mercli import plugins
 from mercli.config import Config
 from mercli.contracts import Check
-
-#: Environment variables that carry API keys, by the service that reads them. Only presence is
-#: reported, never the value.
-API_KEYS = {"Gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"), "OpenAI-compatible": ("OPENAI_API_KEY",)}
-
 
 def check_python() -> Check:
     version = ".".join(map(str, sys.version_info[:3]))
@@ -50,17 +44,9 @@ def check_torch() -> Check:
     return Check("torch", True, f"torch {torch.__version__}, device {device}")
 
 
-def check_api_keys() -> list[Check]:
-    checks = []
-    for service, variables in API_KEYS.items():
-        present = [v for v in variables if os.environ.get(v)]
-        detail = f"{present[0]} is set" if present else f"none of {', '.join(variables)} is set"
-        checks.append(Check(f"{service} API key", bool(present), detail, required=False))
-    return checks
-
-
 def component_checks(config: Config) -> list[Check]:
-    """What each installed encoder, transcriber and reasoner says it needs (model files, packages)."""
+    """What each installed encoder, transcriber and reasoner says it needs (model files, packages,
+    API keys: reported present or absent, never shown)."""
     checks = []
     for stage in ("encoders", "transcribers", "reasoners"):
         for name, registered in plugins.registry(stage).items():
@@ -73,4 +59,4 @@ def component_checks(config: Config) -> list[Check]:
 
 
 def run_checks(config: Config) -> list[Check]:
-    return [check_python(), check_ffmpeg(), check_torch(), *component_checks(config), *check_api_keys()]
+    return [check_python(), check_ffmpeg(), check_torch(), *component_checks(config)]

@@ -60,10 +60,11 @@ def test_api_keys_are_reported_by_name_never_by_value(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", SECRET)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    gemini, openai = doctor.check_api_keys()
-    assert (gemini.ok, gemini.required, gemini.detail) == (True, False, "GEMINI_API_KEY is set")
+    checks = {c.name: c for c in doctor.component_checks(config.load(None, environ={}))}
+    gemini, openai = checks["reasoner gemini: API key"], checks["reasoner openai: API key"]
+    assert (gemini.ok, gemini.required) == (True, False) and "GEMINI_API_KEY is set" in gemini.detail
     assert (openai.ok, openai.required) == (False, False)
-    assert SECRET not in repr(doctor.check_api_keys())
+    assert SECRET not in repr(list(checks.values()))
 
 
 class ModelNeeded(Encoder):
@@ -117,8 +118,8 @@ def test_doctor_json_without_ffmpeg_exits_1_and_never_prints_keys(tmp_path, no_f
         assert isinstance(check["ok"], bool) and isinstance(check["required"], bool)
     by_name = {check["name"]: check for check in report["checks"]}
     assert by_name["ffmpeg"]["ok"] is False and by_name["ffmpeg"]["detail"].startswith("missing")
-    assert by_name["Gemini API key"] == {"name": "Gemini API key", "ok": True, "detail": "GEMINI_API_KEY is set",
-                                         "required": False}
+    gemini = by_name["reasoner gemini: API key"]
+    assert gemini["ok"] is True and gemini["required"] is False and "GEMINI_API_KEY is set" in gemini["detail"]
     assert by_name["torch"]["ok"] is True
 
 

@@ -173,10 +173,10 @@ class OpenAIReasoner(Reasoner):
     def checks(self) -> list[Check]:
         variable = self.settings["api_key_env"]
         if os.environ.get(variable):
-            return [Check("api key", True, f"{variable} is set", required=False)]
+            return [Check("API key", True, f"{variable} is set", required=False)]
         if _is_local(self.base_url):
-            return [Check("api key", True, f"{variable} is not set; not needed for {self.base_url}", required=False)]
-        return [Check("api key", False, f"{variable} is not set (needed for {self._where()})", required=False)]
+            return [Check("API key", True, f"{variable} is not set; not needed for {self.base_url}", required=False)]
+        return [Check("API key", False, f"{variable} is not set (needed for {self._where()})", required=False)]
 
     # --- the request --------------------------------------------------------------------------
 
