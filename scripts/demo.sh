@@ -24,6 +24,10 @@ TOML
 "$mer" -w "$WORKSPACE" doctor   # exits 1, and stops the demo, when a required piece is missing
 "$mer" -w "$WORKSPACE" plugins
 
-# ---- PIPELINE: the stages on the sample clips (reason, eval and predict follow with their issues)
+# ---- PIPELINE: every stage on the sample clips, offline ------------------------------------------
 "$mer" -w "$WORKSPACE" extract "$CLIPS" --labels "$CLIPS/labels.csv"
-"$mer" -w "$WORKSPACE" train --labels "$CLIPS/labels.csv" --folds 3 --name demo-bdcl
+"$mer" -w "$WORKSPACE" reason "$CLIPS"            # the local reasoner: traces from measured cues, then priors
+"$mer" -w "$WORKSPACE" train --labels "$CLIPS/labels.csv" --loss bdcl --folds 3 --name demo-bdcl
+"$mer" -w "$WORKSPACE" predict "$CLIPS"/1001_DFA_HAP_XX.flv "$CLIPS"/1001_DFA_SAD_XX.flv
+# Twelve clips are far too few to learn six emotions: the report shows the machinery, not a model.
+"$mer" -w "$WORKSPACE" eval --checkpoint demo-bdcl
