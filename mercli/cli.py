@@ -222,11 +222,13 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
 @cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--checkpoint", help="Run name under runs/, or a run folder [default: the newest run].")
+@click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a MER2024 submission CSV (name,discrete) of the clips predicted.")
 @json_option
 @pass_app
-def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, as_json: bool) -> None:
+def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submission: Path | None, as_json: bool) -> None:
     """Emotion probabilities for video or audio files (or folders of them) from a trained run."""
-    from mercli.evaluation import resolve_run
+    from mercli.evaluation import resolve_run, write_name_discrete
     from mercli.predict import predict_paths
     from mercli.reports import predictions_table
     from mercli.train import load_run
@@ -241,6 +243,8 @@ def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, as_json: 
             emit_json(prediction.to_json())
     if not as_json:
         stderr.print(predictions_table(predictions, run.path.name))
+    if submission is not None:
+        write_name_discrete(submission, [(Path(p.clip).stem, p.label) for p in predictions if not p.error])
     sys.exit(EXIT_SOME_FAILED if any(p.error for p in predictions) else 0)
 
 

@@ -343,5 +343,9 @@ def write_submission(path: Path, evaluation: Evaluation) -> None:
     if evaluation.mode != "labels":
         raise DataError(f"{path}: a submission needs the clips of a labels file (--labels)")
     predicted = evaluation.probabilities.argmax(axis=1)
-    write_text(path, _csv([["name", "discrete"], *([clip, evaluation.classes[int(k)]]
-                                                   for clip, k in zip(evaluation.clip_ids, predicted))]))
+    write_name_discrete(path, [(clip, evaluation.classes[int(k)]) for clip, k in zip(evaluation.clip_ids, predicted)])
+
+
+def write_name_discrete(path: Path, rows: Sequence[tuple[str, str]]) -> None:
+    """The MER2024 submission layout, ``name,discrete``, written atomically."""
+    write_text(path, _csv([["name", "discrete"], *rows]))

@@ -155,7 +155,7 @@ def train_table(result: "RunResult") -> Table:
     for fold in result.folds:
         table.add_row(f"fold {fold.fold}", f"best epoch {fold.best_epoch}: WAF {fold.waf:.4f}, macro-F1 "
                       f"{fold.macro_f1:.4f}, accuracy {fold.accuracy:.4f} ({fold.train_clips} train, "
-                      f"{len(fold.val_clips)} val clips)")
+                      f"{len(fold.val_clips)} val clips); temperature {fold.calibration.temperature:.2f}")
     table.add_row("[bold]best[/]", f"WAF {result.best['waf']:.4f}, macro-F1 {result.best['macro_f1']:.4f}")
     return table
 

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -391,6 +392,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         save_weights(run / result.weights, result.state)
     for stale in set(run.glob("model*.safetensors")) - {run / r.weights for r in results}:
         stale.unlink()  # an earlier run in this folder with another number of folds
+    shutil.rmtree(run / "eval", ignore_errors=True)  # reports of the models just replaced
     best = {
         "epoch": round(float(np.mean([r.best_epoch for r in results]))),
         "waf": float(np.mean([r.waf for r in results])),

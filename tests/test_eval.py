@@ -354,3 +354,13 @@ def test_options_that_need_labels_are_refused_without(space):
     workspace, _labels = space
     outcome = mer(workspace, "--checkpoint", "cv", "--submission", "out.csv")
     assert outcome.exit_code == 2 and "need --labels" in outcome.stderr
+
+
+def test_retraining_a_run_removes_the_reports_of_the_models_it_replaces(tmp_path):
+    labels = write_workspace(tmp_path)
+    space = Workspace(tmp_path)
+    train(config(**{"train.epochs": 2}), space, labels, name="again", folds=2)
+    assert mer(space, "--checkpoint", "again").exit_code == 0
+    assert (tmp_path / "runs" / "again" / "eval" / "metrics.json").exists()
+    train(config(**{"train.epochs": 2}), space, labels, name="again", folds=2)
+    assert not (tmp_path / "runs" / "again" / "eval").exists()

@@ -77,11 +77,16 @@ def test_bad_files_get_one_line_errors_and_the_others_are_still_predicted(traine
     assert len(errors) == 2
 
 
-def test_the_human_report_is_a_table_on_stderr(trained, shared_data):
-    good = next((shared_data / "crema-d").glob("*.flv"))
-    outcome = mer(trained, "predict", str(good))
+def test_the_human_report_is_a_table_on_stderr_and_a_submission_can_be_written(trained, shared_data, tmp_path):
+    good = sorted((shared_data / "crema-d").glob("*.flv"))[:2]
+    submission = tmp_path / "submission.csv"
+    outcome = mer(trained, "predict", *map(str, good), "--submission", str(submission))
     assert outcome.exit_code == 0 and outcome.stdout == ""
-    assert "mer predict with run" in outcome.stderr and good.name in outcome.stderr
+    assert "mer predict with run" in outcome.stderr and good[0].name in outcome.stderr
+    rows = submission.read_text().splitlines()
+    classes = json.loads((trained / "runs" / "run" / "config.json").read_text())["classes"]
+    assert rows[0] == "name,discrete" and [r.split(",")[0] for r in rows[1:]] == [p.stem for p in good]
+    assert all(r.split(",")[1] in classes for r in rows[1:])
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:
