@@ -144,7 +144,7 @@ class Predictor:
         if self.reasoning is None:
             return
         self.reasoning.inputs = ClipInputs(self.scratch, {})  # sees the feature sets just written
-        self.reasoning.ask(ClipTask(clip, content_hash(clip.path), "new"))
+        self.reasoning.ask(ClipTask(clip, content_hash(clip.path)))
         if self.reasoning.store.status(clip.clip_id, content_hash(clip.path)) == "done":
             sets = embed_traces(self.config, self.scratch.features, self.reasoning.store, refresh=[clip.clip_id])
             _check_reproduced({s.name for s in sets}, set(self.set_names) - set(self.modality_sets), self.run.path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -153,7 +153,6 @@ class Pacing:
 class ClipTask:
     clip: Clip
     content_hash: str
-    state: Literal["new", "failed"]
 
 
 @dataclass
@@ -180,10 +179,7 @@ class ReasonSummary:
             "calls": self.calls,
             "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens},
             "cost_usd": round(self.cost_usd, 6), "skipped": self.skipped, "stopped": self.stopped,
-            "dry_run": self.dry_run, "source": {"reasoner": self.source.reasoner, "model": self.source.model,
-                                                "prompt_version": self.source.prompt_version,
-                                                "label_conditioned": self.source.label_conditioned},
-            "priors": self.priors,
+            "dry_run": self.dry_run, "network": self.network, "source": asdict(self.source), "priors": self.priors,
         }
 
 
@@ -354,7 +350,7 @@ def plan(clips: Sequence[Clip], store: TraceStore, retry_failed: bool) -> tuple[
             failed.append({"clip": clip.clip_id, "reason": f"failed before: {record.reason if record else '?'} "
                                                            "(--retry-failed asks again)"})
         else:
-            tasks.append(ClipTask(clip, digest, "failed" if status == "failed" else "new"))
+            tasks.append(ClipTask(clip, digest))
     return tasks, cached, failed
 
 

@@ -105,7 +105,8 @@ def reason_table(summary: "ReasonSummary") -> Table:
     table.add_column("clips", justify="right")
     table.add_column("detail")
     if summary.dry_run:
-        table.add_row("to ask", str(summary.calls), "one call per clip, retries not counted")
+        where = "remote calls" if summary.network else "offline, no network"
+        table.add_row("to ask", str(summary.calls), f"one call per clip ({where}), retries not counted")
     else:
         table.add_row("done", str(len(summary.done)), "")
     table.add_row("cached", str(len(summary.cached)), "a trace of the same clip content is stored")

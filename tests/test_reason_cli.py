@@ -118,6 +118,9 @@ def test_a_dry_run_estimates_and_calls_nothing(extracted, workspace, gemini):
     summary = summary_of(outcome)
     assert summary["dry_run"] is True and summary["calls"] == 4 and summary["cost_usd"] > 0
     assert sum(gemini.calls.values()) == 0 and not list((workspace / "reasoning").rglob("*.trace.json"))
+    human = mer(workspace, "reason", str(clips), "--model", "gemini", "--dry-run")
+    assert human.exit_code == 0 and human.stdout == "" and sum(gemini.calls.values()) == 0
+    assert "plan (nothing called)" in human.stderr and "remote calls" in human.stderr and "USD" in human.stderr
 
 
 def test_a_rejected_key_stops_the_run_with_one_line(extracted, workspace, gemini):
