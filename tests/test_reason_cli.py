@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fake_gemini import FakeGemini, key_invalid
+from fake_gemini import FakeGemini, api_error, key_invalid, rate_limited, stalled
 from mercli.cli import cli
 from mercli.traces import validate_trace
 
@@ -109,6 +109,17 @@ def test_gemini_traces_come_from_the_real_client_and_a_rerun_costs_nothing(extra
     assert again["cached"] == 4 and again["calls"] == 0 and gemini.calls["generate"] == 4
     written = "".join(p.read_text(errors="ignore") for p in workspace.rglob("*") if p.is_file() and p.suffix != ".npy")
     assert FAKE_KEY not in written
+
+
+def test_rate_limits_server_errors_and_timeouts_are_retried_until_an_answer(extracted, workspace, gemini):
+    clips, _ = extracted
+    gemini.script(rate_limited(retry_delay="0.3s"), api_error(500, "INTERNAL", "boom"), stalled(5))
+    args = ["-s", "reason.backoff=0.01", "-s", "reasoner.gemini.timeout=1", "reason", str(clips), "--model", "gemini",
+            "--concurrency", "1", "--json", "--no-embed"]
+    outcome = mer(workspace, *args)
+    assert outcome.exit_code == 0, outcome.output
+    summary = summary_of(outcome)
+    assert summary["done"] == 4 and summary["failed"] == [] and summary["calls"] == 7
 
 
 def test_a_dry_run_estimates_and_calls_nothing(extracted, workspace, gemini):
