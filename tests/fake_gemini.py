@@ -24,12 +24,11 @@ import base64
 import itertools
 import json
 import re
-import threading
-from collections import Counter, deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
+
+from fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 
@@ -39,28 +38,8 @@ _UPLOAD = re.compile(rf"^/upload/{_VERSION}/files$")
 _FILE = re.compile(rf"^/{_VERSION}/files/(?P<id>[^/]+)$")
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One scripted HTTP answer: ``body`` is a JSON document, or a str sent as it is."""
-
-    status: int = 200
-    body: Any = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """One request the server received; ``headers`` keys are lower case."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+class GeminiRequest(Recorded):
+    """A recorded request that can list what a generateContent call sent."""
 
     def parts(self) -> list["SentPart"]:
         """The content parts of a generateContent request, in order."""
@@ -183,77 +162,35 @@ def key_invalid() -> Reply:
 def stalled(seconds: float) -> Reply:
     """A valid answer sent only after ``seconds``: longer than a client timeout, it makes the
     client give up."""
-    return Reply(body=answer(sample_answer()).body, delay=seconds)
+    return replace(answer(sample_answer()), delay=seconds)
 
 
 # --- the server ------------------------------------------------------------------------------
 
 
-class FakeGemini:
+class FakeGemini(FakeServer):
     """The fake API as a context manager; see the module notes."""
+
+    request_type = GeminiRequest
 
     def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE") -> None:
         if file_outcome not in ("ACTIVE", "FAILED"):
             raise ValueError(f"file_outcome must be ACTIVE or FAILED, not {file_outcome!r}")
-        self.latency = latency
+        super().__init__(latency, default=answer(sample_answer()))
         self.processing_polls = processing_polls
         self.file_outcome = file_outcome
-        self.default = answer(sample_answer())
-        self.calls: Counter[str] = Counter()
-        self.requests: list[Recorded] = []
         self.files: dict[str, dict[str, Any]] = {}  # "files/<id>" -> the File resource, plus its data
-        self._queue: deque[Reply] = deque()
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
         self._ids = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
 
-    # -- lifecycle --
-
-    def __enter__(self) -> "FakeGemini":
-        fake = self
-
-        class Handler(_Handler):
-            server_state = fake
-
-        self._server = _QuietServer(("127.0.0.1", 0), Handler)
-        # A short poll interval: shutdown() waits up to one interval, and tests start many servers.
-        threading.Thread(target=self._server.serve_forever, args=(0.02,), name="fake-gemini", daemon=True).start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._closing.set()  # wakes stalled handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    @property
-    def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeGemini is not running: use it as a context manager")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    # -- scripting and inspection --
-
-    def script(self, *replies: Reply) -> None:
-        """Queue replies for the next generateContent calls, in order."""
-        with self._lock:
-            self._queue.extend(replies)
-
-    def generate_requests(self) -> list[Recorded]:
-        with self._lock:
-            return [r for r in self.requests if _GENERATE.match(urlsplit(r.path).path)]
+    def generate_requests(self) -> list[GeminiRequest]:
+        return [r for r in self.requests if _GENERATE.match(urlsplit(r.path).path)]
 
     # -- request handling (called on the server's threads) --
 
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        recorded = Recorded(method, path, dict(headers), body)
-        with self._lock:
-            self.requests.append(recorded)
         url = urlsplit(path)
         if method == "POST" and (match := _GENERATE.match(url.path)):
-            return self._generate(match["model"], recorded)
+            return self._generate(match["model"], GeminiRequest(method, path, headers, body))
         if method == "POST" and (match := _UPLOAD.match(url.path)):
             upload_id = parse_qs(url.query).get("upload_id", [None])[0]
             if upload_id is None:
@@ -264,12 +201,10 @@ class FakeGemini:
             return self._file_state(name) if method == "GET" else self._delete(name)
         return api_error(404, "NOT_FOUND", f"fake Gemini has no {method} {url.path}")
 
-    def _generate(self, model: str, request: Recorded) -> Reply:
-        with self._lock:
-            self.calls["generate"] += 1
-            reply = self._queue.popleft() if self._queue else self.default
+    def _generate(self, model: str, request: GeminiRequest) -> Reply:
+        with self.lock:
             files = dict(self.files)
-        self.pause(self.latency)
+        reply = self.next_reply("generate")
         for part in request.parts():
             if part.kind != "file":
                 continue
@@ -278,14 +213,14 @@ class FakeGemini:
                 return api_error(400, "FAILED_PRECONDITION",
                                  f"The File {name} is not in an ACTIVE state and usage is not allowed.")
         if isinstance(reply.body, dict) and "candidates" in reply.body:
-            reply = Reply(reply.status, {**reply.body, "modelVersion": model}, reply.headers, reply.delay)
+            reply = replace(reply, body={**reply.body, "modelVersion": model})
         return reply
 
     def _start_upload(self, version: str, headers: Mapping[str, str], body: bytes) -> Reply:
         if headers.get("x-goog-upload-protocol") != "resumable" or headers.get("x-goog-upload-command") != "start":
             return api_error(400, "INVALID_ARGUMENT", "expected a resumable upload start")
         metadata = (json.loads(body) if body else {}).get("file", {})
-        with self._lock:
+        with self.lock:
             self.calls["upload_start"] += 1
             upload_id = f"up{next(self._ids)}"
             name = f"files/fake{upload_id}"
@@ -300,7 +235,7 @@ class FakeGemini:
         return Reply(headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"}, body={})
 
     def _receive_upload(self, upload_id: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        with self._lock:
+        with self.lock:
             self.calls["upload"] += 1
             record = next((f for f in self.files.values() if f["upload_id"] == upload_id), None)
             if record is None:
@@ -313,71 +248,39 @@ class FakeGemini:
             return Reply(headers={"X-Goog-Upload-Status": "final"}, body={"file": _resource(record)})
 
     def _file_state(self, name: str) -> Reply:
-        with self._lock:
-            self.calls["file_get"] += 1
-            record = self.files.get(name)
-            if record is None or record.get("deleted"):
-                return api_error(404, "NOT_FOUND", f"File {name} does not exist")
+        with self.lock:
+            record = self._live_file("file_get", name)
+            if record is None:
+                return _no_file(name)
             record["polls"] += 1
             if record["polls"] > self.processing_polls:
                 self._settle(record)
             return Reply(body=_resource(record))
+
+    def _delete(self, name: str) -> Reply:
+        with self.lock:
+            record = self._live_file("file_delete", name)
+            if record is None:
+                return _no_file(name)
+            record["deleted"] = True
+        return Reply(body={})
+
+    def _live_file(self, kind: str, name: str) -> dict[str, Any] | None:
+        """Count a file call of ``kind``; the file's record, or None where it is unknown or deleted.
+        The caller holds the lock."""
+        self.calls[kind] += 1
+        record = self.files.get(name)
+        return None if record is None or record.get("deleted") else record
 
     def _settle(self, record: dict[str, Any]) -> None:
         record["state"] = self.file_outcome
         if self.file_outcome == "FAILED":
             record["error"] = {"code": 3, "message": "The video could not be processed."}
 
-    def _delete(self, name: str) -> Reply:
-        with self._lock:
-            self.calls["file_delete"] += 1
-            record = self.files.get(name)
-            if record is None or record.get("deleted"):
-                return api_error(404, "NOT_FOUND", f"File {name} does not exist")
-            record["deleted"] = True
-        return Reply(body={})
 
-    def pause(self, seconds: float) -> None:
-        """Sleep, but wake when the server closes so that no handler outlives it."""
-        if seconds > 0:
-            self._closing.wait(seconds)
+def _no_file(name: str) -> Reply:
+    return api_error(404, "NOT_FOUND", f"File {name} does not exist")
 
 
 def _resource(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("upload_id", "data", "polls", "deleted")}
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that gave up (timeout tests) breaks the pipe: that is expected, not news."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_state: FakeGemini
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {key.lower(): value for key, value in self.headers.items()}
-        try:
-            reply = self.server_state.handle(self.command, self.path, headers, body)
-        except Exception as error:  # a bug in the fake shows up as a 500 naming it, not a hang-up
-            reply = api_error(500, "INTERNAL", f"fake Gemini crashed: {type(error).__name__}: {error}")
-        self.server_state.pause(reply.delay)
-        payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body if reply.body is not None else {})
-        data = payload.encode()
-        self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in reply.headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass

@@ -7,7 +7,7 @@ the real ``openai`` client runs against it unchanged. Each test scripts what the
         server.script(rate_limited(retry_after=2), answer(document))
         client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
         ...
-        assert len(server.calls) == 2 and server.calls[0].headers["authorization"] == "Bearer k"
+        assert server.calls["chat"] == 2 and server.chat_requests()[0].headers["authorization"] == "Bearer k"
 
 When the script is used up, every call gets ``default`` (a valid trace answer for the six MER2024
 classes unless given), which is what a benchmark wants.
@@ -16,34 +16,17 @@ classes unless given), which is what a benchmark wants.
 from __future__ import annotations
 
 import json
-import threading
-from collections import deque
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
+
+from fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 CHAT_PATH = "/v1/chat/completions"
 
 
-@dataclass(frozen=True)
-class Behaviour:
-    """One scripted reply: ``body`` is sent as JSON (a dict) or as it is (a str), after ``delay``
-    seconds on top of the server's latency."""
-
-    status: int = 200
-    body: Any = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass(frozen=True)
-class Call:
-    """One request the server received; header names are lower case."""
-
-    path: str
-    headers: dict[str, str]
-    body: Any
+class ChatRequest(Recorded):
+    """A recorded request that can list what a chat completion call sent."""
 
     def texts(self) -> list[str]:
         """The text parts of every message, in order."""
@@ -54,7 +37,7 @@ class Call:
 
     def _parts(self) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
-        for message in self.body["messages"]:
+        for message in self.json["messages"]:
             content = message["content"]
             parts += [{"type": "text", "text": content}] if isinstance(content, str) else content
         return parts
@@ -70,9 +53,9 @@ def sample_answer(classes: Sequence[str] = MER2024_CLASSES) -> dict[str, Any]:
 
 
 def completion(content: str | None, *, finish_reason: str = "stop", refusal: str | None = None,
-               prompt_tokens: int = 1000, completion_tokens: int = 200) -> Behaviour:
+               prompt_tokens: int = 1000, completion_tokens: int = 200) -> Reply:
     """A 200 reply whose message carries ``content`` as it is (valid JSON or not)."""
-    return Behaviour(body={
+    return Reply(body={
         "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model",
         "choices": [{"index": 0, "finish_reason": finish_reason, "logprobs": None,
                      "message": {"role": "assistant", "content": content, "refusal": refusal}}],
@@ -81,27 +64,27 @@ def completion(content: str | None, *, finish_reason: str = "stop", refusal: str
     })
 
 
-def answer(document: Any, *, prompt_tokens: int = 1000, completion_tokens: int = 200) -> Behaviour:
+def answer(document: Any, *, prompt_tokens: int = 1000, completion_tokens: int = 200) -> Reply:
     """A 200 reply whose content is ``document`` as JSON."""
     return completion(json.dumps(document), prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
-def refusal(text: str = "I can't help with that.") -> Behaviour:
+def refusal(text: str = "I can't help with that.") -> Reply:
     return completion(None, refusal=text)
 
 
-def content_filter() -> Behaviour:
+def content_filter() -> Reply:
     return completion(None, finish_reason="content_filter")
 
 
 def error(status: int, message: str, *, kind: str = "invalid_request_error", code: str | None = None,
-          param: str | None = None, headers: Mapping[str, str] | None = None) -> Behaviour:
+          param: str | None = None, headers: Mapping[str, str] | None = None) -> Reply:
     """An error reply in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return Behaviour(status=status, headers=dict(headers or {}),
+    return Reply(status=status, headers=dict(headers or {}),
                      body={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
-def rate_limited(retry_after: float | None = None, *, retry_after_ms: float | None = None) -> Behaviour:
+def rate_limited(retry_after: float | None = None, *, retry_after_ms: float | None = None) -> Reply:
     headers = {}
     if retry_after is not None:
         headers["retry-after"] = f"{retry_after:g}"
@@ -111,115 +94,43 @@ def rate_limited(retry_after: float | None = None, *, retry_after_ms: float | No
                  headers=headers)
 
 
-def quota_exhausted() -> Behaviour:
+def quota_exhausted() -> Reply:
     return error(429, "You exceeded your current quota, please check your plan and billing details.",
                  kind="insufficient_quota", code="insufficient_quota")
 
 
-def server_error(status: int = 500) -> Behaviour:
+def server_error(status: int = 500) -> Reply:
     return error(status, "The server had an error while processing your request.", kind="server_error")
 
 
-def unauthorized(echo_key: str | None = None) -> Behaviour:
+def unauthorized(echo_key: str | None = None) -> Reply:
     """401; with ``echo_key`` the message repeats the key, as some servers do."""
     shown = f": {echo_key}" if echo_key else ""
     return error(401, f"Incorrect API key provided{shown}.", code="invalid_api_key")
 
 
-def hang(seconds: float, then: Behaviour | None = None) -> Behaviour:
+def hang(seconds: float, then: Reply | None = None) -> Reply:
     """Wait ``seconds`` (longer than the client's timeout, say) before replying."""
-    reply = then or answer(sample_answer())
-    return Behaviour(reply.status, reply.body, reply.headers, delay=seconds)
+    return replace(then or answer(sample_answer()), delay=seconds)
 
 
-class FakeOpenAI:
-    """The server. ``latency`` seconds are added to every reply (a benchmark uses 0.3)."""
+class FakeOpenAI(FakeServer):
+    """The server. ``latency`` seconds are added to every reply (a benchmark uses 0.3); ``calls["chat"]``
+    counts the chat completion calls."""
 
-    def __init__(self, latency: float = 0.0, default: Behaviour | None = None) -> None:
-        self.latency = latency
-        self.default = default or answer(sample_answer())
-        self._script: deque[Behaviour] = deque()
-        self._calls: list[Call] = []
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-openai", daemon=True)
+    request_type = ChatRequest
+
+    def __init__(self, latency: float = 0.0, default: Reply | None = None) -> None:
+        super().__init__(latency, default=default or answer(sample_answer()))
 
     @property
     def base_url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return super().base_url + "/v1"
 
-    @property
-    def calls(self) -> list[Call]:
-        with self._lock:
-            return list(self._calls)
+    def chat_requests(self) -> list[ChatRequest]:
+        return [r for r in self.requests if r.path == CHAT_PATH]
 
-    def script(self, *behaviours: Behaviour) -> None:
-        """Queue replies for the next calls, in order."""
-        with self._lock:
-            self._script.extend(behaviours)
-
-    def start(self) -> "FakeOpenAI":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stopping.set()  # wakes handlers that are sleeping through a scripted delay
-        self._http.shutdown()
-        self._http.server_close()
-        self._thread.join()
-
-    def __enter__(self) -> "FakeOpenAI":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _next(self, call: Call) -> Behaviour:
-        with self._lock:
-            self._calls.append(call)
-            return self._script.popleft() if self._script else self.default
-
-    def _wait(self, seconds: float) -> None:
-        if seconds > 0:
-            self._stopping.wait(seconds)
-
-
-def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
-
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            try:
-                body = json.loads(raw or b"null")
-            except json.JSONDecodeError:
-                body = raw.decode("utf-8", "replace")
-            call = Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
-            if self.path != CHAT_PATH:
-                self._send(error(404, f"no route {self.path}", code="unknown_url"))
-                return
-            behaviour = server._next(call)
-            server._wait(server.latency + behaviour.delay)
-            self._send(behaviour)
-
-        def _send(self, behaviour: Behaviour) -> None:
-            data = (behaviour.body if isinstance(behaviour.body, str) else json.dumps(behaviour.body)).encode()
-            try:
-                self.send_response(behaviour.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for name, value in behaviour.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (its timeout), which is what some tests script
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # keep test output clean
-
-    return Handler
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        if method != "POST" or path != CHAT_PATH:
+            return error(404, f"no route {path}", code="unknown_url")
+        return self.next_reply("chat")

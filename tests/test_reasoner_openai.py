@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import (Behaviour, FakeOpenAI, answer, completion, content_filter, error, hang,
+from fake_openai import (FakeOpenAI, Reply, answer, completion, content_filter, error, hang,
                          quota_exhausted, rate_limited, refusal, sample_answer, server_error, unauthorized)
 from mer_plugins.reasoners import openai_compatible
 from mer_plugins.reasoners.evidence import Evidence, measure
@@ -110,11 +110,11 @@ def test_success_sends_prompt_frames_and_schema_and_parses_the_answer(server, vi
 
     assert result.answer == document
     assert result.usage == Usage(1234, 321)
-    [call] = server.calls
+    [call] = server.chat_requests()
     assert call.path == "/v1/chat/completions"
     assert call.headers["authorization"] == f"Bearer {KEY}"
-    assert call.body["model"] == "served-model"
-    assert [m["role"] for m in call.body["messages"]] == ["user"]
+    assert call.json["model"] == "served-model"
+    assert [m["role"] for m in call.json["messages"]] == ["user"]
     texts = call.texts()
     assert texts[0] == request.prompt
     assert any('Transcript of the speech: "Don\'t forget a jacket."' in t for t in texts)
@@ -122,36 +122,36 @@ def test_success_sends_prompt_frames_and_schema_and_parses_the_answer(server, vi
     urls = call.image_urls()
     assert len(urls) == 8
     assert {decoded_image(url).size for url in urls} == {(320, 240)}  # smaller than 512: never upscaled
-    assert call.body["response_format"] == {
+    assert call.json["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "mer_trace", "schema": request.answer_schema, "strict": True}}
-    assert "temperature" not in call.body and "max_completion_tokens" not in call.body
+    assert "temperature" not in call.json and "max_completion_tokens" not in call.json
 
 
 def test_the_label_is_not_sent_not_even_through_the_clip_name(server, video):
     reasoner(server).reason(make_request(video))
-    sent = json.dumps([t for t in server.calls[0].texts()])
+    sent = json.dumps([t for t in server.chat_requests()[0].texts()])
     assert "ANG" not in sent and video.stem not in sent and "annotators labelled" not in sent
 
 
 @pytest.mark.parametrize("frames, frame_size, size", [(3, 96, (96, 72)), (5, 160, (160, 120))])
 def test_frames_count_and_size_follow_the_options(server, video, frames, frame_size, size):
     reasoner(server, frames=frames, frame_size=frame_size).reason(make_request(video))
-    urls = server.calls[0].image_urls()
+    urls = server.chat_requests()[0].image_urls()
     assert len(urls) == frames
     assert {decoded_image(url).size for url in urls} == {size}
-    assert f"{frames} stills sampled evenly over the clip, at 0.0," in " ".join(server.calls[0].texts())
+    assert f"{frames} stills sampled evenly over the clip, at 0.0," in " ".join(server.chat_requests()[0].texts())
 
 
 def test_frames_spread_over_the_whole_clip(server, video):
     reasoner(server, frames=4).reason(make_request(video))
-    shades = [int(np.asarray(decoded_image(url)).mean()) for url in server.calls[0].image_urls()]
+    shades = [int(np.asarray(decoded_image(url)).mean()) for url in server.chat_requests()[0].image_urls()]
     assert shades == sorted(shades) and shades[0] < 30 and shades[-1] > 170  # first and last seconds
 
 
 def test_a_real_clip_is_sampled_and_sent(server, shared_data):
     clip = shared_data / "crema-d" / "1001_DFA_ANG_XX.flv"
     reasoner(server, frame_size=256).reason(make_request(clip))
-    urls = server.calls[0].image_urls()
+    urls = server.chat_requests()[0].image_urls()
     assert len(urls) == 8
     assert {decoded_image(url).size for url in urls} == {(256, 192)}
 
@@ -159,20 +159,20 @@ def test_a_real_clip_is_sampled_and_sent(server, shared_data):
 def test_an_audio_only_clip_sends_no_images_and_says_so(server, speech_only):
     result = reasoner(server).reason(make_request(speech_only))
     assert result.answer == sample_answer()
-    call = server.calls[0]
+    call = server.chat_requests()[0]
     assert call.image_urls() == []
     assert any("No video frames: the file is audio-only" in text for text in call.texts())
 
 
 def test_frames_zero_asks_with_text_only(server, video):
     reasoner(server, frames=0).reason(make_request(video))
-    assert server.calls[0].image_urls() == []
-    assert any("No video frames are sent" in text for text in server.calls[0].texts())
+    assert server.chat_requests()[0].image_urls() == []
+    assert any("No video frames are sent" in text for text in server.chat_requests()[0].texts())
 
 
 def test_a_clip_without_transcript_or_features_says_so(server, speech_only):
     reasoner(server).reason(make_request(speech_only))
-    texts = server.calls[0].texts()
+    texts = server.chat_requests()[0].texts()
     assert any("Transcript of the speech: none available" in text for text in texts)
     assert any("which you cannot hear): not available: features not extracted (egemaps)" in text for text in texts)
 
@@ -183,14 +183,15 @@ def test_real_acoustic_features_are_summarised(server, speech_only):
     features = {"egemaps": Features(egemaps)}
     cues = measure(features, None, CLASSES)["acoustic"].cues
     reasoner(server).reason(make_request(speech_only, features=features))
-    assert cues and any(f"which you cannot hear): {'; '.join(cues)}\n" in text + "\n" for text in server.calls[0].texts())
+    texts = server.chat_requests()[0].texts()
+    assert cues and any(f"which you cannot hear): {'; '.join(cues)}\n" in text + "\n" for text in texts)
 
 
 def test_features_of_the_wrong_layout_reject_the_clip(server, speech_only):
     wrong = {"egemaps": Features(np.zeros(5, dtype=np.float32))}
     with pytest.raises(AnswerRejected, match="cannot summarise the clip's features: egemaps features have shape"):
         reasoner(server).reason(make_request(speech_only, features=wrong))
-    assert server.calls == []
+    assert server.calls["chat"] == 0
 
 
 def test_the_acoustic_summary_comes_from_the_evidence_module(server, speech_only, monkeypatch):
@@ -198,24 +199,25 @@ def test_the_acoustic_summary_comes_from_the_evidence_module(server, speech_only
                 "acoustic": Evidence(["pitch high and rising", "loud"], {"angry": 0.8})}
     monkeypatch.setattr("mer_plugins.reasoners.evidence.measure", lambda features, transcript, classes: measured)
     reasoner(server).reason(make_request(speech_only))
-    assert any("which you cannot hear): pitch high and rising; loud" in t for t in server.calls[0].texts())
+    assert any("which you cannot hear): pitch high and rising; loud" in t for t in server.chat_requests()[0].texts())
 
     measured["acoustic"] = Evidence([], {}, "no audio track")
     reasoner(server).reason(make_request(speech_only))
-    assert any("which you cannot hear): not available: no audio track; judge the acoustic" in t for t in server.calls[1].texts())
+    texts = server.chat_requests()[1].texts()
+    assert any("which you cannot hear): not available: no audio track; judge the acoustic" in t for t in texts)
 
 
 def test_sampling_options_are_sent_only_when_set(server, speech_only):
     reasoner(server, temperature=0.2, max_output_tokens=900).reason(make_request(speech_only))
-    body = server.calls[0].body
+    body = server.chat_requests()[0].json
     assert body["temperature"] == 0.2 and body["max_completion_tokens"] == 900
 
 
 def test_unstructured_mode_asks_for_a_json_object_with_the_schema_in_the_prompt(server, speech_only):
     request = make_request(speech_only)
     reasoner(server, structured=False).reason(request)
-    call = server.calls[0]
-    assert call.body["response_format"] == {"type": "json_object"}
+    call = server.chat_requests()[0]
+    assert call.json["response_format"] == {"type": "json_object"}
     assert call.texts()[0] == request.prompt + "\nJSON schema of the answer:\n" + json.dumps(request.answer_schema)
 
 
@@ -240,7 +242,7 @@ def test_a_reply_without_usage_counts_zero_tokens(server, speech_only):
 # --- answers that are no answer -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("behaviour, message", [
+@pytest.mark.parametrize("reply, message", [
     (refusal("I can't help with that."), "refused: I can't help with that."),
     (content_filter(), "refused: the server's content filter"),
     (completion("the face looks angry {"), "malformed JSON: Expecting value at character 0"),
@@ -250,16 +252,16 @@ def test_a_reply_without_usage_counts_zero_tokens(server, speech_only):
     (completion(None), "empty answer"),
     (completion("[1, 2]"), "the answer is a JSON list, not an object"),
     (error(400, "This model's maximum context length is 8192 tokens."), "request refused (400): This model's maximum"),
-    (Behaviour(200, "<html>It works!</html>"), "answered with something other than JSON"),
-    (Behaviour(200, '{"object": "list", "data": []}'), "returned no choices"),
-    (Behaviour(200, "[]"), "returned no choices"),
+    (Reply(200, "<html>It works!</html>"), "answered with something other than JSON"),
+    (Reply(200, '{"object": "list", "data": []}'), "returned no choices"),
+    (Reply(200, "[]"), "returned no choices"),
 ])
-def test_unusable_answers_are_rejected(server, speech_only, behaviour, message):
-    server.script(behaviour)
+def test_unusable_answers_are_rejected(server, speech_only, reply, message):
+    server.script(reply)
     with pytest.raises(AnswerRejected, match=message.replace("(", r"\(").replace(")", r"\)")) as raised:
         reasoner(server).reason(make_request(speech_only))
     assert "\n" not in str(raised.value)
-    assert len(server.calls) == 1
+    assert server.calls["chat"] == 1
 
 
 def test_an_undecodable_clip_is_rejected_with_its_path(server, tmp_path):
@@ -267,24 +269,24 @@ def test_an_undecodable_clip_is_rejected_with_its_path(server, tmp_path):
     broken.write_bytes(b"not a video at all")
     with pytest.raises(AnswerRejected, match="broken.mp4: cannot decode"):
         reasoner(server).reason(make_request(broken))
-    assert server.calls == []
+    assert server.calls["chat"] == 0
 
 
 # --- errors: retry, stop ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("behaviour, wait", [
+@pytest.mark.parametrize("reply, wait", [
     (rate_limited(retry_after=7), 7.0),
     (rate_limited(retry_after_ms=1500), 1.5),
     (rate_limited(retry_after=7, retry_after_ms=250), 0.25),
     (rate_limited(), None),
 ])
-def test_rate_limits_are_retryable_with_the_servers_hint(server, speech_only, behaviour, wait):
-    server.script(behaviour)
+def test_rate_limits_are_retryable_with_the_servers_hint(server, speech_only, reply, wait):
+    server.script(reply)
     with pytest.raises(RetryableError, match=r"rate limited \(429\)") as raised:
         reasoner(server).reason(make_request(speech_only))
     assert raised.value.retry_after == wait
-    assert len(server.calls) == 1  # the client itself never retries: the core does
+    assert server.calls["chat"] == 1  # the client itself never retries: the core does
 
 
 def test_an_exhausted_quota_stops_the_run(server, speech_only):
@@ -299,7 +301,7 @@ def test_server_errors_are_retryable(server, speech_only, status):
     with pytest.raises(RetryableError, match=rf"server error \({status}\)") as raised:
         reasoner(server).reason(make_request(speech_only))
     assert raised.value.retry_after is None
-    assert len(server.calls) == 1
+    assert server.calls["chat"] == 1
 
 
 def test_a_slow_server_times_out_as_retryable(server, speech_only):
@@ -308,7 +310,7 @@ def test_a_slow_server_times_out_as_retryable(server, speech_only):
     with pytest.raises(RetryableError, match="within 0.3 s"):
         reasoner(server, timeout=0.3).reason(make_request(speech_only))
     assert time.monotonic() - started < 2.5
-    assert len(server.calls) == 1
+    assert server.calls["chat"] == 1
 
 
 def test_a_server_that_is_down_is_retryable(speech_only):
@@ -355,13 +357,13 @@ def test_a_missing_key_for_a_remote_server_stops_the_run_naming_the_variable(mon
 def test_a_local_server_gets_a_placeholder_key(monkeypatch, server, speech_only):
     monkeypatch.delenv(KEY_ENV)
     reasoner(server).reason(make_request(speech_only))
-    assert server.calls[0].headers["authorization"] == f"Bearer {LOCAL_PLACEHOLDER_KEY}"
+    assert server.chat_requests()[0].headers["authorization"] == f"Bearer {LOCAL_PLACEHOLDER_KEY}"
 
 
 def test_the_base_url_falls_back_to_the_environment(monkeypatch, server, speech_only):
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     OpenAIReasoner(api_key_env=KEY_ENV).reason(make_request(speech_only))
-    assert len(server.calls) == 1
+    assert server.calls["chat"] == 1
 
 
 def test_doctor_checks_report_the_key_variable_never_its_value(monkeypatch):
@@ -430,6 +432,6 @@ def test_one_reasoner_serves_concurrent_calls_against_a_slow_server(speech_only)
         with ThreadPoolExecutor(6) as pool:
             results = list(pool.map(shared.reason, [make_request(speech_only)] * 6))
         elapsed = time.monotonic() - started
-        assert len(slow.calls) == 6
+        assert slow.calls["chat"] == 6
     assert all(result.answer == sample_answer() for result in results)
     assert 0.3 <= elapsed < 1.5
