@@ -31,7 +31,12 @@ on this machine:
   clip loads the models and is reported on its own; the steady figures come from a second pass
   over every clip. Work shared between components is charged to the one that runs first: the
   transcriber computes the Whisper encoder states the ``whisper`` encoder reuses, and
-  ``face-landmarks`` tracks the face that ``fer-expression`` reuses.
+  ``face-landmarks`` tracks the face that ``fer-expression`` reuses. The Whisper encoder passes
+  are counted and timed apart (one per clip with audio means nothing is computed twice). Like
+  ``mer extract``, this process lets idle OpenMP threads sleep (``OMP_WAIT_POLICY=PASSIVE``).
+* **What start-up imports.** The untimed run below is made with ``PYTHONPROFILEIMPORTTIME=1``:
+  the import time of each top-level package in that ``mer extract`` process (one worker, in-process),
+  lazy imports included, summed by package.
 
 Before timing, one untimed run warms the page cache, so the first measured run does not pay for
 reading the model files from disk. With ``--repeat N`` every run is made N times; wall times are
@@ -51,8 +56,10 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -135,9 +142,11 @@ def tree_pss_kib(root: int) -> int:
     return total
 
 
-def run_extract(folder: Path, labels: Path | None, workers: int) -> Run:
-    """One ``mer extract --json`` in a fresh workspace, with its wall time and memory."""
+def run_extract(folder: Path, labels: Path | None, workers: int,
+                extra_environment: dict[str, str] | None = None) -> tuple[Run, str]:
+    """One ``mer extract --json`` in a fresh workspace: its wall time and memory, and its stderr."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("MER_")}
+    environment.update(extra_environment or {})
     with tempfile.TemporaryDirectory(prefix="mer-bench-") as scratch:
         command = [*mer_command(), "-w", str(Path(scratch, "workspace")), "extract", str(folder),
                    *(["--labels", str(labels)] if labels else []), "--workers", str(workers), "--json"]
@@ -158,11 +167,12 @@ def run_extract(folder: Path, labels: Path | None, workers: int) -> Run:
             last = errors.read_text(errors="replace").strip().splitlines()[-1:]
             sys.exit(f"{' '.join(command)}: exit status {process.returncode}: {' '.join(last)}")
         summary = json.loads(output.read_text())
-    return Run(wall, usage.ru_maxrss / 1024, peak_pss / 1024, summary["done"], len(summary["failed"]))
+        log = errors.read_text(errors="replace")
+    return Run(wall, usage.ru_maxrss / 1024, peak_pss / 1024, summary["done"], len(summary["failed"])), log
 
 
 def repeated(repeat: int, folder: Path, labels: Path | None, workers: int) -> Run:
-    runs = [run_extract(folder, labels, workers) for _ in range(repeat)]
+    runs = [run_extract(folder, labels, workers)[0] for _ in range(repeat)]
     return Run(statistics.median(r.wall for r in runs), max(r.max_rss_mib for r in runs),
                max(r.tree_pss_mib for r in runs), runs[0].done, runs[0].failed)
 
@@ -190,6 +200,30 @@ def startup_folder(folder: Path, labels: Path | None, clips: list[Path], copies:
         writer.writeheader()
         writer.writerows({**row, "name": name} for name in names)
     return into, copied_labels
+
+
+def import_seconds(log: str) -> dict[str, float]:
+    """Seconds spent importing each top-level package, from a ``PYTHONPROFILEIMPORTTIME`` log
+    (a line per module: ``import time: self | cumulative | name``, nesting shown by indentation)."""
+    spent: dict[str, float] = defaultdict(float)
+    for line in log.splitlines():
+        fields = line.split("|")
+        if not line.startswith("import time:") or len(fields) != 3 or fields[2].startswith("  "):
+            continue  # not a profile line, or a module imported by another one
+        if fields[1].strip().isdigit():  # else the header line
+            spent[fields[2].strip().split(".")[0]] += int(fields[1]) / 1e6
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+
+def imports_table(spent: dict[str, float], console: Console, shown: float = 0.05) -> None:
+    table = Table(title="start-up: what one mer extract process imports (untimed run)", min_width=64)
+    for column in ("top-level package", "import s"):
+        table.add_column(column, justify="left" if column == "top-level package" else "right")
+    for package, seconds in spent.items():
+        if seconds >= shown:
+            table.add_row(package, f"{seconds:.2f}")
+    table.add_row(f"[bold]all {len(spent)} packages[/]", f"{sum(spent.values()):.2f}")
+    console.print(table)
 
 
 def per_worker_video_rate(video_seconds: float, wall: float, workers: int) -> float:
@@ -229,6 +263,28 @@ def time_steps(clips: list[Clip], config: configuration.Config, transcripts: dic
     return spent
 
 
+@contextmanager
+def whisper_passes() -> Iterator[list[float]]:
+    """The seconds of every Whisper encoder pass made while the block runs."""
+    from mer_plugins.encoders import whisper_models
+
+    original = whisper_models.WhisperModel.encode
+    passes: list[float] = []
+
+    def timed(model, audio):
+        start = time.perf_counter()
+        try:
+            return original(model, audio)
+        finally:
+            passes.append(time.perf_counter() - start)
+
+    whisper_models.WhisperModel.encode = timed
+    try:
+        yield passes
+    finally:
+        whisper_models.WhisperModel.encode = original
+
+
 def breakdown(folder: Path, labels: Path | None, media: Media, console: Console) -> None:
     config = configuration.load(None, environ={})
     clips = discover(folder)
@@ -239,7 +295,8 @@ def breakdown(folder: Path, labels: Path | None, media: Media, console: Console)
     videos = [c for c in clips if probe(c.path).has_video] or clips
     first = min(videos, key=lambda c: probe(c.path).duration)
     loading = time_steps([by_path[first.path]], config, transcripts, encoders, transcriber)
-    steady = time_steps(clips, config, transcripts, encoders, transcriber)
+    with whisper_passes() as passes:
+        steady = time_steps(clips, config, transcripts, encoders, transcriber)
     total = sum(steady.values())
 
     table = Table(title=f"{folder.name}: where one worker's time goes (in-process, {media.clips} clips, "
@@ -251,6 +308,9 @@ def breakdown(folder: Path, labels: Path | None, media: Media, console: Console)
                       f"{seconds / media.media_seconds:.3f}")
     table.add_row("[bold]total[/]", f"{sum(loading.values()):.2f}", f"{total:.2f}", "100%",
                   f"{total / media.media_seconds:.3f}")
+    if passes:
+        table.caption = (f"Whisper encoder: {len(passes)} passes for {len(clips)} clips, {sum(passes):.2f} s "
+                         f"(counted in the first Whisper row)")
     console.print(table)
 
 
@@ -274,6 +334,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts [default: 1 2]")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median counts [default: 1]")
     arguments = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mer extract does, before torch or CTranslate2 load
     datasets = datasets_of(arguments)
     console = Console() if Console().is_terminal else Console(width=200)
     encoders = configuration.load(None, environ={}).get("extract", "encoders")
@@ -288,8 +349,9 @@ def main() -> None:
         for workers in arguments.workers:
             with tempfile.TemporaryDirectory(prefix="mer-bench-startup-") as scratch:
                 small, small_labels = startup_folder(folder, labels, clips, workers, Path(scratch))
-                if not rows:
-                    run_extract(small, small_labels, workers)  # untimed: warms the page cache
+                if not rows:  # untimed: warms the page cache, and shows what start-up imports
+                    _, log = run_extract(small, small_labels, workers, {"PYTHONPROFILEIMPORTTIME": "1"})
+                    imports_table(import_seconds(log), console)
                 startup = repeated(arguments.repeat, small, small_labels, workers)
                 startup_media = measure_media([c.path for c in discover(small)])
             full = repeated(arguments.repeat, folder, labels, workers)

@@ -8,6 +8,7 @@ encoder that fails on it, is recorded as a failure and the batch goes on; a moda
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -248,6 +249,17 @@ def _start_worker(job: ExtractJob, threads: int) -> None:
 
     torch.set_num_threads(threads)
     _worker = ClipExtractor(job)
+    atexit.register(_exit_without_teardown)
+
+
+def _exit_without_teardown() -> None:
+    """End a worker without the interpreter's teardown of torch, CTranslate2, mediapipe and the
+    rest (measured: about half a second per worker, which the parent waits for at the end of the
+    run). Nothing is lost: each clip's files are written atomically and synced before its outcome
+    is sent, and the outcomes travel through a pipe that is written synchronously."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run_in_worker(clip: Clip) -> ClipOutcome:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,59 @@ def test_bundled_model_identity_and_checks():
     (check,) = encoder.checks()
     assert check.ok and str(source.path) in check.detail
     assert encoder.dim == 384
+
+
+def test_encoder_width_is_read_from_the_weights_without_loading_the_model(monkeypatch):
+    monkeypatch.setattr(whisper_models, "load", lambda *a: pytest.fail("loaded a model to learn its width"))
+    encoder = WhisperEncoder()
+    assert encoder.dim == WhisperFramesEncoder().dim == 384
+    assert whisper_models.ctranslate2_shape(encoder.model_source.path, "encoder/position_encodings/encodings") == (
+        whisper_models.CONTEXT_FRAMES, 384)
+
+
+def write_ctranslate2_file(folder: Path, version: int = 6, spec: str = "WhisperSpec",
+                           variables=(("decoder/embeddings/weight", (3, 5)), ("encoder/layer_norm/gamma", (48,)))) -> Path:
+    """A ``model.bin`` laid out as CTranslate2 writes it (binary version 4 onwards: type id and byte
+    count; before: item size and item count), float32 zeros as data, and a tokenizer beside it."""
+    def string(text: str) -> bytes:
+        data = text.encode("utf-8") + b"\0"
+        return struct.pack("<H", len(data)) + data
+
+    body = struct.pack("<I", version) + string(spec) + struct.pack("<II", 3, len(variables))
+    for name, shape in variables:
+        count = math.prod(shape)
+        body += string(name) + struct.pack(f"<B{len(shape)}I", len(shape), *shape)
+        body += struct.pack("<BI", 4, count * 4) if version >= 4 else struct.pack("<BI", 4, count)
+        body += bytes(4 * count)
+    folder.mkdir(exist_ok=True)
+    (folder / "model.bin").write_bytes(body)
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize("version", [3, 6])
+def test_encoder_width_of_a_ctranslate2_folder_skips_the_other_variables(tmp_path, version):
+    folder = write_ctranslate2_file(tmp_path / "ct2", version=version)
+    assert WhisperEncoder(model_path=str(folder)).dim == 48
+
+
+@pytest.mark.parametrize("layout, reason", [
+    ({"version": 99}, "binary version 99; mer reads versions 2 to 6"),
+    ({"spec": "TransformerSpec"}, "holds a TransformerSpec model, not Whisper"),
+    ({"variables": (("decoder/embeddings/weight", (3, 5)),)}, "has no variable encoder/layer_norm/gamma"),
+])
+def test_a_ctranslate2_file_mer_cannot_read_is_named(tmp_path, layout, reason):
+    folder = write_ctranslate2_file(tmp_path / "ct2", **layout)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(folder))}: cannot load this CTranslate2 Whisper model "
+                                          f"\\(ValueError: .*{re.escape(reason)}"):
+        WhisperEncoder(model_path=str(folder)).dim
+
+
+def test_a_truncated_ctranslate2_file_is_named(tmp_path):
+    folder = write_ctranslate2_file(tmp_path / "ct2")
+    (folder / "model.bin").write_bytes((folder / "model.bin").read_bytes()[:40])
+    with pytest.raises(ConfigError, match=f"{re.escape(str(folder))}: cannot load this CTranslate2 Whisper model"):
+        WhisperEncoder(model_path=str(folder)).dim
 
 
 # --- speech recognition --------------------------------------------------------------------------

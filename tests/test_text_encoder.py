@@ -3,6 +3,7 @@ folder or a Hugging Face id in the local cache, never from the network."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def test_batching_does_not_change_an_embedding(encoder):
 def test_clip_without_words_is_absent(encoder, transcript, reason):
     features = encoder.encode(clip_saying(transcript))
     assert features.values is None and features.absent == reason
+
+
+def test_width_is_read_from_the_configuration_and_from_transformers_when_named_otherwise(tmp_path):
+    folder = tmp_path / "distilbert"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "distilbert", "dim": 32, "n_layers": 1,
+                                                    "n_heads": 2, "hidden_dim": 64, "vocab_size": 100}))
+    assert TextEmbeddingEncoder(model=str(folder)).dim == 32  # DistilBERT calls its width "dim"
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=f"{re.escape(str(folder / 'config.json'))}: unreadable model configuration"):
+        TextEmbeddingEncoder(model=str(folder)).dim
 
 
 def test_bundled_model_is_found_through_its_package_and_named_by_hash(encoder):

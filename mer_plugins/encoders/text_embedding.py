@@ -95,6 +95,18 @@ class SentenceModel:
         return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """A model folder's ``config.json``; a clear error when it is missing or not a JSON object."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable model configuration ({type(error).__name__})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a model configuration must be a JSON object")
+    return config
+
+
 @functools.lru_cache(maxsize=None)
 def load(folder: Path, device: str) -> SentenceModel:
     """One model per folder and device per process, whichever component asks."""
@@ -130,7 +142,12 @@ class TextEmbeddingEncoder(Encoder):
 
     @functools.cached_property
     def dim(self) -> int:  # type: ignore[override]
-        from transformers import AutoConfig
+        """Read from ``config.json``, so that the process writing manifests imports no transformers
+        (seconds of start-up); through transformers for architectures that name it otherwise."""
+        declared = read_config(self.folder).get("hidden_size")
+        if isinstance(declared, int):
+            return declared
+        from transformers import AutoConfig  # DistilBERT, say, calls its width "dim"
 
         return int(AutoConfig.from_pretrained(self.folder, local_files_only=True).hidden_size)
 

@@ -82,9 +82,9 @@ class WhisperEncoder(UsesWhisper, Encoder):
     modality = "audio"
     level = "utterance"
 
-    @property
+    @functools.cached_property
     def dim(self) -> int:  # type: ignore[override]
-        return self.model().dim
+        return whisper_models.encoder_width(self.model_source)
 
     def encode(self, clip: DecodedClip) -> Features:
         audio = clip_audio(clip, self.name, SAMPLE_RATE)

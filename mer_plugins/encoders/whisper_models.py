@@ -12,6 +12,10 @@ Both encode audio the way Whisper was trained: in 30 s windows, the last one zer
 encoder output of every window is kept (``EncodedAudio``), so that the embeddings and speech
 recognition of one clip share a single encoder pass; ``real_frames`` drops the padding, one
 20 ms frame per two 10 ms mel frames (the encoder's stride-2 convolution).
+
+The width of the encoder states (a feature set's ``dim``) is read from the weights' own metadata by
+:func:`encoder_width`, without loading the model: the process that writes the manifests of
+``mer extract`` never encodes anything, so it should not pay for a model its workers load again.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +42,12 @@ SAMPLES_PER_FRAME = 320  # one encoder frame: 20 ms at 16 kHz
 FRAME_SECONDS = SAMPLES_PER_FRAME / SAMPLE_RATE
 CONTEXT_FRAMES = 1500  # encoder frames per 30 s window in every released Whisper model
 BUNDLED_MODEL = "tiny.en"
+
+#: Binary versions of CTranslate2's ``model.bin`` whose variable headers :func:`ctranslate2_shape`
+#: reads: from 2 the file names its model spec; 6 is the newest that CTranslate2 4.x writes.
+CT2_BINARY_VERSIONS = range(2, 7)
+#: The encoder's final LayerNorm: one value per state dimension, in every CTranslate2 Whisper.
+CT2_ENCODER_NORM = "encoder/layer_norm/gamma"
 
 #: Whisper's own rule for a window with nothing said: the no-speech token is likely and the
 #: decoded words are not.
@@ -141,11 +152,6 @@ class WhisperModel(ABC):
             )
         return "en"
 
-    @property
-    @abstractmethod
-    def dim(self) -> int:
-        """Width of the encoder states."""
-
     @abstractmethod
     def _encode_windows(self, windows: np.ndarray) -> np.ndarray:
         """``(windows, samples)`` -> ``(windows, frames, dim)`` float32 encoder states."""
@@ -167,24 +173,14 @@ class CTranslate2Whisper(WhisperModel):
         except (RuntimeError, ValueError, OSError) as error:
             raise unloadable(path, "cannot load this CTranslate2 Whisper model", error) from error
         self.multilingual = self._model.model.is_multilingual
-        self._dim: int | None = None
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:  # CTranslate2 does not expose the width: encode two mel frames to see it
-            mels = np.zeros((1, self._model.model.n_mels, 2), dtype=np.float32)
-            self._dim = int(self._encoder(mels).shape[-1])
-        return self._dim
-
-    def _encoder(self, mels: np.ndarray) -> np.ndarray:
-        import ctranslate2
-
-        output = self._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)), to_cpu=True)
-        return np.array(output, dtype=np.float32)
 
     def _encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        import ctranslate2
+
         extract = self._model.feature_extractor
-        return self._encoder(np.stack([extract(window, padding=0) for window in windows]))
+        mels = np.ascontiguousarray(np.stack([extract(window, padding=0) for window in windows]))
+        output = self._model.model.encode(ctranslate2.StorageView.from_array(mels), to_cpu=True)
+        return np.array(output, dtype=np.float32)
 
     def decode(self, states: np.ndarray, language: str | None, beam_size: int) -> list[Decoded]:
         import ctranslate2
@@ -223,10 +219,6 @@ class OpenAIWhisper(WhisperModel):
         self.multilingual = model.is_multilingual
         self.window_samples = model.dims.n_audio_ctx * SAMPLES_PER_FRAME
 
-    @property
-    def dim(self) -> int:
-        return self._model.dims.n_audio_state
-
     def _encode_windows(self, windows: np.ndarray) -> np.ndarray:
         import torch
         from whisper.audio import log_mel_spectrogram
@@ -247,6 +239,59 @@ class OpenAIWhisper(WhisperModel):
         with torch.inference_mode():
             results = decode(self._model, features, options)
         return [Decoded(result.text.strip(), result.no_speech_prob, result.avg_logprob) for result in results]
+
+
+def encoder_width(source: ModelSource) -> int:
+    """Width of the encoder states of ``source``, from its metadata alone (see the module notes)."""
+    if source.kind == "ctranslate2":
+        return ctranslate2_shape(source.path, CT2_ENCODER_NORM)[0]
+    return int(openai_dims(source.path)["n_audio_state"])
+
+
+def ctranslate2_shape(folder: Path, variable: str) -> tuple[int, ...]:
+    """The shape of ``variable`` in a CTranslate2 Whisper folder, read from the variable headers
+    of its ``model.bin`` (each header gives the size of the data that follows, which is skipped)."""
+    path = folder / "model.bin"
+    try:
+        with open(path, "rb") as handle:
+            def number(code: str) -> int:
+                return struct.unpack("<" + code, handle.read(struct.calcsize(code)))[0]
+
+            def text() -> str:
+                return handle.read(number("H")).rstrip(b"\0").decode("utf-8")
+
+            version = number("I")
+            if version not in CT2_BINARY_VERSIONS:
+                raise ValueError(f"model.bin binary version {version}; mer reads versions "
+                                 f"{CT2_BINARY_VERSIONS.start} to {CT2_BINARY_VERSIONS.stop - 1}")
+            spec = text()
+            if spec != "WhisperSpec":
+                raise ValueError(f"model.bin holds a {spec or 'nameless'} model, not Whisper")
+            number("I")  # spec revision
+            for _ in range(number("I")):
+                name = text()
+                shape = tuple(number("I") for _ in range(number("B")))
+                if version >= 4:
+                    number("B")  # data type
+                    size = number("I")  # bytes
+                else:
+                    size = number("B") * number("I")  # item size, item count
+                if name == variable:
+                    return shape
+                handle.seek(size, os.SEEK_CUR)
+            raise ValueError(f"model.bin has no variable {variable}")
+    except (OSError, ValueError, struct.error) as error:  # UnicodeDecodeError is a ValueError
+        raise unloadable(folder, "cannot load this CTranslate2 Whisper model", error) from error
+
+
+def openai_dims(path: Path) -> dict[str, int]:
+    """The ``dims`` of an openai-whisper checkpoint; memory-mapped, so the weights stay on disk."""
+    import torch
+
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["dims"])
+    except Exception as error:  # any unreadable file must be named, whatever torch raised
+        raise unloadable(path, "not an openai-whisper checkpoint", error) from error
 
 
 def resolve_device(device: str, kind: Literal["ctranslate2", "openai"]) -> str:
