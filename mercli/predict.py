@@ -113,13 +113,13 @@ class Predictor:
         job = prepare(self.config, self.scratch.features, self.scratch.transcripts, {})
         _check_reproduced({m.set_name for m in job.manifests.values()}, set(self.modality_sets), run.path)
         self.extractor = ClipExtractor(job)
-        self.reasoning = self._prior_source([manifests[name] for name in used_priors])
+        # Label-conditioned priors cannot be made for a new clip (it has no label): they stay absent.
+        self.remade_priors = {name for name in used_priors if not label_conditioned(manifests[name])}
+        self.reasoning = self._prior_source([manifests[name] for name in self.remade_priors])
 
     def _prior_source(self, prior_manifests: list[Manifest]) -> ReasonRun | None:
-        """The reasoner that made the run's priors, rebuilt; ``None`` when the run uses none or only
-        label-conditioned ones (no label exists for a new clip: those priors stay absent)."""
-        sources = {json.dumps(m.settings["source"], sort_keys=True) for m in prior_manifests
-                   if not label_conditioned(m)}
+        """The reasoner that made the run's priors, rebuilt; ``None`` when there are none to make."""
+        sources = {json.dumps(m.settings["source"], sort_keys=True) for m in prior_manifests}
         if not sources:
             return None
         if len(sources) > 1:
@@ -147,7 +147,7 @@ class Predictor:
         self.reasoning.ask(ClipTask(clip, content_hash(clip.path)))
         if self.reasoning.store.status(clip.clip_id, content_hash(clip.path)) == "done":
             sets = embed_traces(self.config, self.scratch.features, self.reasoning.store, refresh=[clip.clip_id])
-            _check_reproduced({s.name for s in sets}, set(self.set_names) - set(self.modality_sets), self.run.path)
+            _check_reproduced({s.name for s in sets}, self.remade_priors, self.run.path)
 
     def predict(self, clip: Clip, shown_as: str) -> Prediction:
         started = time.perf_counter()

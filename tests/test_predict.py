@@ -116,3 +116,19 @@ def test_a_checkpoint_whose_encoder_is_not_installed_is_refused(trained, shared_
     (run / "config.json").write_text(json.dumps(config))
     outcome = mer(trained, "predict", str(next((shared_data / "crema-d").glob("*.flv"))), "--checkpoint", str(run))
     assert outcome.exit_code == 2 and "no-such-encoder" in outcome.stderr and "Traceback" not in outcome.output
+
+
+def test_priors_from_label_conditioned_traces_stay_absent_for_new_clips(trained, shared_data, tmp_path):
+    run = copy_run(trained, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    for manifest in config["manifests"].values():
+        if manifest["encoder"].startswith("prior-"):
+            manifest["settings"]["source"]["label_conditioned"] = True
+    (run / "config.json").write_text(json.dumps(config))
+    clip = next((shared_data / "crema-d").glob("*.flv"))
+    conditioned = mer(trained, "predict", str(clip), "--checkpoint", str(run), "--json")
+    plain = mer(trained, "predict", str(clip), "--checkpoint", "run", "--json")
+    assert conditioned.exit_code == 0 and plain.exit_code == 0, conditioned.output
+    without_priors, with_priors = json_lines(conditioned.stdout)[0], json_lines(plain.stdout)[0]
+    assert sum(without_priors["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert without_priors["probs"] != with_priors["probs"]
