@@ -220,6 +220,9 @@ class Reasoner(Component):
     """
 
     needs_network: ClassVar[bool] = False
+    #: Whether answers depend on ``request.features``: then a trace is made again when the feature
+    #: sets that hold the clip change (a clip reasoned about before ``mer extract`` ran, say).
+    uses_features: ClassVar[bool] = False
 
     @property
     def model(self) -> str:

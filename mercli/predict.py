@@ -30,8 +30,8 @@ from mercli.extract import ClipExtractor, prepare
 from mercli.features import FeatureSet, Manifest
 from mercli.model import ModelSettings, injected_priors
 from mercli.priors import embed_traces, label_conditioned
-from mercli.reason import Budget, ClipInputs, ClipTask, Pacing, ReasonRun, price_for
-from mercli.traces import TraceSource, TraceStore, content_hash
+from mercli.reason import Budget, ClipInputs, Pacing, ReasonRun, price_for
+from mercli.traces import TraceSource, TraceStore
 from mercli.train import TrainedRun, predict_logits
 from mercli.trainset import InputSpec, TrainingTable, read_clip
 from mercli.workspace import Workspace
@@ -144,8 +144,9 @@ class Predictor:
         if self.reasoning is None:
             return
         self.reasoning.inputs = ClipInputs(self.scratch, {})  # sees the feature sets just written
-        self.reasoning.ask(ClipTask(clip, content_hash(clip.path)))
-        if self.reasoning.store.status(clip.clip_id, content_hash(clip.path)) == "done":
+        task = self.reasoning.task(clip)
+        self.reasoning.ask(task)
+        if self.reasoning.store.status(clip.clip_id, task.content_hash, task.features) == "done":
             sets = embed_traces(self.config, self.scratch.features, self.reasoning.store, refresh=[clip.clip_id])
             _check_reproduced({s.name for s in sets}, self.remade_priors, self.run.path)
 

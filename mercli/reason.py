@@ -117,12 +117,12 @@ class ClipInputs:
             return record.transcript
         return self.transcripts.latest(clip_id)
 
+    def holding(self, clip_id: str) -> dict[str, FeatureSet]:
+        """The feature sets, by encoder, that hold a result for the clip."""
+        return {e: s for e, s in self.feature_sets.items() if s.status(clip_id) is not None}
+
     def features(self, clip_id: str) -> dict[str, Features]:
-        found = {}
-        for encoder, feature_set in self.feature_sets.items():
-            if feature_set.status(clip_id) is not None:
-                found[encoder] = feature_set.read(clip_id)
-        return found
+        return {encoder: feature_set.read(clip_id) for encoder, feature_set in self.holding(clip_id).items()}
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -151,8 +151,12 @@ class Pacing:
 
 @dataclass
 class ClipTask:
+    """A clip to ask about: its content hash and, for reasoners that read features, the names of
+    the feature sets it is given (both decide whether a stored trace still stands)."""
+
     clip: Clip
     content_hash: str
+    features: list[str] | None = None
 
 
 @dataclass
@@ -218,17 +222,19 @@ class ReasonRun:
             answer_schema=prompts.answer_schema(self.classes), classes=self.classes, transcript=transcript,
             label=label, features=self.inputs.features(clip.clip_id))
 
-    def trace(self, clip: Clip, digest: str, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    def trace(self, task: ClipTask, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         """The stored document: the answer, the clip id and its provenance; raises AnswerRejected
         when the answer breaks the schema or names an emotion outside the classes."""
         if not isinstance(answer, dict):
             raise AnswerRejected("the answer is not a JSON object")
         source = self.store.source
-        trace = {"clip": clip.clip_id, **answer, "provenance": {
+        trace = {"clip": task.clip.clip_id, **answer, "provenance": {
             "reasoner": source.reasoner, "model": source.model, "prompt_version": source.prompt_version,
             "label_conditioned": source.label_conditioned,
             "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
-            "cost_usd": round(self.price.of(usage), 8), "content_hash": digest, "created": utc_now()}}
+            "cost_usd": round(self.price.of(usage), 8), "content_hash": task.content_hash, "created": utc_now()}}
+        if task.features is not None:
+            trace["provenance"]["features"] = task.features
         problems = validate_trace(trace)
         emotions = [trace[k].get("emotion") for k in MODALITY_KEYS if isinstance(trace.get(k), dict)]
         emotions.append(trace["overall"].get("emotion") if isinstance(trace.get("overall"), dict) else None)
@@ -256,6 +262,8 @@ class ReasonRun:
         return outcome
 
     def _fail(self, task: ClipTask, reason: str, **details: Any) -> Outcome:
+        if task.features is not None:
+            details["features"] = task.features
         self.store.record_failure(task.clip.clip_id, reason, task.content_hash, path=str(task.clip.path), **details)
         return self._finish(task.clip, "failed", reason)
 
@@ -279,7 +287,7 @@ class ReasonRun:
             try:
                 reply = self.reasoner.reason(request)
                 usage = reply.usage
-                self.store.write(clip.clip_id, self.trace(clip, task.content_hash, reply.answer, usage))
+                self.store.write(clip.clip_id, self.trace(task, reply.answer, usage))
                 return self._finish(clip, "done")
             except RetryableError as problem:
                 if attempt > self.pacing.max_retries:
@@ -298,6 +306,28 @@ class ReasonRun:
             finally:
                 self._count_call(usage)
                 self.budget.settle(estimate, self.price.of(usage))
+
+    def task(self, clip: Clip) -> ClipTask:
+        features = None
+        if self.reasoner.uses_features:
+            features = sorted(s.name for s in self.inputs.holding(clip.clip_id).values())
+        return ClipTask(clip, content_hash(clip.path), features)
+
+    def plan(self, clips: Sequence[Clip], retry_failed: bool) -> tuple[list[ClipTask], list[str], list[dict[str, str]]]:
+        """(clips to ask, clips already answered, clips whose recorded failure stands)."""
+        tasks, cached, failed = [], [], []
+        for clip in clips:
+            task = self.task(clip)
+            status = self.store.status(clip.clip_id, task.content_hash, task.features)
+            if status == "done":
+                cached.append(clip.clip_id)
+            elif status == "failed" and not retry_failed:
+                record = self.store.failure(clip.clip_id)
+                reason = record.reason if record else "?"
+                failed.append({"clip": clip.clip_id, "reason": f"failed before: {reason} (--retry-failed asks again)"})
+            else:
+                tasks.append(task)
+        return tasks, cached, failed
 
     def run(self, tasks: Sequence[ClipTask]) -> None:
         """Ask about ``tasks`` with up to ``concurrency`` calls in flight. Ctrl-C stops the run:
@@ -337,23 +367,6 @@ def labelled_clips(config: Config, labels: Path | None, clips_dir: Path, needed:
     return {}
 
 
-def plan(clips: Sequence[Clip], store: TraceStore, retry_failed: bool) -> tuple[list[ClipTask], list[str], list[dict[str, str]]]:
-    """(clips to ask, clips already answered, clips whose recorded failure stands)."""
-    tasks, cached, failed = [], [], []
-    for clip in clips:
-        digest = content_hash(clip.path)
-        status = store.status(clip.clip_id, digest)
-        if status == "done":
-            cached.append(clip.clip_id)
-        elif status == "failed" and not retry_failed:
-            record = store.failure(clip.clip_id)
-            failed.append({"clip": clip.clip_id, "reason": f"failed before: {record.reason if record else '?'} "
-                                                           "(--retry-failed asks again)"})
-        else:
-            tasks.append(ClipTask(clip, digest))
-    return tasks, cached, failed
-
-
 def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labels: Path | None = None,
                   label_conditioned: bool = False, retry_failed: bool = False, dry_run: bool = False,
                   max_cost: float | None = None, embed: bool = True) -> ReasonSummary:
@@ -369,11 +382,11 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     store = TraceStore.open(workspace.reasoning, source)
     clips = discover(clips_dir)
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
-    tasks, cached, failed = plan(clips, store, retry_failed)
     price = price_for(reasoner, table["prices"])
     limit = (max_cost if max_cost is not None else table["max_cost"]) or None  # 0: no limit
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
                     Budget(limit), label_conditioned)
+    tasks, cached, failed = run.plan(clips, retry_failed)
     run.summary.clips, run.summary.cached, run.summary.failed = len(clips), cached, failed
     if dry_run:
         return estimate(run, tasks)

@@ -9,7 +9,8 @@ source that maps to the same folder is refused. The folder holds ``<clip>.trace.
 :data:`TRACE_SCHEMA`) and ``_failures/<clip>.json`` (why a clip has no trace; never a trace); the
 ``.trace.json`` suffix keeps every clip id clear of ``source.json``.
 
-A trace is reused only when its ``provenance.content_hash`` matches the sha256 of the clip file, so
+A trace is reused only when its ``provenance.content_hash`` matches the sha256 of the clip file (and,
+for reasoners that read extracted features, ``provenance.features`` names the same feature sets), so
 a re-run costs nothing and a changed clip is asked again.
 """
 
@@ -87,6 +88,7 @@ TRACE_SCHEMA: dict[str, Any] = {
                 "cost_usd": {"type": "number", "minimum": 0},
                 "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                 "created": {"type": "string", "format": "date-time"},
+                "features": {"type": "array", "items": _TEXT},
             },
         },
     },
@@ -283,17 +285,22 @@ class TraceStore:
             raise DataError(f"{path}: invalid trace: {_summary(problems)}")
         return trace
 
-    def status(self, clip_id: str, content_hash: str) -> Literal["done", "failed"] | None:
+    def status(self, clip_id: str, content_hash: str, features: list[str] | None = None
+               ) -> Literal["done", "failed"] | None:
         """"done" when a valid trace of this very clip content is stored, "failed" when the last
-        attempt on this content failed, None when it has to be asked (again)."""
+        attempt on it failed, None when it has to be asked (again). For a reasoner that reads the
+        extracted features, ``features`` names the feature sets it would be given now: a trace or
+        failure made from other ones (before ``mer extract`` ran, say) is asked again."""
         if self._file(clip_id).exists():
             try:
-                if self.read(clip_id)["provenance"]["content_hash"] == content_hash:
+                provenance = self.read(clip_id)["provenance"]
+                if provenance["content_hash"] == content_hash and provenance.get("features") == features:
                     return "done"
             except DataError:
                 pass
         failure = self._failures.get(clip_id)
-        if failure is not None and failure.details.get("content_hash") == content_hash:
+        if (failure is not None and failure.details.get("content_hash") == content_hash
+                and failure.details.get("features") == features):
             return "failed"
         return None
 

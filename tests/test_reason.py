@@ -22,7 +22,7 @@ from mercli.contracts import (AnswerRejected, Option, Reasoner, ReasoningAnswer,
 from mercli.errors import ConfigError
 from mercli.labels import LabelledClip
 from mercli.pacing import RateLimiter, backoff_delay
-from mercli.reason import Budget, ClipInputs, Pacing, Price, ReasonRun, estimate, parse_model, plan, price_for
+from mercli.reason import Budget, ClipInputs, Pacing, Price, ReasonRun, estimate, parse_model, price_for
 from mercli.traces import TraceSource, TraceStore
 from mercli.workspace import Workspace
 
@@ -93,7 +93,7 @@ def make_run(tmp_path: Path, reasoner: Reasoner, *, label_conditioned: bool = Fa
 
 
 def run_all(run: ReasonRun, clips_dir: Path, retry_failed: bool = False) -> tuple[list[str], list[dict]]:
-    tasks, cached, failed = plan(discover(clips_dir), run.store, retry_failed)
+    tasks, cached, failed = run.plan(discover(clips_dir), retry_failed)
     run.run(tasks)
     return cached, failed
 
@@ -223,7 +223,7 @@ def test_a_label_conditioned_run_without_a_label_fails_that_clip(tmp_path, clips
 def test_a_dry_run_estimates_and_calls_nothing(tmp_path, clips_dir):
     reasoner = Scripted()
     run = make_run(tmp_path, reasoner)
-    tasks, _, _ = plan(discover(clips_dir), run.store, False)
+    tasks, _, _ = run.plan(discover(clips_dir), False)
     summary = estimate(run, tasks)
     assert reasoner.requests == [] and summary.calls == 6 and summary.usage == Usage(6000, 600)
     assert summary.cost_usd == pytest.approx(6 * (1000 * 0.30 + 100 * 2.50) / 1e6)
@@ -284,3 +284,36 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_the_hint():
     assert max(draws[800:]) > 4  # reaches the cap's range
     assert len({round(d, 6) for d in draws[:200]}) > 150  # jittered
     assert backoff_delay(1, 1.0, 8.0, hint=30.0, rng=rng) == 30.0
+
+
+class ReadsFeatures(Scripted):
+    uses_features = True
+
+
+def test_a_reasoner_that_reads_features_is_asked_again_when_they_change(tmp_path, clips_dir):
+    import numpy as np
+
+    from mercli.contracts import Features
+    from mercli.features import FeatureSet, Manifest
+
+    first = make_run(tmp_path, ReadsFeatures({"c1": [AnswerRejected("no extracted features for this clip")]}))
+    run_all(first, clips_dir)
+    assert first.store.read("c0")["provenance"]["features"] == [] and first.summary.failed[0]["clip"] == "c1"
+    unchanged = ReadsFeatures()
+    cached, failed = run_all(make_run(tmp_path, unchanged), clips_dir)
+    assert unchanged.requests == [] and len(cached) == 5 and len(failed) == 1
+
+    egemaps = FeatureSet.open(tmp_path / "ws" / "features",
+                              Manifest("egemaps", "1", "test", "0", "w", {}, "audio", 2, "utterance"))
+    for clip in ("c0", "c1"):
+        egemaps.write(clip, Features(np.ones(2, dtype=np.float32)))
+    extracted = ReadsFeatures()
+    run = make_run(tmp_path, extracted)
+    cached, failed = run_all(run, clips_dir)
+    assert sorted(r.clip_id for r in extracted.requests) == ["c0", "c1"] and len(cached) == 4 and not failed
+    assert all(list(r.features) == ["egemaps"] for r in extracted.requests)
+    assert run.store.read("c1")["provenance"]["features"] == [egemaps.name]
+
+    plain = Scripted()  # a reasoner that reads no features records none
+    run_all(make_run(tmp_path / "other", plain), clips_dir)
+    assert "features" not in make_run(tmp_path / "other", Scripted()).store.read("c0")["provenance"]

@@ -36,6 +36,7 @@ class LocalReasoner(Reasoner):
     version = "1"
     description = "Offline rules over extracted features (FER, blendshapes, eGeMAPS) and an English word list"
     needs_network = False
+    uses_features = True
     options = (
         Option("model", str, "evidence-rules", "Name recorded as the model in each trace's source."),
     )

@@ -107,6 +107,7 @@ class OpenAIReasoner(Reasoner):
     description = ("Any OpenAI-compatible chat server (OpenAI, vLLM, Ollama, LM Studio): sampled frames, "
                    "transcript and an acoustic summary in, a JSON trace out.")
     needs_network = True
+    uses_features = True  # the acoustic summary comes from the eGeMAPS features
     options = (
         Option("model", str, "gpt-4o-mini",
                "Model name as the server knows it (for vLLM and Ollama: the served model name, e.g. "
