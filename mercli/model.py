@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mercli.features import UNKNOWN_MODALITY
 from mercli.trainset import InputSpec
 
 
@@ -50,7 +51,7 @@ class ModelSettings:
 
 
 #: The modality of a prior that concerns the whole clip: it is offered to every stream.
-SHARED_PRIOR = "unknown"
+SHARED_PRIOR = UNKNOWN_MODALITY
 
 
 def injected_priors(inputs: Sequence[InputSpec], settings: ModelSettings) -> list[InputSpec]:

@@ -391,3 +391,18 @@ def test_mer_train_shows_inputs_and_folds_on_stderr(workspace):
     assert outcome.stdout == ""
     assert "mer train:" in outcome.stderr and "feature set" in outcome.stderr
     assert "priors" in outcome.stderr and "best epoch" in outcome.stderr
+
+
+def test_a_prior_of_no_one_modality_is_offered_to_every_stream():
+    inputs = [InputSpec("a", "audio", "utterance", 3, False), InputSpec("v", "visual", "utterance", 4, False),
+              InputSpec("prior-overall", "unknown", "utterance", 2, True)]
+    model = FusionNetwork(inputs, 2, ModelSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
+    assert set(model.prior_attention) == {"a", "v"}
+    values = {"a": torch.randn(1, 3), "v": torch.randn(1, 4), "prior-overall": torch.randn(1, 2)}
+    masks = {name: torch.ones(1, dtype=torch.bool) for name in values}
+    with torch.no_grad():
+        model.prior_attention["a"].gate.fill_(1.0)
+        model.prior_attention["v"].gate.fill_(1.0)
+        before = model(values, masks).logits
+        changed = model({**values, "prior-overall": values["prior-overall"] + 1.0}, masks).logits
+    assert not torch.allclose(before, changed)
