@@ -30,7 +30,8 @@ from mercli.extract import ClipExtractor, prepare
 from mercli.features import FeatureSet, Manifest
 from mercli.model import ModelSettings, injected_priors
 from mercli.priors import embed_traces, label_conditioned
-from mercli.reason import Budget, ClipInputs, Pacing, ReasonRun, price_for
+from mercli.costs import Budget, price_for
+from mercli.reason import ClipInputs, Pacing, ReasonRun
 from mercli.traces import TraceSource, TraceStore
 from mercli.train import TrainedRun, predict_logits
 from mercli.trainset import InputSpec, TrainingTable, read_clip

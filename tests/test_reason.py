@@ -22,7 +22,8 @@ from mercli.contracts import (AnswerRejected, Option, Reasoner, ReasoningAnswer,
 from mercli.errors import ConfigError
 from mercli.labels import LabelledClip
 from mercli.pacing import RateLimiter, backoff_delay
-from mercli.reason import Budget, ClipInputs, Pacing, Price, ReasonRun, estimate, parse_model, price_for
+from mercli.costs import Budget, Price, price_for
+from mercli.reason import ClipInputs, Pacing, ReasonRun, estimate, parse_model
 from mercli.traces import TraceSource, TraceStore
 from mercli.workspace import Workspace
 
