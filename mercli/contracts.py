@@ -166,7 +166,8 @@ class ReasoningRequest:
     ``visual``, ``acoustic``, ``textual`` and ``overall`` parts of a trace, emotions restricted to
     ``classes``) are the same for every remote reasoner, so their traces compare. ``label`` is set
     only when the user asked for label-conditioned traces. ``features`` holds the clip's extracted
-    features by encoder name (the newest set of each), for reasoners that work from measurements.
+    features by encoder name (the newest set of each) for reasoners that set ``uses_features``; it
+    is empty for the others, so that nothing is read for them.
     """
 
     clip_id: str

@@ -27,7 +27,7 @@ from mercli.failures import utc_now
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import LabelledClip, read_labels
 from mercli.pacing import RateLimiter, backoff_delay
-from mercli.traces import MODALITY_KEYS, TraceSource, TraceStore, content_hash, validate_trace
+from mercli.traces import MODALITY_KEYS, TraceSource, TraceStore, content_hash, summarise, validate_trace
 from mercli.transcripts import TranscriptStore
 from mercli.workspace import Workspace
 
@@ -164,7 +164,7 @@ class ReasonRun:
             clip_id=clip.clip_id, path=clip.path,
             prompt=prompts.instruction(self.classes, label=label, transcript=transcript),
             answer_schema=prompts.answer_schema(self.classes), classes=self.classes, transcript=transcript,
-            label=label, features=self.inputs.features(clip.clip_id))
+            label=label, features=self.inputs.features(clip.clip_id) if self.reasoner.uses_features else {})
 
     def trace(self, task: ClipTask, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
         """The stored document: the answer, the clip id and its provenance; raises AnswerRejected
@@ -185,8 +185,7 @@ class ReasonRun:
         problems += [f"emotion {e!r} is not one of {', '.join(self.classes)}"
                      for e in emotions if e is not None and e not in self.classes]
         if problems:
-            more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
-            raise AnswerRejected(f"answer does not match the trace schema: {'; '.join(problems[:2])}{more}")
+            raise AnswerRejected(f"answer does not match the trace schema: {summarise(problems)}")
         return trace
 
     def _count_call(self, usage: Usage) -> None:

@@ -271,7 +271,7 @@ class TraceStore:
         if not problems and not self.source.matches(trace["provenance"]):
             problems = [f"trace.provenance: written by another source than {self.source}"]
         if problems:
-            raise DataError(f"{path}: invalid trace, not stored: {_summary(problems)}")
+            raise DataError(f"{path}: invalid trace, not stored: {summarise(problems)}")
         write_json(path, trace)
         self._failures.clear(clip_id)
 
@@ -282,7 +282,7 @@ class TraceStore:
         trace = _read_json(path, "trace")
         problems = validate_trace(trace)
         if problems:
-            raise DataError(f"{path}: invalid trace: {_summary(problems)}")
+            raise DataError(f"{path}: invalid trace: {summarise(problems)}")
         return trace
 
     def status(self, clip_id: str, content_hash: str, features: list[str] | None = None
@@ -316,7 +316,8 @@ class TraceStore:
         return self._failures.all()
 
 
-def _summary(problems: list[str]) -> str:
+def summarise(problems: list[str]) -> str:
+    """The first three problems on one line, and how many more there are."""
     more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
     return "; ".join(problems[:3]) + more
 
