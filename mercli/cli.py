@@ -89,7 +89,7 @@ pass_app = click.make_pass_decorator(App)
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file (its transcripts feed the text encoders).")
 @click.option("--encoders", help="Comma-separated encoder names [default: extract.encoders].")
 @click.option("--fps", type=float, help="Video frames sampled per second [default: extract.fps].")
-@click.option("--workers", type=int, help="Worker processes [default: extract.workers].")
+@click.option("--workers", type=int, help="Worker processes, 0 for one per CPU [default: extract.workers].")
 @click.option("--shard", metavar="K/N", help="Process only shard K of N (SLURM arrays: --shard $((ID+1))/N).")
 @json_option
 @pass_app

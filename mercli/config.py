@@ -66,7 +66,7 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("sample_rate", int, 16000, "Audio sample rate the encoders receive (Hz, mono)."),
         Option("encoders", list, DEFAULT_ENCODERS, "Encoders to run (`mer plugins` lists them)."),
         Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
-        Option("workers", int, 1, "Worker processes."),
+        Option("workers", int, 0, "Worker processes; 0: one per usable CPU, fewer when memory or the clips left to do are fewer."),
     ),
     "reason": (
         Option("reasoner", str, "local", "Reasoner plug-in (`mer plugins`); its settings go in [reasoner.NAME]."),

@@ -8,22 +8,15 @@ encoder that fails on it, is recorded as a failure and the batch goes on; a moda
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
-import signal
-import sys
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from mercli import plugins
+from mercli import plugins, resources
 from mercli.clips import Clip
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
@@ -31,6 +24,7 @@ from mercli.errors import ConfigError, MerError
 from mercli.failures import FailureLog
 from mercli.features import FeatureSet, Manifest
 from mercli.transcripts import TranscriptStore
+from mercli.workers import noticing_ctrl_c, run_in_workers
 from mercli.workspace import Workspace
 
 
@@ -240,86 +234,38 @@ def check_shape(encoder: Encoder, features: Features) -> None:
         raise ValueError(f"returned shape {shape}, declared {encoder.level}-level dim {encoder.dim}")
 
 
-_worker: ClipExtractor | None = None
-
-
-def _start_worker(job: ExtractJob, threads: int) -> None:
-    global _worker
-    import torch
+def start_extractor(job: ExtractJob, threads: int) -> ClipExtractor:
+    """A worker process's extractor, its encoders limited to ``threads`` threads each."""
+    import torch  # CTranslate2 models take their thread count from torch's (whisper_models.load)
 
     torch.set_num_threads(threads)
-    _worker = ClipExtractor(job)
-    atexit.register(_exit_without_teardown)
-
-
-def _exit_without_teardown() -> None:
-    """End a worker without the interpreter's teardown of torch, CTranslate2, mediapipe and the
-    rest (measured: about half a second per worker, which the parent waits for at the end of the
-    run). Nothing is lost: each clip's files are written atomically and synced before its outcome
-    is sent, and the outcomes travel through a pipe that is written synchronously."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _run_in_worker(clip: Clip) -> ClipOutcome:
-    assert _worker is not None, "worker not initialised"
-    return _worker(clip)
-
-
-@contextmanager
-def noticing_ctrl_c() -> Iterator[Callable[[], bool]]:
-    """Remember that Ctrl-C was pressed. Some libraries turn the interrupt, when it lands in their
-    native code, into an ordinary error, which the per-clip handling would record as a failure
-    and go on from; with this the run stops all the same."""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    pressed = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal pressed
-        pressed = True
-        signal.default_int_handler(signum, frame)
-
-    def unraisable(report: "sys.UnraisableHookArgs") -> None:
-        # An interrupt inside a native callback (opensmile's) cannot propagate and would be printed
-        # as a traceback; it is noted above, so stay quiet about it.
-        if not isinstance(report.exc_value, KeyboardInterrupt):
-            previous_hook(report)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    try:
-        yield lambda: pressed
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        sys.unraisablehook = previous_hook
+    return ClipExtractor(job)
 
 
 def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
-    """Extract ``clips``, yielding each outcome as it completes (in-process when ``workers`` is 1)."""
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
+    """Extract ``clips``, yielding each outcome as it completes. Clips already stored in every
+    feature set are reported as skipped without starting a worker; the rest go to ``workers``
+    processes (0: :func:`~mercli.resources.auto_workers`), in this process when that is one."""
+    if workers < 0:
+        raise ConfigError(f"workers must be 0 (one per CPU) or more, got {workers}")
+    sets = [FeatureSet.open(job.features_root, manifest) for manifest in job.manifests.values()]
+    to_do = []
+    for clip in clips:
+        if all(feature_set.status(clip.clip_id) is not None for feature_set in sets):
+            yield ClipOutcome(clip.clip_id, "skipped")
+        else:
+            to_do.append(clip)
+    workers = min(workers or resources.auto_workers(len(to_do)), len(to_do))
     if workers == 1:
         extractor = ClipExtractor(job)
         with noticing_ctrl_c() as pressed:
-            for clip in clips:
+            for clip in to_do:
                 outcome = extractor(clip)
                 if pressed():
                     raise KeyboardInterrupt
                 yield outcome
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(job, threads)) as pool:
-        futures = {pool.submit(_run_in_worker, clip): clip for clip in clips}
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    elif workers > 1:
+        yield from run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), to_do, workers)
 
 
 @dataclass

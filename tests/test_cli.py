@@ -106,7 +106,7 @@ def test_workspace_option_wins_over_discovery(tmp_path):
                                            env=mer_environment(**env)).stdout)
         assert shown["workspace"] == str(elsewhere)
         assert shown["file"] == ""
-        assert shown["settings"]["extract"]["workers"] == {"value": 1, "source": "default"}
+        assert shown["settings"]["extract"]["workers"] == {"value": 0, "source": "default"}
 
 
 def test_without_mer_toml_the_current_folder_is_the_workspace(tmp_path):

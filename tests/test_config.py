@@ -35,7 +35,7 @@ def test_defaults_when_nothing_is_configured():
 def test_a_missing_default_file_means_defaults(tmp_path):
     resolved = config.load(tmp_path / "mer.toml", environ={})
     assert resolved.path is None
-    assert resolved.get("extract", "workers") == 1
+    assert resolved.get("extract", "workers") == 0
 
 
 def test_command_line_beats_environment_beats_file_beats_default(tmp_path):

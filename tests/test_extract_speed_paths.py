@@ -43,7 +43,7 @@ def test_a_worker_keeps_its_buffered_output_and_skips_the_teardown(tmp_path):
     marker = tmp_path / "teardown-ran"
     code = (
         "import atexit, sys\n"
-        "from mercli.extract import _exit_without_teardown\n"
+        "from mercli.workers import _exit_without_teardown\n"
         f"atexit.register(lambda: open({str(marker)!r}, 'w').close())  # registered first, so it would run last\n"
         "atexit.register(_exit_without_teardown)\n"
         "sys.stdout.write('buffered, no newline')\n"

@@ -1,0 +1,48 @@
+"""How much of this machine a run may use: CPUs, memory, and from them the number of extract workers.
+
+A batch job (SLURM, ``taskset``, a container with a CPU limit) is usually given a few CPUs of a big
+node; ``os.cpu_count()`` reports the whole node, so thread and worker counts are sized by the CPUs
+this process may actually run on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Memory set aside per extract worker with the default encoders: its largest measured resident
+#: size is about 1.1 GiB (``benchmarks/extract.py``), plus room for longer clips.
+WORKER_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes that can be allocated without swapping (Linux ``MemAvailable``); ``None`` elsewhere."""
+    try:
+        for line in meminfo.read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def auto_workers(clips: int, cpus: int | None = None, memory: int | None = None) -> int:
+    """Workers for ``extract.workers = 0``: one per usable CPU, but never more than there are clips
+    to extract or than the available memory holds (at least one)."""
+    cpus = usable_cpus() if cpus is None else cpus
+    memory = available_memory() if memory is None else memory
+    by_memory = cpus if memory is None else memory // WORKER_MEMORY_BYTES
+    return max(1, min(cpus, clips, by_memory))
+
+
+def threads_per_worker(workers: int) -> int:
+    """Intra-op threads for each of ``workers`` processes, so that together they fill the CPUs."""
+    return max(1, usable_cpus() // workers)

@@ -1,0 +1,215 @@
+"""Worker processes of ``mer extract`` (by default one per CPU): how many start, that finished clips
+start none, and that Ctrl-C in a terminal, ``kill -INT`` and a killed worker each end the run with
+one line, no partial file and nothing left running, and leave it to resume. Real ``mer extract``
+processes with the built-in egemaps encoder on synthetic wav clips."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mercli import resources
+from mercli.clips import discover
+from mercli.config import load
+from mercli.extract import extract_clips
+from mercli.workspace import Workspace
+from mer_process import mer_environment
+
+pytestmark = [
+    pytest.mark.skipif(sys.platform != "linux", reason="reads the process tree from /proc"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+CLIPS = 60
+
+
+def write_tone(path: Path, seconds: float = 2.0) -> None:
+    samples = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(16000 * seconds)) / 16000) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(samples.tobytes())
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    pytest.importorskip("opensmile")
+    folder = tmp_path_factory.mktemp("tones")
+    for index in range(CLIPS):
+        write_tone(folder / f"tone{index:02d}.wav")
+    return folder
+
+
+def extract_command(workspace: Path, folder: Path, workers: str) -> list[str]:
+    return [sys.executable, "-m", "mercli", "-w", str(workspace), "extract", str(folder),
+            "--encoders", "egemaps", "--workers", workers, "--json"]
+
+
+def start(command: list[str]) -> subprocess.Popen[str]:
+    """In a session of its own, as a shell starts a job: Ctrl-C reaches its whole process group."""
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=mer_environment(), start_new_session=True)
+
+
+def worker_pids(parent: int) -> set[int]:
+    try:
+        children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    except OSError:
+        return set()
+    found = set()
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+        except OSError:  # it ended while we looked
+            continue
+    return found
+
+
+def session_processes(session: int) -> list[int]:
+    """Processes still alive (not zombies) in ``session``."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                alive.append(int(entry.name))
+    return alive
+
+
+def stored(workspace: Path) -> int:
+    return len(list(workspace.glob("features/egemaps-*/*.npy")))
+
+
+def wait_until(condition, process: subprocess.Popen[str], seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def assert_stopped_cleanly(process: subprocess.Popen[str], workspace: Path) -> None:
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert not [p for p in workspace.rglob("*") if p.name.endswith(".part")]
+    time.sleep(0.2)
+    assert session_processes(process.pid) == [], "a worker outlived the run"
+
+
+def assert_resumes(workspace: Path, folder: Path, finished: int) -> None:
+    again = subprocess.run(extract_command(workspace, folder, "0"), capture_output=True, text=True,
+                           env=mer_environment(), timeout=300)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 0, again.stderr
+    assert summary["skipped"] == finished and summary["done"] == CLIPS - finished
+
+
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_ctrl_c_in_a_terminal_stops_every_process_and_the_next_run_resumes(tones, tmp_path, workers):
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, workers))
+    seen_workers: set[int] = set()
+
+    def first_clip_stored() -> bool:
+        seen_workers.update(worker_pids(process.pid))
+        return stored(workspace) > 0
+
+    wait_until(first_clip_stored, process)
+    os.killpg(process.pid, signal.SIGINT)
+    assert_stopped_cleanly(process, workspace)
+    expected = 0 if workers == "1" else resources.auto_workers(CLIPS)
+    assert len(seen_workers) == (0 if expected == 1 else expected)
+    finished = stored(workspace)
+    assert 0 < finished < CLIPS
+    assert_resumes(workspace, tones, finished)
+
+
+def test_kill_int_to_the_main_process_alone_stops_its_workers(tones, tmp_path):
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, "2"))
+    wait_until(lambda: stored(workspace) > 0, process)
+    process.send_signal(signal.SIGINT)
+    assert_stopped_cleanly(process, workspace)
+    finished = stored(workspace)
+    assert 0 < finished < CLIPS
+    assert_resumes(workspace, tones, finished)
+
+
+def test_ctrl_c_while_the_workers_start_prints_no_traceback(tones, tmp_path):
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, "2"))
+    wait_until(lambda: len(worker_pids(process.pid)) == 2, process)
+    os.killpg(process.pid, signal.SIGINT)
+    assert_stopped_cleanly(process, workspace)
+    assert_resumes(workspace, tones, stored(workspace))
+
+
+def test_a_killed_worker_ends_the_run_with_one_line_and_it_resumes(tones, tmp_path):
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, "2"))
+    wait_until(lambda: stored(workspace) > 0, process)
+    os.kill(min(worker_pids(process.pid)), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    _, stderr = process.communicate(timeout=60)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 1, stderr
+    assert "Traceback" not in stderr and lines[-1].startswith("error: a worker process ended unexpectedly"), stderr
+    time.sleep(0.2)
+    assert session_processes(process.pid) == []
+    assert_resumes(workspace, tones, stored(workspace))
+
+
+def test_clips_already_stored_start_no_worker(tones, tmp_path, monkeypatch):
+    workspace = Workspace(tmp_path / "ws")
+    config = load(None, environ={}, overrides={"extract.encoders": ["egemaps"]})
+    clips = discover(tones)[:4]
+    first = extract_clips(clips, config, workspace, {}, workers=2)
+    assert first.done == 4
+
+    def no_workers(*args, **kwargs):
+        raise AssertionError("a worker was started for clips that are all stored")
+
+    monkeypatch.setattr("mercli.extract.run_in_workers", no_workers)
+    again = extract_clips(clips, config, workspace, {}, workers=2)
+    assert again.skipped == 4 and again.done == 0
+
+
+def test_auto_workers_follow_cpus_clips_and_memory():
+    gib = 2**30
+    assert resources.auto_workers(100, cpus=8, memory=64 * gib) == 8
+    assert resources.auto_workers(3, cpus=8, memory=64 * gib) == 3
+    assert resources.auto_workers(100, cpus=8, memory=4 * gib) == 2  # 1.5 GiB each
+    assert resources.auto_workers(100, cpus=8, memory=gib) == 1
+    assert resources.auto_workers(0, cpus=8, memory=64 * gib) == 1
+    assert resources.auto_workers(100, cpus=8, memory=None) == 8  # memory unknown: CPUs decide
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2000000 kB\n")
+    assert resources.available_memory(meminfo) == 2000000 * 1024
+    meminfo.write_text("MemTotal: 24000000 kB\n")
+    assert resources.available_memory(meminfo) is None
+    assert resources.available_memory(tmp_path / "absent") is None
+
+
+def test_cpus_and_threads_follow_the_allocation_not_the_machine():
+    """As under SLURM or taskset: a process allowed one CPU sizes its workers by that one."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+            "from mercli import resources; print(resources.usable_cpus(), resources.threads_per_worker(1),"
+            " resources.threads_per_worker(4))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "1", "1"]
