@@ -1,7 +1,7 @@
 """Speed and memory of ``mer extract`` with the default encoders, against the issue's floor of
 2 s of video per wall second per worker.
 
-    .venv/bin/python benchmarks/extract.py [--repeat N] [--workers 1 2] [--clips DIR ...]
+    .venv/bin/python benchmarks/extract.py [--repeat N] [--workers 1 2] [--threads N] [--clips DIR ...]
 
 Datasets: ../shared/data/crema-d and ../shared/data/mer2023, or the folders given with ``--clips``
 (repeatable; ``DIR/labels.csv`` is passed as ``--labels`` when it exists). For each dataset and
@@ -25,9 +25,10 @@ on this machine:
   wall time is the "start-up run" (start-up plus one short clip per worker), and the rate "after
   start-up" is (media of the full run - media of the start-up run) / (wall of the full run - wall
   of the start-up run).
-* **Where the time goes.** In this process, one worker's steps are timed apart over the same clips,
-  in the order ``mer extract`` runs them: decoding (``mercli.media.decode`` with the extract
-  defaults), the transcript (labels, else Whisper ASR), then each encoder's ``encode``. The first
+* **Where the time goes.** In this process (with ``--threads N`` threads, as one of several
+  workers would run), one worker's steps are timed apart over the same clips, in the order
+  ``mer extract`` runs them: decoding (``mercli.media.decode`` with the extract defaults), the
+  transcript (labels, else Whisper ASR), then each encoder's ``encode``. The first
   clip loads the models and is reported on its own; the steady figures come from a second pass
   over every clip. Work shared between components is charged to the one that runs first: the
   transcriber computes the Whisper encoder states the ``whisper`` encoder reuses, and
@@ -333,13 +334,21 @@ def main() -> None:
                         help="a clips folder to measure (repeatable) [default: crema-d and mer2023 in ../shared/data]")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts [default: 1 2]")
     parser.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median counts [default: 1]")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="threads of the in-process breakdown (1: as each of 2 workers on 2 CPUs) "
+                             "[default: torch's, as 1 worker]")
     arguments = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mer extract does, before torch or CTranslate2 load
+    if arguments.threads:
+        import torch  # CTranslate2 models take their thread count from torch's
+
+        torch.set_num_threads(arguments.threads)
     datasets = datasets_of(arguments)
     console = Console() if Console().is_terminal else Console(width=200)
     encoders = configuration.load(None, environ={}).get("extract", "encoders")
     console.print(f"mer extract, default encoders ({', '.join(encoders)}); {os.cpu_count()} CPUs, "
-                  f"Python {sys.version.split()[0]}, repeat {arguments.repeat}")
+                  f"Python {sys.version.split()[0]}, repeat {arguments.repeat}, breakdown threads "
+                  f"{arguments.threads or 'default'}")
 
     rows = []
     for folder in datasets:
@@ -376,20 +385,22 @@ def main() -> None:
     steady = Table(title="start-up run (one copy of the shortest video clip per worker) and the rate after it")
     for column in ("dataset", "workers", "start-up run: clips", "start-up run: wall s",
                    "after start-up: clips/s", "after start-up: media s/wall s",
-                   "after start-up: video s/wall s/worker", f"≥ {FLOOR:g} (floor)"):
+                   "after start-up: media s/wall s/worker", "after start-up: video s/wall s/worker",
+                   f"≥ {FLOOR:g} (floor)"):
         steady.add_column(column, justify="left" if column == "dataset" else "right")
     for row in rows:
         wall = row.full.wall - row.startup.wall
         startup = (row.dataset, str(row.workers), str(row.startup_media.clips), f"{row.startup.wall:.1f}")
         if row.media.clips <= row.startup_media.clips or wall <= 0:  # else noise exceeds the clips' cost
             reason = "no clips beyond it" if wall > 0 else "start-up run ≥ full run"
-            steady.add_row(*startup, "n/a", "n/a", "n/a", f"n/a ({reason})")
+            steady.add_row(*startup, "n/a", "n/a", "n/a", "n/a", f"n/a ({reason})")
             continue
         video = row.media.video_seconds - row.startup_media.video_seconds
+        media_rate = (row.media.media_seconds - row.startup_media.media_seconds) / wall
         rate = per_worker_video_rate(video, wall, row.workers)
         steady.add_row(*startup, f"{(row.media.clips - row.startup_media.clips) / wall:.2f}",
-                       f"{(row.media.media_seconds - row.startup_media.media_seconds) / wall:.2f}",
-                       f"{rate:.2f}", floor_verdict(row.media, rate))
+                       f"{media_rate:.2f}", f"{media_rate / row.workers:.2f}", f"{rate:.2f}",
+                       floor_verdict(row.media, rate))
     console.print(steady)
 
 

@@ -98,6 +98,9 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
 def ctrl_c_held_back() -> Iterator[None]:
     """Act on Ctrl-C only once the block is over (a press is deferred, not lost). Processes started
     meanwhile begin with the signal blocked, and take it once they are ready for it."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers
+        yield
+        return
     pressed: list[int] = []
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
