@@ -125,7 +125,12 @@ def _start(make: Callable[..., Callable[[Any], Any]], arguments: tuple) -> None:
     signal.signal(signal.SIGTERM, _stop)  # what the main process sends its workers
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     sys.unraisablehook = _quiet_about_interrupts(sys.unraisablehook)
-    _function = make(*arguments)
+    try:
+        _function = make(*arguments)
+    except Exception as error:  # one line, not the pool's traceback; the main process reports the loss
+        reason = error if isinstance(error, MerError) else f"{type(error).__name__}: {error}"
+        print(f"error: a worker process could not start: {reason}", file=sys.stderr, flush=True)
+        os._exit(EXIT_SOME_FAILED)
     atexit.register(_exit_without_teardown)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 import wave
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -213,3 +214,31 @@ def test_cpus_and_threads_follow_the_allocation_not_the_machine():
             " resources.threads_per_worker(4))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["1", "1", "1"]
+
+
+def square(number: int) -> int:
+    return number * number
+
+
+def make_squarer() -> Callable[[int], int]:
+    return square
+
+
+def make_nothing() -> None:
+    raise RuntimeError("no model here")
+
+
+def test_run_in_workers_gives_every_result_once():
+    from mercli.workers import run_in_workers
+
+    assert sorted(run_in_workers(make_squarer, (), range(20), 2)) == [n * n for n in range(20)]
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line(capfd):
+    from mercli.workers import WorkerDied, run_in_workers
+
+    with pytest.raises(WorkerDied, match="a worker process ended unexpectedly"):
+        list(run_in_workers(make_nothing, (), range(4), 2))
+    errors = capfd.readouterr().err
+    assert "error: a worker process could not start: RuntimeError: no model here" in errors
+    assert "Traceback" not in errors
