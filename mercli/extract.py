@@ -9,6 +9,7 @@ encoder that fails on it, is recorded as a failure and the batch goes on; a moda
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import time
@@ -242,30 +243,33 @@ def start_extractor(job: ExtractJob, threads: int) -> ClipExtractor:
     return ClipExtractor(job)
 
 
-def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
-    """Extract ``clips``, yielding each outcome as it completes. Clips already stored in every
-    feature set are reported as skipped without starting a worker; the rest go to ``workers``
-    processes (0: :func:`~mercli.resources.auto_workers`), in this process when that is one."""
-    if workers < 0:
-        raise ConfigError(f"workers must be 0 (one per CPU) or more, got {workers}")
+def stored_everywhere(job: ExtractJob, clips: list[Clip]) -> set[str]:
+    """The ids of the clips that every feature set of ``job`` already holds a valid result for."""
     sets = [FeatureSet.open(job.features_root, manifest) for manifest in job.manifests.values()]
-    to_do = []
-    for clip in clips:
-        if all(feature_set.status(clip.clip_id) is not None for feature_set in sets):
-            yield ClipOutcome(clip.clip_id, "skipped")
-        else:
-            to_do.append(clip)
-    workers = min(workers or resources.auto_workers(len(to_do)), len(to_do))
+    return {c.clip_id for c in clips if all(s.status(c.clip_id) is not None for s in sets)}
+
+
+def worker_count(requested: int, clips: int) -> int:
+    """Processes for ``clips`` clips to do: ``requested``, or with 0 :func:`~mercli.resources.auto_workers`;
+    never more than there are clips."""
+    if requested < 0:
+        raise ConfigError(f"workers must be 0 (one per CPU) or more, got {requested}")
+    return min(requested or resources.auto_workers(clips), clips)
+
+
+def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
+    """Extract ``clips``, yielding each outcome as it completes: in this process when ``workers``
+    is 1, else in that many worker processes."""
     if workers == 1:
         extractor = ClipExtractor(job)
         with noticing_ctrl_c() as pressed:
-            for clip in to_do:
+            for clip in clips:
                 outcome = extractor(clip)
                 if pressed():
                     raise KeyboardInterrupt
                 yield outcome
-    elif workers > 1:
-        yield from run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), to_do, workers)
+    elif clips:
+        yield from run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), clips, workers)
 
 
 @dataclass
@@ -273,6 +277,7 @@ class ExtractSummary:
     """The outcome of one ``mer extract``: what ``--json`` prints and the summary table shows."""
 
     clips: int
+    workers: int = 1
     done: int = 0
     skipped: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -299,6 +304,7 @@ class ExtractSummary:
     def to_json(self) -> dict[str, object]:
         return {
             "clips": self.clips,
+            "workers": self.workers,
             "done": self.done,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -323,9 +329,12 @@ def extract_clips(
     # before either is imported, and inherited by the worker processes.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
-    summary = ExtractSummary(clips=len(clips))
+    stored = stored_everywhere(job, clips)
+    to_do = [clip for clip in clips if clip.clip_id not in stored]
+    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(to_do)))
     started = time.perf_counter()
-    for outcome in run(job, clips, workers):
+    skipped = (ClipOutcome(clip.clip_id, "skipped") for clip in clips if clip.clip_id in stored)
+    for outcome in itertools.chain(skipped, run(job, to_do, summary.workers)):  # skipped: no worker started
         summary.add(outcome)
         observe(outcome)
     summary.wall_seconds = time.perf_counter() - started

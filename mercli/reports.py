@@ -77,7 +77,8 @@ def add_grouped(table: Table, outcome: str, items: list[dict[str, str]], colour:
 
 def extract_table(summary: "ExtractSummary") -> Table:
     rate = summary.media_seconds / summary.wall_seconds if summary.wall_seconds else 0.0
-    table = Table(title=f"mer extract: {summary.clips} clips, {rate:.1f} s of media per second")
+    workers = f"{summary.workers} worker{'s' if summary.workers != 1 else ''}"
+    table = Table(title=f"mer extract: {summary.clips} clips, {workers}, {rate:.1f} s of media per second")
     table.add_column("outcome")
     table.add_column("clips", justify="right")
     table.add_column("detail")

@@ -121,6 +121,7 @@ def assert_resumes(workspace: Path, folder: Path, stopped_midway: bool = True) -
     summary = json.loads(again.stdout)
     assert again.returncode == 0, again.stderr
     assert summary["skipped"] == finished and summary["done"] == CLIPS - finished
+    assert summary["workers"] == min(resources.auto_workers(CLIPS - finished), CLIPS - finished)
 
 
 @pytest.mark.parametrize("workers", ["1", "0"])
@@ -178,14 +179,14 @@ def test_clips_already_stored_start_no_worker(tones, tmp_path, monkeypatch):
     config = load(None, environ={}, overrides={"extract.encoders": ["egemaps"]})
     clips = discover(tones)[:4]
     first = extract_clips(clips, config, workspace, {}, workers=2)
-    assert first.done == 4
+    assert first.done == 4 and first.workers == 2
 
     def no_workers(*args, **kwargs):
         raise AssertionError("a worker was started for clips that are all stored")
 
     monkeypatch.setattr("mercli.extract.run_in_workers", no_workers)
     again = extract_clips(clips, config, workspace, {}, workers=2)
-    assert again.skipped == 4 and again.done == 0
+    assert again.skipped == 4 and again.done == 0 and again.workers == 0
 
 
 def test_auto_workers_follow_cpus_clips_and_memory():
