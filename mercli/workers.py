@@ -91,7 +91,8 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
                 worker.terminate()
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            with ctrl_c_ignored():  # a second Ctrl-C must not cut the clean-up short
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager
@@ -111,6 +112,18 @@ def ctrl_c_held_back() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous_handler)
     if pressed and callable(previous_handler):
         previous_handler(signal.SIGINT, None)
+
+
+@contextmanager
+def ctrl_c_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # In each worker process: the callable it applies, and whether it is in the middle of an item.

@@ -107,8 +107,13 @@ def assert_stopped_cleanly(process: subprocess.Popen[str], workspace: Path) -> N
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert not [p for p in workspace.rglob("*") if p.name.endswith(".part")]
+    assert_nothing_left_running(process)
+
+
+def assert_nothing_left_running(process: subprocess.Popen[str]) -> None:
     time.sleep(0.2)
-    assert session_processes(process.pid) == [], "a worker outlived the run"
+    left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in session_processes(process.pid)}
+    assert not left, f"still running after the run: {left}"
 
 
 def assert_resumes(workspace: Path, folder: Path, stopped_midway: bool = True) -> None:
@@ -169,8 +174,7 @@ def test_a_killed_worker_ends_the_run_with_one_line_and_it_resumes(tones, tmp_pa
     lines = stderr.strip().splitlines()
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr and lines[-1].startswith("error: a worker process ended unexpectedly"), stderr
-    time.sleep(0.2)
-    assert session_processes(process.pid) == []
+    assert_nothing_left_running(process)
     assert_resumes(workspace, tones, stopped_midway=False)
 
 
