@@ -30,12 +30,17 @@ class WorkerDied(MerError):
     exit_code = EXIT_SOME_FAILED
 
 
+def _on_main_thread() -> bool:
+    """Signal handlers can only be set, and only run, on the main thread."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextmanager
 def noticing_ctrl_c() -> Iterator[Callable[[], bool]]:
     """Remember that Ctrl-C was pressed. Some libraries turn the interrupt, when it lands in their
     native code, into an ordinary error, which per-item handling would record as a failure and go
     on from; with this the caller can stop all the same."""
-    if threading.current_thread() is not threading.main_thread():
+    if not _on_main_thread():
         yield lambda: False
         return
     pressed = False
@@ -99,7 +104,7 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
 def ctrl_c_held_back() -> Iterator[None]:
     """Act on Ctrl-C only once the block is over (a press is deferred, not lost). Processes started
     meanwhile begin with the signal blocked, and take it once they are ready for it."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers
+    if not _on_main_thread():
         yield
         return
     pressed: list[int] = []
@@ -116,7 +121,7 @@ def ctrl_c_held_back() -> Iterator[None]:
 
 @contextmanager
 def ctrl_c_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
+    if not _on_main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
