@@ -91,12 +91,14 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
                              "model library); what was finished is kept, and running the same command again "
                              "resumes") from None
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
             for worker in multiprocessing.active_children():  # only this pool starts processes
                 worker.terminate()
             raise
         finally:
-            with ctrl_c_ignored():  # a second Ctrl-C must not cut the clean-up short
+            # With wait=True, and only once: an earlier shutdown(wait=False) would forget the pool's
+            # manager thread, which the interpreter would then wait for at exit, where a second
+            # Ctrl-C ends in a traceback. A second Ctrl-C must not cut this clean-up short either.
+            with ctrl_c_ignored():
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
