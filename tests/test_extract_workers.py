@@ -262,3 +262,15 @@ def test_a_worker_that_cannot_start_says_why_in_one_line(capfd):
     errors = capfd.readouterr().err
     assert "error: a worker process could not start: RuntimeError: no model here" in errors
     assert "Traceback" not in errors
+
+
+def test_the_summary_table_says_how_many_workers_ran():
+    from rich.console import Console
+
+    from mercli.extract import ExtractSummary
+    from mercli.reports import extract_table
+
+    console = Console(width=200, record=True)
+    for workers, words in ((2, "2 workers"), (1, "1 worker,"), (0, "0 workers")):
+        console.print(extract_table(ExtractSummary(clips=3, workers=workers, media_seconds=6.0, wall_seconds=2.0)))
+        assert f"mer extract: 3 clips, {words}" in console.export_text()
