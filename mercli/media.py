@@ -21,7 +21,13 @@ Rules that callers rely on (``mer extract`` reports them):
   metadata (phone videos) is applied, so frames come out upright.
 * **Audio.** The first audio track, resampled to mono float32 at ``sample_rate`` and kept on the
   clip's timeline: sample i is at i / sample_rate seconds, like ``frame_times`` (a track that starts
-  late, or a gap left by lost packets, is filled with zeros).
+  late, or a gap left by lost packets, is filled with zeros). NaN or infinite samples (a float
+  track written by faulty software; the resampler spreads each over a few neighbours) are set to 0
+  and the clip flagged partial, saying how many, while at least ``MIN_FINITE_AUDIO`` of the track
+  is finite; a track with less is not decodable (see the failure rules), never "silent".
+* **Timestamps.** A frame without a usable timestamp (a raw stream such as H.264 in a file of its
+  own, or a time base of zero) is placed at the stream's nominal rate after the previous frame, and
+  the clip is flagged partial saying how many frames were placed so, since that timeline is a guess.
 * **Missing modalities are results, not failures.** No video stream (an audio file, or a video
   container holding only sound; cover art does not count as video): ``frames`` is None and
   ``absent["visual"] = "audio-only file"``. No audio track: ``absent["audio"] = "no audio track"``.
@@ -30,7 +36,7 @@ Rules that callers rely on (``mer extract`` reports them):
   is kept and ``absent["audio"] = "silent audio track"``. Only requested modalities are reported.
 * **Failures.** A file that cannot be opened or has nothing decodable (missing, a directory, zero
   bytes, not a media file, a corrupt or truncated header, unreadable, no audio or video stream, an
-  audio layout that cannot be mixed down) raises :class:`~mercli.errors.DataError` with one line:
+  audio layout that cannot be mixed down, audio mostly NaN or infinite) raises :class:`~mercli.errors.DataError` with one line:
   ``"<path>: cannot decode: <reason>"``, never FFmpeg's own multi-line output.
 * **Partly decodable files.** A file cut short or damaged in the middle keeps what decoded if
   anything usable came out: at least one frame from a requested video stream or at least
@@ -61,6 +67,8 @@ from mercli.errors import DataError
 DEFAULT_MAX_SIDE = 1280
 SILENCE_DBFS = -60.0
 MIN_AUDIO_SECONDS = 0.1
+#: Share of finite samples an audio track needs for its NaN or infinite ones to be repaired.
+MIN_FINITE_AUDIO = 0.5
 #: Key in ``DecodedClip.derived`` that holds the reason when only part of the file decoded.
 
 _SHORTFALL_SECONDS = 0.5
@@ -155,7 +163,8 @@ def decode(
             reason = (collector and collector.problem) or "no frame or audio sample could be decoded"
             raise _cannot_decode(path, reason)
 
-        partial = _partial_reasons(container, decoded, problems)
+        repairs = [c.repaired for c in (sampler, collector) if c is not None and c.repaired]
+        partial = _partial_reasons(container, decoded, problems) + repairs
         if partial or not clip.duration:
             clip.duration = max((seconds for _, seconds in decoded), default=clip.duration)
         if partial:
@@ -303,6 +312,7 @@ class _FrameSampler:
         rate = stream.average_rate or stream.guessed_rate
         self.frame_interval = 1.0 / float(rate) if rate else 0.04
         self.target_index = 0
+        self.untimed = 0  # frames placed at the nominal rate for want of a usable timestamp
         self.previous: tuple[object, float] | None = None
         self.last_taken_time: float | None = None
         self.size: tuple[int, int] | None = None
@@ -324,6 +334,14 @@ class _FrameSampler:
         length = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
         self.end_time = max(self.end_time, time + (length or self.frame_interval))
 
+    @property
+    def repaired(self) -> str | None:
+        """Why this stream's timeline is a guess, if it is."""
+        if not self.untimed:
+            return None
+        return (f"{self.untimed} video frame(s) without a usable timestamp, placed at "
+                f"{1 / self.frame_interval:g} fps")
+
     def finish(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         self.previous = None
         if not self.images:
@@ -331,9 +349,11 @@ class _FrameSampler:
         return np.stack(self.images), np.asarray(self.times, dtype=np.float64)
 
     def _time(self, frame) -> float:
-        if frame.time is not None:
+        # A time base of zero (PyAV's ``time_base`` is then None) makes every time 0 or NaN.
+        if frame.time is not None and frame.time_base is not None and np.isfinite(frame.time):
             return frame.time - self.origin
-        # No timestamp: assume the nominal rate after the last frame seen.
+        # No usable timestamp: assume the nominal rate after the last frame seen.
+        self.untimed += 1
         return self.previous[1] + self.frame_interval if self.previous is not None else 0.0
 
     def _take(self, frame, time: float) -> None:
@@ -371,7 +391,8 @@ class _AudioCollector:
         self.layout: tuple | None = None  # (sample format, channel layout, rate) the resampler expects
         self.chunks: list[np.ndarray] = []
         self.position = 0.0  # seconds of the timeline covered so far
-        self.problem: str | None = None  # why the resampler refused a frame, if it did
+        self.problem: str | None = None  # why the track cannot be used, if it cannot
+        self.repaired: str | None = None  # what was mended in a track still used
 
     def add(self, frame) -> None:
         if frame.time is not None:
@@ -395,7 +416,20 @@ class _AudioCollector:
 
     def finish(self) -> np.ndarray:
         self._flush()
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+        return self._finite(np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32))
+
+    def _finite(self, samples: np.ndarray) -> np.ndarray:
+        """``samples`` with NaN and infinite values set to 0 (``repaired`` says how many), or none
+        at all (``problem`` says why) when fewer than ``MIN_FINITE_AUDIO`` of them are finite."""
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        if not bad:
+            return samples
+        share = f"{bad} of {samples.size} audio samples are NaN or infinite"
+        if samples.size - bad < MIN_FINITE_AUDIO * samples.size:
+            self.problem = share
+            return np.zeros(0, dtype=np.float32)
+        self.repaired = share + " (set to 0)"
+        return np.where(np.isfinite(samples), samples, np.float32(0))
 
     def _flush(self) -> None:
         if self.resampler is None:

@@ -220,6 +220,67 @@ def test_video_without_audio_and_with_a_silent_track(tmp_path):
     assert quiet.absent == {}  # -40 dBFS is quiet speech, not silence
 
 
+def with_non_finite(samples: np.ndarray, share: float) -> np.ndarray:
+    """``samples`` with the first ``share`` of them NaN, and one infinite sample among those."""
+    spoilt = samples.astype(np.float32)
+    count = round(share * len(spoilt))
+    spoilt[:count] = np.nan
+    spoilt[count // 2] = np.inf
+    return spoilt
+
+
+def test_a_float_wav_with_some_nan_samples_is_repaired_and_flagged_not_silent(tmp_path):
+    path = write_media(tmp_path / "nan.wav", audio=with_non_finite(tone(2.0, RATE), 0.125), audio_codec="pcm_f32le")
+    clip = decode(path, "nan")
+    assert clip.absent == {"visual": "audio-only file"}  # not "silent audio track"
+    assert np.isfinite(clip.audio).all() and len(clip.audio) == 2 * RATE
+    assert not clip.audio[:RATE // 4].any() and np.abs(clip.audio[RATE // 4:]).max() == pytest.approx(0.3, abs=0.01)
+    assert clip.partial == f"partly decoded: {RATE // 4} of {2 * RATE} audio samples are NaN or infinite (set to 0)"
+
+
+def test_a_wav_of_nan_samples_cannot_be_decoded(tmp_path):
+    for name, share in [("all.wav", 1.0), ("mostly.wav", 0.6)]:
+        path = write_media(tmp_path / name, audio=with_non_finite(tone(1.0, RATE), share), audio_codec="pcm_f32le")
+        assert_cannot_decode(path, f"{round(share * RATE)} of {RATE} audio samples are NaN or infinite")
+
+
+def test_a_nan_audio_track_beside_video_is_absent_for_that_reason(tmp_path):
+    frames = [solid((90, 90, 90))] * 10
+    path = write_media(tmp_path / "nan.mkv", frames, audio=with_non_finite(tone(1.0, RATE), 1.0),
+                       audio_codec="pcm_f32le")
+    clip = decode(path, "nan")
+    assert clip.absent == {"audio": f"{RATE} of {RATE} audio samples are NaN or infinite"}
+    assert clip.audio is None and len(clip.frames) == 2
+
+
+def test_a_raw_video_stream_without_timestamps_is_flagged(tmp_path):
+    path = tmp_path / "raw.mp4"  # an H.264 elementary stream: the demuxer gives no frame a timestamp
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(50):
+            frame = av.VideoFrame.from_ndarray(solid((5 * index, 0, 0)), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    clip = decode(path, "raw")
+    assert clip.frame_times.tolist() == pytest.approx([0.0, 0.48, 1.0, 1.48])
+    assert clip.partial == "partly decoded: 50 video frame(s) without a usable timestamp, placed at 25 fps"
+
+
+def test_frames_with_a_time_base_of_zero_are_placed_at_the_nominal_rate(tmp_path):
+    path = write_media(tmp_path / "ten.mp4", [solid((20 * i, 0, 0)) for i in range(10)], rate=10)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        sampler = media._FrameSampler(stream, FPS, 0.0, media.DEFAULT_MAX_SIDE)
+        for frame in container.decode(stream):
+            frame.time_base = Fraction(0, 1)  # PyAV then says every frame is at 0 s
+            sampler.add(frame)
+        frames, times = sampler.finish()
+    assert times.tolist() == pytest.approx([0.0, 0.5]) and frames[:, 0, 0, 0].tolist() == pytest.approx([0, 100], abs=4)
+    assert sampler.repaired == "10 video frame(s) without a usable timestamp, placed at 10 fps"
+
+
 def test_variable_frame_rate_is_sampled_by_timestamp(tmp_path):
     times = [0.0, 0.1, 0.15, 1.3, 1.35, 2.0, 2.05, 2.1]
     path = write_media(tmp_path / "vfr.mkv", [solid((10 * i, 0, 0)) for i in range(len(times))], times=times)
