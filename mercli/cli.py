@@ -235,7 +235,7 @@ def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submissio
 
     run = load_run(resolve_run(app.workspace, checkpoint))
     predictions = []
-    for prediction in predict_paths(app.config, run, paths):
+    for prediction in predict_paths(app.config, app.workspace, run, paths):
         predictions.append(prediction)
         if prediction.error:
             error(prediction.error)

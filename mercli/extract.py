@@ -348,13 +348,18 @@ def extract_clips(
 
 def extract_folder(config: Config, workspace: Workspace, clips_dir: Path, labels: Path | None,
                    shard: Shard | None) -> ExtractSummary:
-    """``mer extract``: discover the clips, read the labels' transcripts, extract with a progress bar."""
-    from mercli.clips import discover
+    """``mer extract``: discover the clips, read the labels' transcripts, extract with a progress bar.
+    Folder entries that cannot be clips are reported as failed (every shard reports them)."""
+    from mercli.clips import scan
     from mercli.console import progress
     from mercli.labels import read_labels
 
-    clips = [c for c in discover(clips_dir) if shard is None or shard.holds(c.clip_id)]
+    found = scan(clips_dir)
+    clips = [c for c in found.clips if shard is None or shard.holds(c.clip_id)]
     transcripts = {r.clip_id: r.transcript for r in read_labels(labels, config) if r.transcript} if labels else {}
     with progress(len(clips), "extract") as advance:
-        return extract_clips(clips, config, workspace, transcripts, workers=config.get("extract", "workers"),
-                             observe=lambda outcome: advance())
+        summary = extract_clips(clips, config, workspace, transcripts, workers=config.get("extract", "workers"),
+                                observe=lambda outcome: advance())
+    summary.clips += len(found.refused)
+    summary.failed[:0] = [entry.to_json() for entry in found.refused]
+    return summary

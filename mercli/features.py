@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mercli.atomic import replacing, write_json
-from mercli.clips import validate_clip_id
+from mercli.clips import storable_clip_id
 from mercli.contracts import MODALITIES, Features
 from mercli.errors import DataError
 from mercli.failures import utc_now
@@ -42,9 +42,6 @@ MODALITY_HINT_NAME = "modality.txt"
 UNKNOWN_MODALITY = "unknown"
 LEVELS = ("utterance", "frame")
 MERTOOLS_SUFFIXES = {"-UTT": "utterance", "-FRA": "frame"}
-#: ``<clip>.mask.npy`` and ``<clip>.absent.json`` are a clip's companion files: a clip id ending in
-#: one of these would be mistaken for them, so the store refuses it.
-RESERVED_SUFFIXES = (".mask", ".absent")
 
 
 # --- manifests --------------------------------------------------------------------------------
@@ -199,7 +196,9 @@ class FeatureSet:
         path = features_root / manifest.set_name
         if not path.exists():
             features_root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=features_root))
+            # os.mkdir, not mkdtemp: the set takes the umask's mode like every other file, not 0700
+            staging = features_root / f".{path.name}.{secrets.token_hex(6)}.part"
+            staging.mkdir()
             try:
                 write_json(staging / MANIFEST_NAME, manifest.to_json())
                 os.rename(staging, path)
@@ -218,10 +217,7 @@ class FeatureSet:
 
     def _files(self, clip_id: str) -> tuple[Path, Path, Path]:
         """(values, mask, absent record) of one clip."""
-        validate_clip_id(clip_id, str(self.path))
-        if clip_id.endswith(RESERVED_SUFFIXES):
-            raise DataError(f"{self.path}: clip id {clip_id!r} ends in {' or '.join(RESERVED_SUFFIXES)}, "
-                            "which the feature store keeps for a clip's mask and absent record")
+        storable_clip_id(clip_id, str(self.path))
         return (self.path / f"{clip_id}.npy", self.path / f"{clip_id}.mask.npy",
                 self.path / f"{clip_id}.absent.json")
 

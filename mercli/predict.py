@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from mercli import plugins, prompts
 from mercli.calibration import calibrated
-from mercli.clips import Clip, clip_from_file, discover
+from mercli.clips import Clip, clip_from_file, scan
 from mercli.config import Config
 from mercli.contracts import MODALITIES
 from mercli.errors import DataError, MerError
@@ -60,11 +59,14 @@ class Prediction:
 
 def clips_of(paths: Iterable[Path]) -> Iterator[Clip | Prediction]:
     """The clips named on the command line (files, or folders searched for clips); a path that
-    is not a clip comes back as a failed :class:`Prediction`."""
+    is not a clip, or an entry of a folder that cannot be one, comes back as a failed
+    :class:`Prediction`."""
     for path in paths:
         try:
             if path.is_dir():
-                yield from discover(path)
+                found = scan(path)
+                yield from (Prediction(str(entry.path), error=entry.reason) for entry in found.refused)
+                yield from found.clips
             elif path.exists():
                 yield clip_from_file(path)
             else:
@@ -188,10 +190,11 @@ def _check_reproduced(made: set[str], wanted: set[str], run: Path) -> None:
                         "setting?)")
 
 
-def predict_paths(config: Config, run: TrainedRun, paths: Iterable[Path]) -> Iterator[Prediction]:
-    """Predictions for every clip under ``paths``, one at a time, models loaded once."""
+def predict_paths(config: Config, workspace: Workspace, run: TrainedRun, paths: Iterable[Path]) -> Iterator[Prediction]:
+    """Predictions for every clip under ``paths``, one at a time, models loaded once; the clips'
+    features go to a scratch folder of ``workspace``, removed at the end."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mercli.extract.extract_clips
-    scratch = Path(tempfile.mkdtemp(prefix="mer-predict-"))
+    scratch = workspace.scratch_folder("predict")
     try:
         predictor = Predictor(config, run, scratch)
         for index, item in enumerate(clips_of(paths)):

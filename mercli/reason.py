@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from mercli import plugins, prompts
-from mercli.clips import Clip, discover
+from mercli.clips import Clip, scan
 from mercli.config import Config
 from mercli.costs import Budget, Price, price_for
 from mercli.contracts import (AnswerRejected, Features, Reasoner, ReasoningRequest, RetryableError, StopRun,
@@ -323,14 +323,16 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(prompts.PROMPT_VERSION),
                          label_conditioned)
     store = TraceStore.open(workspace.reasoning, source)
-    clips = discover(clips_dir)
+    found = scan(clips_dir)
+    clips = found.clips
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
     price = price_for(reasoner, table["prices"])
     limit = (max_cost if max_cost is not None else table["max_cost"]) or None  # 0: no limit
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
                     Budget(limit), label_conditioned)
     tasks, cached, failed = run.plan(clips, retry_failed)
-    run.summary.clips, run.summary.cached, run.summary.failed = len(clips), cached, failed
+    run.summary.clips, run.summary.cached = len(clips), cached
+    run.summary.failed = [entry.to_json() for entry in found.refused] + failed
     if dry_run:
         return estimate(run, tasks)
     with progress(len(tasks), f"reason ({reasoner.name})") as advance:

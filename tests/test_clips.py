@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mercli.clips import (
-    MAX_CLIP_ID_BYTES, Clip, clip_from_file, clip_id_of, clip_kind, discover, resolve_clip, validate_clip_id,
+    MAX_CLIP_ID_BYTES, Clip, clip_from_file, clip_id_of, clip_kind, discover, resolve_clip, scan,
+    storable_clip_id, validate_clip_id,
 )
 from mercli.errors import DataError
 
@@ -132,6 +133,56 @@ def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
         discover(tmp_path)
 
 
+def folder_with_bad_entries(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A clips folder holding two good clips and one entry of each kind scan refuses, with the
+    problem each one's reason names."""
+    touch(tmp_path / "outside" / "secret.mp4")
+    clips = tmp_path / "clips"
+    touch(clips / "good.mp4")
+    touch(clips / "sub" / "also.wav")
+    (clips / "escape.mp4").symlink_to(tmp_path / "outside" / "secret.mp4")
+    (clips / "elsewhere").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (clips / "loop.mp3").symlink_to("loop.mp3")
+    (clips / "sub" / "dangling.mp4").symlink_to("gone.mp4")
+    touch(clips / "x.mask.mp4")
+    touch(clips / "y.absent.wav")
+    touch(clips / "a\tb.mp4")
+    return clips, {
+        "elsewhere": "leads outside the clips folder",
+        "escape.mp4": "leads outside the clips folder",
+        "loop.mp3": "is a loop of symbolic links",
+        "sub/dangling.mp4": "is a link to gone.mp4, which does not exist",
+        "x.mask.mp4": "keeps for a clip's mask and absent record",
+        "y.absent.wav": "keeps for a clip's mask and absent record",
+        "a\tb.mp4": "holds a control character",
+    }
+
+
+def test_scan_refuses_each_bad_entry_on_its_own_and_keeps_the_others(tmp_path):
+    clips, problems = folder_with_bad_entries(tmp_path)
+    found = scan(clips)
+    assert found.clips == [Clip("also", clips / "sub" / "also.wav", "audio"), Clip("good", clips / "good.mp4", "video")]
+    assert sorted(str(entry.path.relative_to(clips)) for entry in found.refused) == sorted(problems)
+    for entry in found.refused:
+        assert entry.reason.startswith(f"{entry.path}: ") and "\n" not in entry.reason
+        assert problems[str(entry.path.relative_to(clips))] in entry.reason
+        assert entry.to_json() == {"clip": str(entry.path), "reason": entry.reason}
+
+
+def test_discover_refuses_a_folder_with_bad_entries_naming_the_first(tmp_path):
+    clips, problems = folder_with_bad_entries(tmp_path)
+    with pytest.raises(DataError, match=f"^{clips / 'elsewhere'}: .* \\(and {len(problems) - 1} more refused entries\\)$"):
+        discover(clips)
+
+
+def test_scan_still_refuses_the_whole_folder_for_two_clips_with_one_id(tmp_path):
+    touch(tmp_path / "happy" / "clip1.mp4")
+    touch(tmp_path / "sad" / "clip1.wav")
+    (tmp_path / "loop.mp4").symlink_to("loop.mp4")
+    with pytest.raises(DataError, match="two clips share the id 'clip1'"):
+        scan(tmp_path)
+
+
 def test_discover_on_the_real_clips(shared_data):
     ids = [c.clip_id for c in discover(shared_data / "mer2023")]
     assert len(ids) == 8 and ids == sorted(ids)
@@ -223,6 +274,20 @@ def test_a_link_leading_outside_is_refused(tmp_path):
             resolve_clip(clips, reference, "labels.csv:4")
 
 
+def test_a_link_loop_named_by_a_labels_file_is_one_line(tmp_path):
+    (tmp_path / "loop.mp3").symlink_to("loop.mp3")
+    with pytest.raises(DataError, match=r"^labels\.csv:5: 'loop\.mp3' is a loop of symbolic links$"):
+        resolve_clip(tmp_path, "loop.mp3", "labels.csv:5")
+
+
+@pytest.mark.parametrize("clip_id", ["x.mask", "x.absent"])
+def test_ids_the_feature_store_keeps_for_companion_files_cannot_be_stored(clip_id):
+    assert validate_clip_id(clip_id, "failure log") == clip_id  # a failure record can still name it
+    with pytest.raises(DataError, match=r"^features/s: clip id .* keeps for a clip's mask and absent record"):
+        storable_clip_id(clip_id, "features/s")
+    assert storable_clip_id("x.mask2", "features/s") == "x.mask2"
+
+
 # --- a single file ------------------------------------------------------------------------------
 
 
@@ -233,3 +298,5 @@ def test_clip_from_file(tmp_path):
         clip_from_file(touch(tmp_path / "notes.txt"))
     with pytest.raises(DataError, match="no such file"):
         clip_from_file(tmp_path / "missing.mp4")
+    with pytest.raises(DataError, match="keeps for a clip's mask"):
+        clip_from_file(touch(tmp_path / "take.mask.mp4"))

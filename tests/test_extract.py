@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mer_process import run_mer
 
 from mercli import plugins
 from mercli.cli import cli
@@ -313,3 +314,27 @@ def test_extract_lets_idle_openmp_threads_sleep(test_encoders, clips_dir, tmp_pa
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     run_extract(Workspace(tmp_path / "ws2"), clips_dir)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_entries_that_cannot_be_clips_fail_on_their_own_in_the_summary(tmp_path):
+    """A child process, as from a shell: a link loop once made Path.resolve raise a traceback."""
+    pytest.importorskip("opensmile")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "voice.wav", video=False)
+    outside = write_clip(tmp_path / "outside.wav", video=False)
+    (clips / "loop.mp3").symlink_to("loop.mp3")
+    (clips / "escape.wav").symlink_to(outside)
+    workspace = tmp_path / "ws"
+    as_json = run_mer("-w", str(workspace), "extract", str(clips), "--encoders", "egemaps", "--json", cwd=tmp_path)
+    assert as_json.returncode == 1 and "Traceback" not in as_json.stderr, as_json.stderr
+    document = json.loads(as_json.stdout)
+    assert document["clips"] == 3 and document["done"] == 1
+    assert document["failed"] == [
+        {"clip": str(clips / "escape.wav"), "reason": f"{clips / 'escape.wav'}: 'escape.wav' leads outside the "
+                                                      f"clips folder {clips} (to {outside})"},
+        {"clip": str(clips / "loop.mp3"), "reason": f"{clips / 'loop.mp3'}: 'loop.mp3' is a loop of symbolic links"},
+    ]
+    table = run_mer("-w", str(workspace), "extract", str(clips), "--encoders", "egemaps", cwd=tmp_path)
+    assert table.returncode == 1 and "Traceback" not in table.stderr
+    assert "failed" in table.stderr and "loop.mp3: 'loop.mp3' is a loop of symbolic links" in table.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,17 @@ def test_open_creates_the_set_with_its_manifest_and_reopens_it(tmp_path):
     assert reopened.path == created.path
     assert reopened.manifest.created == created.manifest.created  # the stored one
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o027, 0o750)], ids=["022", "027"])
+def test_a_new_set_folder_takes_the_umask_like_every_other_file(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        created = FeatureSet.open(tmp_path / "features", manifest())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(created.path.stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "features").stat().st_mode) == mode
 
 
 def test_open_refuses_a_folder_whose_manifest_does_not_match(tmp_path):

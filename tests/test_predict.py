@@ -5,13 +5,18 @@ and bad checkpoints give one-line errors while the other files are still predict
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mer_process import run_mer
 
 from mercli.cli import cli
+from mercli.workspace import Workspace
 
 CREMA_CLASSES = '["neutral", "angry", "happy", "sad", "fear", "disgust"]'
 VIDEO_SUFFIXES = {".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"}
@@ -132,3 +137,57 @@ def test_priors_from_label_conditioned_traces_stay_absent_for_new_clips(trained,
     without_priors, with_priors = json_lines(conditioned.stdout)[0], json_lines(plain.stdout)[0]
     assert sum(without_priors["probs"].values()) == pytest.approx(1.0, abs=1e-4)
     assert without_priors["probs"] != with_priors["probs"]
+
+
+def ended_process_id() -> int:
+    """The id of a process that has run and ended (a ``kill -9``-ed ``mer predict``, say)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_scratch_folder_left_by_an_ended_process_is_removed_and_a_running_ones_is_kept(tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    workspace.scratch.mkdir(parents=True)
+    stale = workspace.scratch / f"predict-{ended_process_id()}-abc123"
+    (stale / "features").mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = workspace.scratch / f"predict-{sleeper.pid}-def456"
+        running.mkdir()
+        mine = workspace.scratch_folder("predict")
+        assert not stale.exists() and running.is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert mine.parent == workspace.scratch and mine.name.startswith(f"predict-{os.getpid()}-") and mine.is_dir()
+    assert workspace.scratch.is_relative_to(workspace.root)
+
+
+def test_a_folder_with_a_link_loop_and_a_link_outside_still_predicts_its_clips(trained, shared_data, tmp_path):
+    """A child process, as from a shell. The clips' scratch lies in the workspace; one left by a
+    killed run is removed, and the run removes its own."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    good = sorted((shared_data / "crema-d").glob("*.flv"))[:2]
+    for path in good:
+        shutil.copy(path, clips / path.name)
+    (clips / "loop.mp3").symlink_to("loop.mp3")
+    (clips / "escape.mp4").symlink_to(next((shared_data / "mead").glob("*.mp4")))
+    stale = Workspace(trained).scratch / f"predict-{ended_process_id()}-abc123"
+    stale.mkdir(parents=True)
+    outcome = run_mer("-w", str(trained), "predict", str(clips), "--json", cwd=tmp_path)
+    assert outcome.returncode == 1 and "Traceback" not in outcome.stderr, outcome.stderr
+    lines = json_lines(outcome.stdout)
+    failed = {line["clip"]: line["error"] for line in lines if "error" in line}
+    assert failed == {
+        str(clips / "escape.mp4"): f"{clips / 'escape.mp4'}: 'escape.mp4' leads outside the clips folder {clips} "
+                                   f"(to {(clips / 'escape.mp4').resolve()})",
+        str(clips / "loop.mp3"): f"{clips / 'loop.mp3'}: 'loop.mp3' is a loop of symbolic links",
+    }
+    predicted = [line for line in lines if "error" not in line]
+    assert [line["clip"] for line in predicted] == [str(clips / path.name) for path in good]
+    assert all(sum(line["probs"].values()) == pytest.approx(1.0, abs=1e-4) for line in predicted)
+    errors = [line for line in outcome.stderr.splitlines() if line.startswith("error:")]
+    assert sorted(errors) == sorted(f"error: {reason}" for reason in failed.values())
+    assert not stale.exists() and list(Workspace(trained).scratch.iterdir()) == []
