@@ -331,8 +331,8 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
                     Budget(limit), label_conditioned)
     tasks, cached, failed = run.plan(clips, retry_failed)
-    run.summary.clips, run.summary.cached = len(clips), cached
-    run.summary.failed = [entry.to_json() for entry in found.refused] + failed
+    run.summary.clips, run.summary.cached = len(clips) + len(found.refused), cached
+    run.summary.failed = [entry.to_json() for entry in found.refused] + failed  # refused: counted as failed
     if dry_run:
         return estimate(run, tasks)
     with progress(len(tasks), f"reason ({reasoner.name})") as advance:

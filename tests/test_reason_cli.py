@@ -94,6 +94,19 @@ def test_reasoning_before_extraction_fails_each_clip_with_a_hint(extracted, tmp_
     assert len(failed) == 4 and all("run mer extract first" in f["reason"] for f in failed)
 
 
+def test_a_folder_entry_that_cannot_be_a_clip_is_listed_as_failed_and_the_others_go_on(extracted, tmp_path):
+    clips, _ = extracted
+    folder = tmp_path / "clips"
+    shutil.copytree(clips, folder)
+    (folder / "loop.mp3").symlink_to("loop.mp3")
+    outcome = mer(tmp_path / "empty", "reason", str(folder), "--json")
+    assert outcome.exit_code == 1
+    summary = summary_of(outcome)
+    assert summary["clips"] == 5 and summary["failed"][0] == {
+        "clip": str(folder / "loop.mp3"), "reason": f"{folder / 'loop.mp3'}: 'loop.mp3' is a loop of symbolic links"}
+    assert len(summary["failed"]) == 5 and all("run mer extract first" in f["reason"] for f in summary["failed"][1:])
+
+
 def test_gemini_traces_come_from_the_real_client_and_a_rerun_costs_nothing(extracted, workspace, gemini):
     clips, _ = extracted
     outcome = mer(workspace, "reason", str(clips), "--model", "gemini", "--json", "--no-embed")
