@@ -350,8 +350,9 @@ class _FrameSampler:
 
     def _time(self, frame) -> float:
         # A time base of zero (PyAV's ``time_base`` is then None) makes every time 0 or NaN.
-        if frame.time is not None and frame.time_base is not None and np.isfinite(frame.time):
-            return frame.time - self.origin
+        time = frame.time if frame.time_base is not None else None
+        if time is not None and np.isfinite(time):
+            return time - self.origin
         # No usable timestamp: assume the nominal rate after the last frame seen.
         self.untimed += 1
         return self.previous[1] + self.frame_interval if self.previous is not None else 0.0
