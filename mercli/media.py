@@ -36,8 +36,9 @@ Rules that callers rely on (``mer extract`` reports them):
   is kept and ``absent["audio"] = "silent audio track"``. Only requested modalities are reported.
 * **Failures.** A file that cannot be opened or has nothing decodable (missing, a directory, zero
   bytes, not a media file, a corrupt or truncated header, unreadable, no audio or video stream, an
-  audio layout that cannot be mixed down, audio mostly NaN or infinite) raises :class:`~mercli.errors.DataError` with one line:
-  ``"<path>: cannot decode: <reason>"``, never FFmpeg's own multi-line output.
+  audio layout that cannot be mixed down, audio mostly NaN or infinite) raises
+  :class:`~mercli.errors.DataError` with one line: ``"<path>: cannot decode: <reason>"``, never
+  FFmpeg's own multi-line output.
 * **Partly decodable files.** A file cut short or damaged in the middle keeps what decoded if
   anything usable came out: at least one frame from a requested video stream or at least
   ``MIN_AUDIO_SECONDS`` of audio from a requested audio track. Packets that fail to decode are

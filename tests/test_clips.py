@@ -171,7 +171,8 @@ def test_scan_refuses_each_bad_entry_on_its_own_and_keeps_the_others(tmp_path):
 
 def test_discover_refuses_a_folder_with_bad_entries_naming_the_first(tmp_path):
     clips, problems = folder_with_bad_entries(tmp_path)
-    with pytest.raises(DataError, match=f"^{clips / 'elsewhere'}: .* \\(and {len(problems) - 1} more refused entries\\)$"):
+    first_and_count = f"^{clips / 'elsewhere'}: .* \\(and {len(problems) - 1} more refused entries\\)$"
+    with pytest.raises(DataError, match=first_and_count):
         discover(clips)
 
 
