@@ -19,7 +19,8 @@ from mercli.errors import ConfigError, DataError
 from mercli.features import FeatureSet, Manifest
 from mercli.model import FusionNetwork, ModelSettings
 from mercli.splits import plan_splits
-from mercli.train import load_model, predict_logits, train, train_fold
+from mercli.runs import load_model
+from mercli.train import predict_logits, train, train_fold
 from mercli.trainset import InputSpec, build_table, collate, feature_statistics
 from mercli.workspace import Workspace
 
