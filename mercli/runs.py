@@ -89,13 +89,15 @@ def check_writable(run: Path) -> None:
     if run.is_dir() and not (run / CONFIG).exists() and any(run.iterdir()):
         raise DataError(f"{run}: holds files but no {CONFIG}, so it is not a training run to replace; "
                         "choose another --name or remove it")
+    if run.parent.exists() and not run.parent.is_dir():
+        raise DataError(f"{run.parent}: not a folder, so no run can be written in it")
     probe = _staging_name(run)
     try:
         run.parent.mkdir(parents=True, exist_ok=True)
         probe.mkdir()
         probe.rmdir()
     except OSError as problem:
-        raise DataError(f"{problem.filename or run.parent}: cannot write runs there ({problem.strerror or problem})") from None
+        raise DataError(f"{run.parent}: cannot write runs there ({problem.strerror or problem})") from None
 
 
 @contextlib.contextmanager

@@ -298,7 +298,8 @@ def test_mer_train_json(workspace):
     outcome = CliRunner().invoke(cli, args)
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
-    assert set(document) == {"run", "best", "folds"} and set(document["best"]) == {"epoch", "waf", "macro_f1"}
+    assert set(document) == {"run", "best", "folds", "excluded"} and set(document["best"]) == {"epoch", "waf", "macro_f1"}
+    assert document["excluded"] == []
     assert document["run"] == str(space.root / "runs" / "cli")
     assert json.loads((space.root / "runs" / "cli" / "config.json").read_text())["loss"]["name"] == "ce"
 
