@@ -103,24 +103,25 @@ def check_writable(run: Path) -> None:
 @contextlib.contextmanager
 def _locked(folder: Path, wait: bool) -> Iterator[int | None]:
     """An exclusive lock on ``folder`` while the block runs: its descriptor, or ``None`` where another
-    process holds the lock and ``wait`` is false. Without locks (Windows) every folder is free."""
+    process holds the lock and ``wait`` is false, or where the system has no locks (Windows)."""
+    if fcntl is None:
+        yield None
+        return
     descriptor = os.open(folder, os.O_RDONLY)
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield None
-                return
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(descriptor)
+        yield None
+        return
+    try:
         yield descriptor
     finally:
         os.close(descriptor)
 
 
 def _remove_stale(run: Path) -> None:
-    """Remove the staging folders of ``run`` that no live process is writing."""
-    if fcntl is None:
-        return
+    """Remove the staging folders of ``run`` that no live process is writing (none without locks)."""
     for staging in _stale_staging(run):
         with contextlib.suppress(OSError), _locked(staging, wait=False) as free:
             if free is not None:
@@ -132,7 +133,7 @@ def _exchange(first: Path, second: Path) -> bool:
     system or file system has no such call."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):
         return False
     at_cwd, rename_exchange = -100, 2
     if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), rename_exchange) == 0:
@@ -145,13 +146,18 @@ def _exchange(first: Path, second: Path) -> bool:
 
 def _swap_in(staging: Path, run: Path) -> None:
     """Give the complete run in ``staging`` the name ``run``; the old run, if any, ends up at
-    ``staging``. Without an exchange call the name is empty for a moment between two renames."""
+    ``staging`` or is removed. Without an exchange call, two renames leave the name empty for a
+    moment (a crash then leaves the old run under a staging name, removed by the next training)."""
     if not run.exists():
         os.rename(staging, run)
     elif not _exchange(staging, run):
         aside = _staging_name(run)
         os.rename(run, aside)
-        os.rename(staging, run)
+        try:
+            os.rename(staging, run)
+        except OSError:
+            os.rename(aside, run)
+            raise
         shutil.rmtree(aside, ignore_errors=True)
 
 
@@ -169,7 +175,8 @@ def write_run(run: Path, files: RunFiles) -> None:
             write_json(staging / HISTORY, files.history)
             write_json(staging / METRICS, files.metrics)
             write_bytes(staging / CURVES, files.curves)
-            os.fsync(descriptor)  # the folder's entries are on disk before it takes the name
+            if descriptor is not None:
+                os.fsync(descriptor)  # the folder's entries are on disk before it takes the name
             _swap_in(staging, run)
     except OSError as problem:
         raise DataError(f"{problem.filename or staging}: {problem.strerror or problem}; {run} is left as "

@@ -231,6 +231,14 @@ def test_retraining_replaces_the_whole_folder(workspace):
     assert staging_folders(space) == []
 
 
+def test_without_an_exchange_call_the_run_is_replaced_by_two_renames(workspace, monkeypatch):
+    space, labels = workspace
+    run = train(config(**{"train.epochs": 1}), space, labels, name="r", folds=2).run
+    monkeypatch.setattr(runs, "_exchange", lambda first, second: False)  # as on macOS, or NFS
+    train(config(**{"train.epochs": 1}), space, labels, name="r")
+    assert {p.name for p in run.iterdir()} == FILES and staging_folders(space) == []
+
+
 # --- staging folders are never runs -----------------------------------------------------------
 
 
