@@ -21,7 +21,8 @@ import torch
 
 from mercli.config import load
 from mercli.extract import extract_folder
-from mercli.train import load_model, predict_logits, train
+from mercli.runs import load_model
+from mercli.train import predict_logits, train
 from mercli.trainset import build_table
 from mercli.workspace import Workspace
 

@@ -228,10 +228,10 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
 @pass_app
 def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submission: Path | None, as_json: bool) -> None:
     """Emotion probabilities for video or audio files (or folders of them) from a trained run."""
-    from mercli.evaluation import resolve_run, write_name_discrete
+    from mercli.evaluation import write_name_discrete
     from mercli.predict import predict_paths
     from mercli.reports import predictions_table
-    from mercli.train import load_run
+    from mercli.runs import load_run, resolve_run
 
     run = load_run(resolve_run(app.workspace, checkpoint))
     predictions = []

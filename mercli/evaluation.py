@@ -33,8 +33,9 @@ from mercli.calibration import calibrated, expected_calibration_error
 from mercli.config import Config
 from mercli.errors import DataError
 from mercli.labels import read_labels
+from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
 from mercli.splits import SPLIT_NAMES
-from mercli.train import TrainedFold, TrainedRun, load_run, pick_device, predict_logits, scores
+from mercli.train import pick_device, predict_logits, scores
 from mercli.trainset import TrainingTable, build_table, check_expected_inputs, refuse_label_leaks
 from mercli.workspace import Workspace
 
@@ -128,22 +129,6 @@ class Evaluation:
 
 
 # --- which runs -------------------------------------------------------------------------------
-
-
-def resolve_run(workspace: Workspace, checkpoint: str | None) -> Path:
-    """A run folder from ``--checkpoint``: a run name under ``runs/``, a folder, or (``None``) the
-    run whose config.json was written last."""
-    if checkpoint is None:
-        written = [path.parent for path in workspace.runs.glob("*/config.json")]
-        if not written:
-            raise DataError(f"{workspace.runs}: no training runs; run `mer train` or name one with --checkpoint")
-        return max(written, key=lambda run: (run / "config.json").stat().st_mtime)
-    given = Path(checkpoint).expanduser()
-    candidates = [given] if len(given.parts) > 1 or given.is_absolute() else [workspace.runs / checkpoint, given]
-    found = next((c for c in candidates if c.is_dir()), None)
-    if found is None:
-        raise DataError(f"--checkpoint {checkpoint}: no such run folder (looked in {', '.join(map(str, candidates))})")
-    return found
 
 
 def _compatible(runs: Sequence[TrainedRun]) -> None:

@@ -32,7 +32,8 @@ from mercli.priors import embed_traces, label_conditioned
 from mercli.costs import Budget, price_for
 from mercli.reason import ClipInputs, Pacing, ReasonRun
 from mercli.traces import TraceSource, TraceStore
-from mercli.train import TrainedRun, predict_logits
+from mercli.runs import TrainedRun
+from mercli.train import predict_logits
 from mercli.trainset import InputSpec, TrainingTable, read_clip
 from mercli.workspace import Workspace
 

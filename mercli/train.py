@@ -7,7 +7,8 @@ loss, validation WAF and macro-F1), ``metrics.json`` (the selected epoch of ever
 it was trained and selected on, and its ``temperature``) and ``curves.png``. The epoch kept is the
 one with the best validation WAF (weighted F1); test clips are never part of a fold. The temperature
 is fitted on the same validation clips once the epoch is chosen (see mercli.calibration), so that
-predicted probabilities mean what they say; runs without one load with T = 1.
+predicted probabilities mean what they say; runs without one load with T = 1. The folder is written
+and loaded by mercli.runs, as one unit: retraining a run replaces it whole or not at all.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -30,11 +29,11 @@ import numpy as np
 import torch
 
 from mercli import plugins
-from mercli.atomic import write_bytes, write_json
 from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, ModelSettings, injected_priors
+from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
 from mercli.splits import Split, plan_splits
 from mercli.trainset import (InputSpec, TrainingTable, build_table, check_expected_inputs, collate,
                              feature_statistics, refuse_label_leaks)
@@ -79,7 +78,8 @@ class RunResult:
     best: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds]}
+        return {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds],
+                "excluded": self.excluded}
 
 
 # --- settings, device, seeds ------------------------------------------------------------------
@@ -230,117 +230,8 @@ def run_name(name: str | None, loss: str) -> str:
     return f"{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{loss}"
 
 
-def recorded_manifests(run: Path) -> dict[str, Any] | None:
-    """The feature manifests an earlier run in ``run`` was trained on, if there is one."""
-    path = run / "config.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["manifests"]
-    except (OSError, ValueError, KeyError, TypeError) as problem:
-        raise DataError(f"{path}: unreadable run configuration ({problem})") from None
-
-
-def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
-
-
-@dataclass
-class TrainedFold:
-    """One fold of a run, ready to predict: its network, the temperature that calibrates it, and
-    the clips it was trained and selected on (``train_clip_ids`` is ``None`` for runs written
-    before they were recorded)."""
-
-    fold: int
-    model: FusionNetwork
-    temperature: float
-    val_clips: list[str]
-    train_clip_ids: list[str] | None
-
-
-@dataclass
-class TrainedRun:
-    path: Path
-    config: dict[str, Any]
-    folds: list[TrainedFold]
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.config["classes"])
-
-
-def _read_run_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing, so {path.parent} is not a training run") from None
-    except (OSError, UnicodeDecodeError, ValueError) as problem:
-        raise DataError(f"{path}: unreadable ({problem})") from None
-
-
-def _run_documents(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A run's config.json and the fold records of its metrics.json, checked for what loading needs."""
-    if not run.is_dir():
-        raise DataError(f"{run}: no such run folder")
-    run_config, metrics = _read_run_json(run / "config.json"), _read_run_json(run / "metrics.json")
-    try:
-        if not (isinstance(run_config["classes"], list) and isinstance(run_config["manifests"], dict)
-                and isinstance(run_config["train"], dict)):
-            raise TypeError("classes, manifests or train has the wrong type")
-        for spec in run_config["inputs"]:
-            InputSpec(**spec)
-    except (KeyError, TypeError) as problem:
-        raise DataError(f"{run / 'config.json'}: not a run configuration ({problem!r})") from None
-    folds = metrics.get("folds") if isinstance(metrics, dict) else None
-    if not folds or not all(isinstance(f, dict) and {"fold", "weights", "val_clips"} <= set(f) for f in folds):
-        raise DataError(f"{run / 'metrics.json'}: no fold records with fold, weights and val_clips")
-    return run_config, folds
-
-
-def _load_fold(run: Path, run_config: dict[str, Any], record: dict[str, Any]) -> TrainedFold:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    weights = run / str(record["weights"])
-    if weights.parent != run or not weights.is_file():
-        raise DataError(f"{weights}: missing, so fold {record['fold']} of the run has no weights")
-    temperature = record.get("temperature", 1.0)  # runs written before calibration: T = 1
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
-        raise DataError(f"{run / 'metrics.json'}: fold {record['fold']} has temperature {temperature!r}, "
-                        "not a positive number")
-    try:
-        state = load_file(weights)
-    except (SafetensorError, OSError, ValueError) as problem:
-        raise DataError(f"{weights}: not readable safetensors weights ({problem})") from None
-    try:
-        model = FusionNetwork([InputSpec(**spec) for spec in run_config["inputs"]], len(run_config["classes"]),
-                              ModelSettings.from_table(run_config["train"]))
-        model.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError) as problem:
-        first_line = str(problem).strip().splitlines()[0]
-        raise DataError(f"{weights}: does not fit the network {run / 'config.json'} describes ({first_line})") from None
-    return TrainedFold(int(record["fold"]), model.eval(), float(temperature), list(record["val_clips"]),
-                       record.get("train_clip_ids"))
-
-
-def load_run(run: Path) -> TrainedRun:
-    """Every fold of the run in folder ``run``; a missing or corrupt file is a DataError naming it."""
-    run_config, folds = _run_documents(run)
-    return TrainedRun(run, run_config, [_load_fold(run, run_config, record) for record in folds])
-
-
-def load_model(run: Path, fold: int | None = None) -> tuple[FusionNetwork, dict[str, Any]]:
-    """The network of a run (its first fold unless ``fold`` is given) and the run's config."""
-    run_config, folds = _run_documents(run)
-    chosen = next((f for f in folds if fold is None or f["fold"] == fold), None)
-    if chosen is None:
-        raise DataError(f"{run}: no fold {fold}")
-    return _load_fold(run, run_config, chosen).model, run_config
-
-
-def plot_curves(path: Path, folds: Sequence[FoldResult]) -> None:
+def plot_curves(folds: Sequence[FoldResult]) -> bytes:
+    """Training loss and validation WAF per epoch of every fold, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -362,7 +253,7 @@ def plot_curves(path: Path, folds: Sequence[FoldResult]) -> None:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def train(config: Config, workspace: Workspace, labels: Path, *, name: str | None = None,
@@ -382,26 +273,43 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         refuse_label_leaks(table, split.val, "validation")
         if len(np.unique(table.labels[split.train])) < 2:
             raise DataError(f"fold {split.fold}: the training clips cover one class only; training needs two or more")
+    check_writable(run)
     device = pick_device(settings["device"])
     with seeded(settings["seed"], settings["deterministic"]):
         results = [train_fold(table, split, settings, loss_component, device, on_epoch) for split in splits]
     used_priors = [p.name for p in injected_priors(table.inputs, ModelSettings.from_table(settings))]
     priors_note = _priors_note(table.inputs, used_priors, settings["priors"])
     for result in results:
-        result.weights = "model.safetensors" if len(results) == 1 else f"model-fold{result.fold}.safetensors"
-        save_weights(run / result.weights, result.state)
-    for stale in set(run.glob("model*.safetensors")) - {run / r.weights for r in results}:
-        stale.unlink()  # an earlier run in this folder with another number of folds
-    shutil.rmtree(run / "eval", ignore_errors=True)  # reports of the models just replaced
+        result.weights = weights_name(result.fold, len(results))
     best = {
         "epoch": round(float(np.mean([r.best_epoch for r in results]))),
         "waf": float(np.mean([r.waf for r in results])),
         "macro_f1": float(np.mean([r.macro_f1 for r in results])),
     }
-    validation = ({"mode": "k-fold", "folds": folds, "group_column": group_column} if folds is not None
-                  else {"mode": "group holdout", "group_column": group_column, "val_fraction": settings["val_fraction"]}
-                  if group_column is not None else {"mode": "split column"})
-    write_json(run / "config.json", {
+    run_config = _run_config(table, settings, loss_component, used_priors,
+                             _validation(settings, folds, group_column), labels, device)
+    write_run(run, RunFiles(weights={r.weights: r.state for r in results}, config=run_config,
+                            history={"folds": [{"fold": r.fold, "epochs": r.history} for r in results]},
+                            metrics={"best": best, "folds": [r.to_json() for r in results]},
+                            curves=plot_curves(results)))
+    epoch_seconds = [record["seconds"] for r in results for record in r.history]
+    return RunResult(run, results, table.inputs, table.manifests(), priors_note, table.excluded, str(device),
+                     float(np.mean(epoch_seconds)), best)
+
+
+def _validation(settings: dict[str, Any], folds: int | None, group_column: str | None) -> dict[str, Any]:
+    """How the validation clips were chosen, for config.json."""
+    if folds is not None:
+        return {"mode": "k-fold", "folds": folds, "group_column": group_column}
+    if group_column is not None:
+        return {"mode": "group holdout", "group_column": group_column, "val_fraction": settings["val_fraction"]}
+    return {"mode": "split column"}
+
+
+def _run_config(table: TrainingTable, settings: dict[str, Any], loss_component: Any, used_priors: list[str],
+                validation: dict[str, Any], labels: Path, device: torch.device) -> dict[str, Any]:
+    """The run's config.json: what eval and predict need to rebuild and check its inputs."""
+    return {
         "classes": table.classes,
         "loss": {"name": loss_component.name, "version": loss_component.version, "settings": loss_component.settings},
         "train": settings,
@@ -414,13 +322,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         "excluded": table.excluded,
         "device": str(device),
         "mixed_precision": device.type == "cuda",
-    })
-    write_json(run / "history.json", {"folds": [{"fold": r.fold, "epochs": r.history} for r in results]})
-    write_json(run / "metrics.json", {"best": best, "folds": [r.to_json() for r in results]})
-    plot_curves(run / "curves.png", results)
-    epoch_seconds = [record["seconds"] for r in results for record in r.history]
-    return RunResult(run, results, table.inputs, table.manifests(), priors_note, table.excluded, str(device),
-                     float(np.mean(epoch_seconds)), best)
+    }
 
 
 def _priors_note(inputs: Sequence[InputSpec], used: Sequence[str], enabled: bool) -> str:

@@ -24,8 +24,9 @@ from mercli.cli import cli
 from mercli.contracts import Features
 from mercli.errors import DataError
 from mercli.features import FeatureSet
-from mercli.evaluation import evaluate, metrics, resolve_run
-from mercli.train import load_model, load_run, predict_logits, train
+from mercli.evaluation import evaluate, metrics
+from mercli.runs import load_model, load_run, resolve_run
+from mercli.train import predict_logits, train
 from mercli.trainset import build_table
 from mercli.workspace import Workspace
 from test_train import CLASSES, config, manifest, write_workspace

@@ -19,7 +19,8 @@ from mercli.errors import ConfigError, DataError
 from mercli.features import FeatureSet, Manifest
 from mercli.model import FusionNetwork, ModelSettings
 from mercli.splits import plan_splits
-from mercli.train import load_model, predict_logits, train, train_fold
+from mercli.runs import load_model
+from mercli.train import predict_logits, train, train_fold
 from mercli.trainset import InputSpec, build_table, collate, feature_statistics
 from mercli.workspace import Workspace
 
@@ -297,7 +298,8 @@ def test_mer_train_json(workspace):
     outcome = CliRunner().invoke(cli, args)
     assert outcome.exit_code == 0, outcome.output
     document = json.loads(outcome.stdout)
-    assert set(document) == {"run", "best", "folds"} and set(document["best"]) == {"epoch", "waf", "macro_f1"}
+    assert set(document) == {"run", "best", "folds", "excluded"} and set(document["best"]) == {"epoch", "waf", "macro_f1"}
+    assert document["excluded"] == []
     assert document["run"] == str(space.root / "runs" / "cli")
     assert json.loads((space.root / "runs" / "cli" / "config.json").read_text())["loss"]["name"] == "ce"
 
