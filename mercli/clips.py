@@ -116,12 +116,14 @@ def resolve_clip(folder: Path, reference: str | PurePath, where: str) -> Path:
 
 def clip_from_file(path: Path) -> Clip:
     """The clip a single media file is (``mer predict video.mp4``)."""
+    if not path.is_file():
+        problem = ("a dangling link or a loop of symbolic links" if path.is_symlink()
+                   else "not a file" if path.exists() else "no such file")
+        raise DataError(f"{path}: {problem}")
     kind = clip_kind(path)
     if kind is None:
         known = ", ".join(VIDEO_EXTENSIONS + AUDIO_EXTENSIONS)
         raise DataError(f"{path}: not a clip (known extensions: {known})")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     return Clip(storable_clip_id(path.stem, str(path)), path, kind)
 
 

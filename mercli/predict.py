@@ -68,10 +68,8 @@ def clips_of(paths: Iterable[Path]) -> Iterator[Clip | Prediction]:
                 found = scan(path)
                 yield from (Prediction(str(entry.path), error=entry.reason) for entry in found.refused)
                 yield from found.clips
-            elif path.exists():
-                yield clip_from_file(path)
             else:
-                yield Prediction(str(path), error=f"{path}: no such file")
+                yield clip_from_file(path)
         except MerError as problem:
             yield Prediction(str(path), error=str(problem))
 

@@ -301,3 +301,9 @@ def test_clip_from_file(tmp_path):
         clip_from_file(tmp_path / "missing.mp4")
     with pytest.raises(DataError, match="keeps for a clip's mask"):
         clip_from_file(touch(tmp_path / "take.mask.mp4"))
+    (tmp_path / "loop.mp4").symlink_to("loop.mp4")
+    with pytest.raises(DataError, match="loop.mp4: a dangling link or a loop of symbolic links"):
+        clip_from_file(tmp_path / "loop.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(DataError, match="folder.mp4: not a file"):
+        clip_from_file(tmp_path / "folder.mp4")
