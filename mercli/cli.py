@@ -92,8 +92,9 @@ def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, ov
     """Multimodal video emotion recognition with reasoning priors.
 
     Stages: extract -> reason -> train -> eval -> predict. Human output goes to stderr; with
-    --json, stdout carries exactly one JSON document (predict: one object per line). Exit status:
-    0 all done, 1 finished but some items failed, 2 usage or configuration error.
+    --json, stdout carries exactly one JSON document (predict: one object per line), an error's
+    too. Exit status: 0 all done, 1 finished but some items failed, 2 usage or configuration
+    error, 130 interrupted.
     """
     located = Workspace.locate(workspace)
     ctx.obj = App(located, config_path or located.config_path, config_path is not None, dict(overrides))

@@ -30,7 +30,7 @@ from fake_gemini import FakeGemini, stalled
 from mer_process import error_document, mer_environment, run_mer, with_site
 from test_plugins import fake_distribution
 
-WORKERS = {"one worker": ("--workers", "1"), "default workers": ()}
+WORKERS = {"one worker": ("--workers", "1"), "two workers": ("--workers", "2"), "default workers": ()}
 
 
 # --- helpers ----------------------------------------------------------------------------------
