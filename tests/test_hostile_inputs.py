@@ -230,6 +230,10 @@ def test_a_bad_transcriber_model_path_is_one_configuration_error_before_any_clip
     assert the_error(result).startswith(f"error: transcriber.whisper.model_path: {model}: ")
     assert not (workspace / "features" / "_failures").exists() and stored(workspace) == set()
 
+    doctor = run_mer("-s", f"transcriber.whisper.model_path={model}", "doctor", "--json", cwd=tmp_path)
+    (check,) = [c for c in summary(doctor)["checks"] if c["name"] == "transcriber whisper: model"]
+    assert not check["ok"] and check["detail"].startswith(f"transcriber.whisper.model_path: {model}: ")
+
 
 NAN_ENCODER = """
 import numpy as np

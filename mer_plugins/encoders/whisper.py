@@ -75,14 +75,19 @@ class UsesWhisper:
     def model(self) -> whisper_models.WhisperModel:
         return whisper_models.load(self.model_source, self.settings["device"], self.settings["compute_type"])
 
+    def readable_source(self) -> ModelSource:
+        """The weights, once their metadata has been read (:attr:`width`): a file that is no
+        Whisper model is then one configuration error before any clip, not every clip's failure."""
+        self.width  # reading it is the check
+        return self.model_source
+
     def weights_identity(self) -> str:
-        source = self.model_source
-        self.width  # a file that is no Whisper model is a configuration error, not every clip's failure
+        source = self.readable_source()
         return f"whisper-{source.kind}:{sha256_of(source.files())}"
 
     def checks(self) -> list[Check]:
         try:
-            source = self.model_source
+            source = self.readable_source()
         except ConfigError as error:
             return [Check("model", False, str(error))]
         return [Check("model", True, f"{source.kind} weights at {source.path}")]
