@@ -12,7 +12,7 @@ import click
 
 from mercli import __version__, config as configuration
 from mercli.console import emit_json, error, stderr
-from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, MerError
+from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, MerError, unwritable_message, writing
 from mercli.workspace import Workspace
 
 
@@ -35,19 +35,38 @@ class App:
         self.__dict__.pop("config", None)
 
 
+JSON_REQUESTED = "mer.json"  # ctx.meta key: the subcommand was given --json
+
+
+def fail(message: str, exit_code: int, as_json: bool, short: str | None = None) -> None:
+    """End the command with ``error: MESSAGE`` on stderr and, with ``--json``, the one JSON
+    document stdout owes its reader: ``{"error": SHORT or MESSAGE, "exit_code": N}``."""
+    error(message)
+    if as_json:
+        emit_json({"error": short or " ".join(message.split()), "exit_code": exit_code})
+    sys.exit(exit_code)
+
+
 class MerGroup(click.Group):
-    """Turns a :class:`MerError` into one line on stderr and its exit status, and Ctrl-C into a
-    short note (every stage writes atomically, so running it again resumes)."""
+    """Turns a :class:`MerError` into one line on stderr and its exit status, Ctrl-C into a short
+    note (every stage writes atomically, so running it again resumes), and an OSError that no stage
+    expected (a disk that filled up, a folder that cannot be created) into one line naming the
+    path: exit 2, the user's to fix. With --json each of them also prints its JSON document."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.ClickException as problem:  # a usage error: click prints it, after the JSON document
+            if ctx.meta.get(JSON_REQUESTED):
+                emit_json({"error": problem.format_message(), "exit_code": problem.exit_code})
+            raise
         except MerError as problem:
-            error(str(problem))
-            sys.exit(problem.exit_code)
+            fail(str(problem), problem.exit_code, ctx.meta.get(JSON_REQUESTED, False))
+        except OSError as problem:
+            fail(unwritable_message(None, problem), EXIT_USAGE, ctx.meta.get(JSON_REQUESTED, False))
         except KeyboardInterrupt:
-            error("interrupted; what was finished is kept, and running the same command again resumes")
-            sys.exit(EXIT_INTERRUPTED)
+            fail("interrupted; what was finished is kept, and running the same command again resumes",
+                 EXIT_INTERRUPTED, ctx.meta.get(JSON_REQUESTED, False), short="interrupted")
 
 
 def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -73,14 +92,23 @@ def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, ov
     """Multimodal video emotion recognition with reasoning priors.
 
     Stages: extract -> reason -> train -> eval -> predict. Human output goes to stderr; with
-    --json, stdout carries exactly one JSON document (predict: one object per line). Exit status:
-    0 all done, 1 finished but some items failed, 2 usage or configuration error.
+    --json, stdout carries exactly one JSON document (predict: one object per line), an error's
+    too. Exit status: 0 all done, 1 finished but some items failed, 2 usage or configuration
+    error, 130 interrupted.
     """
     located = Workspace.locate(workspace)
     ctx.obj = App(located, config_path or located.config_path, config_path is not None, dict(overrides))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+def note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """Tell :class:`MerGroup` that an error must be printed as JSON too (eager: known before any
+    other option can fail to parse)."""
+    ctx.meta[JSON_REQUESTED] = value
+    return value
+
+
+json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=note_json,
+                           help="Print one JSON document on stdout (an error too).")
 pass_app = click.make_pass_decorator(App)
 
 
@@ -290,7 +318,8 @@ def init(app: App, force: bool, as_json: bool) -> None:
     target = app.config_path
     if target.exists() and not force:
         raise MerError(f"{target} already exists (use --force to overwrite it)")
-    write_text(target, configuration.template())
+    with writing(target):
+        write_text(target, configuration.template())
     if as_json:
         emit_json({"config": str(target)})
     else:
@@ -322,7 +351,6 @@ def main() -> None:
 
     try:
         plugins.register_commands(cli)
-    except MerError as problem:
-        error(str(problem))
-        sys.exit(EXIT_USAGE)
+    except MerError as problem:  # before any command is parsed: --json can only be seen among the words
+        fail(str(problem), EXIT_USAGE, "--json" in sys.argv[1:])
     cli(prog_name="mer")

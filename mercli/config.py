@@ -74,7 +74,7 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("requests_per_minute", float, 60.0, "Most calls started per minute (0: no limit)."),
         Option("max_retries", int, 5, "Retries of a call after a 429, a 5xx, a timeout or a refused connection."),
         Option("backoff", float, 2.0, "Longest wait before the first retry, in seconds; doubles each retry."),
-        Option("max_backoff", float, 60.0, "Longest wait before any retry, unless the server asks for longer."),
+        Option("max_backoff", float, 60.0, "Longest wait before any retry, even when the server asks for longer."),
         Option("max_cost", float, 0.0, "Stop before the estimated spending would pass this many US dollars (0: no limit)."),
         Option("prices", dict, DEFAULT_PRICES, "US dollars per million input and output tokens, by model."),
         Option("embed_with", str, "text-embedding", "Text encoder that turns traces into prior feature sets."),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
@@ -24,3 +28,34 @@ class PluginError(MerError):
 
 class DataError(MerError):
     """A labels file, clip folder or stored artefact that cannot be used as it is."""
+
+
+class UnwritableError(MerError):
+    """A file mer must write cannot be written (a read-only or full disk, a missing folder, no
+    permission). It is the user's to fix, not one item's failure: the run stops at once. Raised
+    before any item was processed: exit 2."""
+
+
+class UnwritableMidway(UnwritableError):
+    """The same, in the middle of a run: the items finished before are kept (every file is written
+    atomically) and running the command again resumes: exit 1."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
+def unwritable_message(path: Path | str | None, error: OSError) -> str:
+    """``<path>: <reason>``, the path being what mer was writing (``error.filename`` may be a
+    temporary file beside it, or missing: a full disk is often reported without one)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    where = path if path is not None else error.filename
+    return f"{where}: {reason}" if where is not None else reason
+
+
+@contextmanager
+def writing(path: Path, midway: bool = False) -> Iterator[None]:
+    """Turn an OSError raised while writing ``path`` into :class:`UnwritableError` (or, with
+    ``midway``, :class:`UnwritableMidway`), which per-item error handling lets through."""
+    try:
+        yield
+    except OSError as error:
+        raise (UnwritableMidway if midway else UnwritableError)(unwritable_message(path, error)) from error

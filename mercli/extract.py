@@ -21,7 +21,7 @@ from mercli import plugins, resources
 from mercli.clips import Clip
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
-from mercli.errors import ConfigError, MerError
+from mercli.errors import ConfigError, MerError, UnwritableError, writing
 from mercli.failures import FailureLog
 from mercli.features import FeatureSet, Manifest
 from mercli.transcripts import TranscriptStore
@@ -127,8 +127,9 @@ def prepare(config: Config, features_root: Path, transcripts_root: Path, label_t
     transcriber_name = config.get("extract", "transcriber") if needs_text else None
     transcriber = plugins.build("transcribers", transcriber_name, config) if transcriber_name else None
     manifests = {e.name: manifest_for(e, config, transcriber) for e in encoders}
-    for manifest in manifests.values():
-        FeatureSet.open(features_root, manifest)
+    with writing(features_root):
+        for manifest in manifests.values():
+            FeatureSet.open(features_root, manifest)
     return ExtractJob(config, features_root, transcripts_root, manifests, label_transcripts, transcriber_name)
 
 
@@ -152,9 +153,10 @@ class ClipExtractor:
         try:
             return self._extract(clip, pending)
         except Exception as error:  # whatever goes wrong with one clip, the batch goes on
-            reason = error if isinstance(error, MerError) else f"{type(error).__name__}: {error}"
-            self.failures.record(clip.clip_id, str(reason), path=str(clip.path), stage="extract")
-            return ClipOutcome(clip.clip_id, "failed", failures=[str(reason)])
+            reason = clip_failure(error)
+            with writing(self.failures.folder, midway=True):
+                self.failures.record(clip.clip_id, reason, path=str(clip.path), stage="extract")
+            return ClipOutcome(clip.clip_id, "failed", failures=[reason])
 
     def _extract(self, clip: Clip, pending: list[Encoder]) -> ClipOutcome:
         from mercli import media
@@ -173,15 +175,16 @@ class ClipExtractor:
             try:
                 decoded.transcript = self._transcript(decoded)
             except Exception as error:  # costs this clip its text features, nothing else
-                outcome.failures.append(f"transcriber {self.job.transcriber}: {type(error).__name__}: {error}")
+                outcome.failures.append(f"transcriber {self.job.transcriber}: {clip_failure(error)}")
                 pending = [e for e in pending if e.modality != "text"]
         for encoder in pending:
             self._encode(encoder, decoded, outcome)
-        if outcome.failures:
-            outcome.status = "failed"
-            self.failures.record(clip.clip_id, "; ".join(outcome.failures), path=str(clip.path), stage="encode")
-        else:
-            self.failures.clear(clip.clip_id)
+        with writing(self.failures.folder, midway=True):
+            if outcome.failures:
+                outcome.status = "failed"
+                self.failures.record(clip.clip_id, "; ".join(outcome.failures), path=str(clip.path), stage="encode")
+            else:
+                self.failures.clear(clip.clip_id)
         return outcome
 
     def _transcript(self, clip: DecodedClip) -> str | None:
@@ -194,24 +197,33 @@ class ClipExtractor:
         stored = self.transcripts.read(clip.clip_id, source)
         if stored is None:
             stored = self.transcriber.transcribe(clip)
-            self.transcripts.write(clip.clip_id, source, stored)
+            with writing(self.job.transcripts_root, midway=True):
+                self.transcripts.write(clip.clip_id, source, stored)
         return stored
 
     def _encode(self, encoder: Encoder, clip: DecodedClip, outcome: ClipOutcome) -> None:
+        """Encode and store; whatever this encoder does wrong, its output refused by the store
+        (NaN, a wrong shape) included, is its own failure and costs the clip no other feature."""
         store = self.sets[encoder.name]
         reason = absence(encoder, clip)
-        if reason is None:
-            try:
-                features = encoder.encode(clip)
-                check_shape(encoder, features)
-            except Exception as error:  # one encoder failing must not cost the clip its other features
-                outcome.failures.append(f"encoder {encoder.name}: {type(error).__name__}: {error}")
-                return
-        else:
-            features = Features(values=None, absent=reason)
+        try:
+            features = Features(values=None, absent=reason) if reason else encoder.encode(clip)
+            check_shape(encoder, features)
+            with writing(store.path, midway=True):
+                store.write(clip.clip_id, features)
+        except Exception as error:
+            outcome.failures.append(f"encoder {encoder.name}: {clip_failure(error)}")
+            return
         if features.absent:
             outcome.absent.setdefault(encoder.modality, features.absent)
-        store.write(clip.clip_id, features)
+
+
+def clip_failure(error: Exception) -> str:
+    """How a clip's failure is worded. A workspace that cannot be written is no clip's failure:
+    it is raised again, to stop the run."""
+    if isinstance(error, UnwritableError):
+        raise error
+    return str(error) if isinstance(error, MerError) else f"{type(error).__name__}: {error}"
 
 
 def absence(encoder: Encoder, clip: DecodedClip) -> str | None:

@@ -2,7 +2,8 @@
 
 A :class:`RateLimiter` spaces call starts evenly so that a requests-per-minute quota is never
 exceeded, whatever the number of threads; :func:`backoff_delay` is the wait before a retry:
-exponential with full jitter, never shorter than the server's own retry hint. Both sleep on a
+exponential with full jitter, never shorter than the server's own retry hint up to the cap (a
+server that asks for an hour does not hold the run for an hour). Both sleep on a
 ``threading.Event`` so that a run that is stopping wakes every waiting thread at once.
 """
 
@@ -37,7 +38,8 @@ def backoff_delay(attempt: int, first: float, cap: float, hint: float | None = N
                   rng: random.Random | None = None) -> float:
     """Seconds to wait before retry ``attempt`` (1 for the first retry): a uniform draw from
     ``[0, min(cap, first * 2**(attempt-1))]`` ("full jitter", so that many clients rate-limited at
-    once do not retry in step), raised to the server's ``hint`` when it asked for longer."""
+    once do not retry in step), raised to the server's ``hint`` when it asked for longer, and
+    never past ``cap`` whatever the hint."""
     ceiling = min(cap, first * 2 ** (attempt - 1))
     delay = (rng or random).uniform(0, ceiling)
-    return max(delay, hint or 0.0)
+    return max(delay, min(hint or 0.0, cap))

@@ -22,7 +22,7 @@ from mercli.config import Config
 from mercli.costs import Budget, Price, price_for
 from mercli.contracts import (AnswerRejected, Features, Reasoner, ReasoningRequest, RetryableError, StopRun,
                               Usage)
-from mercli.errors import ConfigError, DataError
+from mercli.errors import ConfigError, DataError, writing
 from mercli.failures import utc_now
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import LabelledClip, read_labels
@@ -146,6 +146,8 @@ class ReasonRun:
         self.label_conditioned = label_conditioned
         #: Called with (clip id, outcome) as each clip finishes, from the thread that asked.
         self.observe: Callable[[str, Outcome], None] = lambda clip, outcome: None
+        #: Called with a one-line notice for the user (a wait before a retry), from the thread that asked.
+        self.say: Callable[[str], None] = lambda line: None
         self.limiter = RateLimiter(pacing.requests_per_minute if reasoner.needs_network else 0)
         self.stop = threading.Event()
         self.summary = ReasonSummary(store.source, 0, network=reasoner.needs_network)
@@ -207,7 +209,9 @@ class ReasonRun:
     def _fail(self, task: ClipTask, reason: str, **details: Any) -> Outcome:
         if task.features is not None:
             details["features"] = task.features
-        self.store.record_failure(task.clip.clip_id, reason, task.content_hash, path=str(task.clip.path), **details)
+        with writing(self.store.folder, midway=True):
+            self.store.record_failure(task.clip.clip_id, reason, task.content_hash, path=str(task.clip.path),
+                                      **details)
         return self._finish(task.clip, "failed", reason)
 
     def ask(self, task: ClipTask) -> Outcome:
@@ -230,13 +234,16 @@ class ReasonRun:
             try:
                 reply = self.reasoner.reason(request)
                 usage = reply.usage
-                self.store.write(clip.clip_id, self.trace(task, reply.answer, usage))
+                trace = self.trace(task, reply.answer, usage)
+                with writing(self.store.folder, midway=True):
+                    self.store.write(clip.clip_id, trace)
                 return self._finish(clip, "done")
             except RetryableError as problem:
                 if attempt > self.pacing.max_retries:
                     return self._fail(task, f"gave up after {attempt} attempts: {problem}", attempts=attempt)
                 delay = backoff_delay(attempt, self.pacing.backoff, self.pacing.max_backoff, problem.retry_after,
                                       self._rng)
+                self.say(self.waiting(clip, problem, delay, attempt))
                 if self.stop.wait(delay):
                     return self._finish(clip, "skipped", f"not asked again: {self.summary.stopped}")
             except AnswerRejected as problem:
@@ -249,6 +256,16 @@ class ReasonRun:
             finally:
                 self._count_call(usage)
                 self.budget.settle(estimate, self.price.of(usage))
+
+    def waiting(self, clip: Clip, problem: RetryableError, delay: float, attempt: int) -> str:
+        """The notice that a call is waiting to be retried, and for how long: a run that seems
+        to hang is explained."""
+        line = (f"{self.reasoner.name}: {clip.clip_id}: {' '.join(str(problem).split())}; waiting {delay:.1f} s "
+                f"before retry {attempt} of {self.pacing.max_retries}")
+        if problem.retry_after is not None and problem.retry_after > self.pacing.max_backoff:
+            line += (f" (the server asked for {problem.retry_after:g} s; reason.max_backoff caps the wait at "
+                     f"{self.pacing.max_backoff:g} s)")
+        return line
 
     def task(self, clip: Clip) -> ClipTask:
         features = None
@@ -315,14 +332,15 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
                   max_cost: float | None = None, embed: bool = True) -> ReasonSummary:
     """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
     feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
-    from mercli.console import progress
+    from mercli.console import progress, stderr
     from mercli.priors import embed_traces
 
     table = config.table("reason")
     reasoner: Reasoner = plugins.build("reasoners", table["reasoner"], config)
     source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(prompts.PROMPT_VERSION),
                          label_conditioned)
-    store = TraceStore.open(workspace.reasoning, source)
+    with writing(workspace.reasoning):
+        store = TraceStore.open(workspace.reasoning, source)
     found = scan(clips_dir)
     clips = found.clips
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
@@ -337,6 +355,7 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
         return estimate(run, tasks)
     with progress(len(tasks), f"reason ({reasoner.name})") as advance:
         run.observe = lambda clip, outcome: advance()
+        run.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
         run.run(tasks)
     if embed and store.clip_ids():
         with progress(len(store.clip_ids()), "embed priors") as advance:

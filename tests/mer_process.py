@@ -22,6 +22,13 @@ def mer_environment(**changes: str | None) -> dict[str, str]:
     return environment
 
 
+def with_site(site: Path, **changes: str | None) -> dict[str, str]:
+    """:func:`mer_environment` with ``site`` (a folder of fake distributions) first on the path,
+    ahead of the code under test when that comes from PYTHONPATH too (a worktree)."""
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return mer_environment(PYTHONPATH=path, **changes)
+
+
 def run_mer(*args: str, cwd: Path, env: dict[str, str] | None = None,
             python_options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """``python -m mercli ARGS`` with this interpreter, in ``cwd``."""
@@ -38,3 +45,14 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+def error_document(stdout: str, line: str, exit_code: int) -> dict:
+    """The one JSON document that ``--json`` prints on stdout for an error: the same message as
+    the stderr ``line`` and the exit status."""
+    import json
+
+    assert stdout.endswith("\n") and stdout.count("\n") == 1, stdout
+    document = json.loads(stdout)
+    assert document == {"error": line.removeprefix("error: "), "exit_code": exit_code}, document
+    return document

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from mercli import __version__, config
-from mer_process import mer_environment, one_error_line, run_mer
+from mer_process import error_document, mer_environment, one_error_line, run_mer
 
 #: Packages that only the stages needing them may import: never `mer --help` or `mer plugins`.
 HEAVY = ("torch", "transformers", "mediapipe", "cv2", "av", "whisper", "faster_whisper", "ctranslate2",
@@ -124,8 +124,12 @@ def test_without_mer_toml_the_current_folder_is_the_workspace(tmp_path):
 def test_configuration_errors_exit_2_with_one_line(tmp_path, args, fragment):
     result = run_mer(*args, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stdout == ""
-    assert fragment in one_error_line(result)
+    line = one_error_line(result)
+    assert fragment in line
+    if "--json" in args:
+        error_document(result.stdout, line, 2)
+    else:
+        assert result.stdout == ""
 
 
 def test_a_broken_mer_toml_is_named_with_its_line(tmp_path):

@@ -87,6 +87,18 @@ class SwallowsCtrlC(Encoder):
         return Features(np.zeros(1, dtype=np.float32))
 
 
+class NotANumber(Encoder):
+    """An encoder whose output the feature store refuses (NaN)."""
+
+    name = "test-nan"
+    modality = "audio"
+    level = "utterance"
+    dim = 1
+
+    def encode(self, clip: DecodedClip) -> Features:
+        return Features(np.array([np.nan], dtype=np.float32))
+
+
 class FixedWords(Transcriber):
     name = "test-asr"
     heard: list[str] = []
@@ -99,7 +111,7 @@ class FixedWords(Transcriber):
 class TestPlugin:
     @hookimpl
     def register_encoders(self, register):
-        for encoder in (MeanColour, Loudness, WordCount, SwallowsCtrlC):
+        for encoder in (MeanColour, Loudness, WordCount, SwallowsCtrlC, NotANumber):
             register(encoder)
 
     @hookimpl
@@ -190,6 +202,20 @@ def test_first_run_stores_results_absences_and_failures(test_encoders, clips_dir
     assert sets["test-words"].status("c_mute") == "absent"
     failures = sorted(p.stem for p in (workspace.features / "_failures").glob("*.json"))
     assert failures == ["b_boom", "e_empty", "f_text"]
+
+
+def test_output_the_store_refuses_fails_only_its_encoder(test_encoders, clips_dir, tmp_path):
+    workspace = Workspace(tmp_path / "ws")
+    summary = run_extract(workspace, clips_dir, **{"extract.encoders": ["test-nan", "test-colour", "test-loudness"]})
+
+    sets = {s.manifest.encoder: s for s in list_feature_sets(workspace.features)}
+    assert sets["test-colour"].status("a_talk") == "done" and sets["test-loudness"].status("a_talk") == "done"
+    assert sets["test-nan"].status("a_talk") is None
+    failed = {f["clip"]: f["reason"] for f in summary.failed}
+    assert "a_talk" in failed and "encoder test-nan:" in failed["a_talk"] and "NaN" in failed["a_talk"]
+    assert "test-loudness" not in failed["a_talk"]
+    record = json.loads((workspace.features / "_failures" / "a_talk.json").read_text())
+    assert "encoder test-nan:" in record["reason"]
 
 
 def test_rerun_redoes_only_what_is_missing(test_encoders, clips_dir, tmp_path):

@@ -17,7 +17,7 @@ from mercli import plugins
 from mercli.contracts import Dataset, Encoder, Loss
 from mercli.errors import PluginError
 from mercli.hookspecs import hookimpl
-from mer_process import mer_environment, one_error_line, run_mer
+from mer_process import error_document, mer_environment, one_error_line, run_mer, with_site
 
 BUILTIN_DATASET_PLUGINS = {"dataset-mer2024", "dataset-folders", "dataset-crema-d", "dataset-ravdess", "dataset-emodb"}
 
@@ -130,10 +130,13 @@ def test_broken_plugin_gives_one_error_line_and_status_2(tmp_path, case, as_json
     for package, plugin, source in distributions:
         fake_distribution(site, package, plugin, source)
     result = run_mer("plugins", *(["--json"] if as_json else []), cwd=tmp_path,
-                     env=mer_environment(PYTHONPATH=str(site)))
+                     env=with_site(site))
     assert result.returncode == 2, result.stderr
-    assert result.stdout == ""
     line = one_error_line(result)
+    if as_json:
+        error_document(result.stdout, line, 2)
+    else:
+        assert result.stdout == ""
     for fragment in expected:
         assert fragment in line
 
@@ -155,7 +158,7 @@ def test_a_broken_plugin_also_stops_help_with_one_line(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     fake_distribution(site, "broken-pkg", "broken", "import no_such_module_here")
-    result = run_mer("--help", cwd=tmp_path, env=mer_environment(PYTHONPATH=str(site)))
+    result = run_mer("--help", cwd=tmp_path, env=with_site(site))
     assert result.returncode == 2
     assert "plug-in 'broken' (broken-pkg) failed to load: ModuleNotFoundError" in one_error_line(result)
 
@@ -174,7 +177,7 @@ def test_a_plugin_can_add_a_command(tmp_path):
                 "Say hello."
                 click.echo("hello from a plug-in")
     """)
-    environment = mer_environment(PYTHONPATH=str(site))
+    environment = with_site(site)
     assert "hello" in run_mer("--help", cwd=tmp_path, env=environment).stdout
     result = run_mer("hello", cwd=tmp_path, env=environment)
     assert (result.returncode, result.stdout) == (0, "hello from a plug-in\n")

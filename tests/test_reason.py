@@ -84,12 +84,12 @@ def clips_dir(tmp_path: Path) -> Path:
 
 def make_run(tmp_path: Path, reasoner: Reasoner, *, label_conditioned: bool = False, limit: float | None = None,
              labelled: dict[str, LabelledClip] | None = None, concurrency: int = 2, retries: int = 3,
-             rpm: float = 0) -> ReasonRun:
+             rpm: float = 0, max_backoff: float = 0.05) -> ReasonRun:
     workspace = Workspace(tmp_path / "ws")
     source = TraceSource(reasoner.name, reasoner.model, prompts.PROMPT_VERSION, label_conditioned)
     store = TraceStore.open(workspace.reasoning, source)
     return ReasonRun(reasoner, store, ClipInputs(workspace, labelled or {}), CLASSES,
-                     Pacing(concurrency, rpm, retries, 0.01, 0.05), Price(0.30, 2.50), Budget(limit),
+                     Pacing(concurrency, rpm, retries, 0.01, max_backoff), Price(0.30, 2.50), Budget(limit),
                      label_conditioned)
 
 
@@ -128,12 +128,29 @@ def test_a_changed_clip_is_asked_again(tmp_path, clips_dir):
 
 def test_transient_errors_are_retried_and_the_servers_hint_is_honoured(tmp_path, clips_dir):
     reasoner = Scripted({"c0": [RetryableError("429 rate limited", retry_after=0.3), RetryableError("503"), answer()]})
-    run = make_run(tmp_path, reasoner)
+    run = make_run(tmp_path, reasoner, max_backoff=1.0)
+    notices: list[str] = []
+    run.say = notices.append
     started = time.monotonic()
     run_all(run, clips_dir)
     assert "c0" in run.summary.done and not run.summary.failed
     assert run.summary.calls == 8
     assert time.monotonic() - started >= 0.3
+    assert len(notices) == 2
+    assert notices[0] == "scripted: c0: 429 rate limited; waiting 0.3 s before retry 1 of 3"
+    assert notices[1].startswith("scripted: c0: 503; waiting ") and notices[1].endswith(" s before retry 2 of 3")
+
+
+def test_a_servers_hint_past_max_backoff_is_capped_and_said(tmp_path, clips_dir):
+    reasoner = Scripted({"c0": [RetryableError("429 rate limited", retry_after=3600), answer()]})
+    run = make_run(tmp_path, reasoner, max_backoff=0.2)
+    notices: list[str] = []
+    run.say = notices.append
+    started = time.monotonic()
+    run_all(run, clips_dir)
+    assert "c0" in run.summary.done and time.monotonic() - started < 30
+    assert notices == ["scripted: c0: 429 rate limited; waiting 0.2 s before retry 1 of 3 (the server asked for "
+                       "3600 s; reason.max_backoff caps the wait at 0.2 s)"]
 
 
 def test_a_clip_that_keeps_failing_is_recorded_and_retried_only_on_request(tmp_path, clips_dir):
@@ -284,7 +301,8 @@ def test_backoff_grows_exponentially_with_jitter_and_honours_the_hint():
     assert all(0 <= d <= c for d, c in zip(draws, ceilings))
     assert max(draws[800:]) > 4  # reaches the cap's range
     assert len({round(d, 6) for d in draws[:200]}) > 150  # jittered
-    assert backoff_delay(1, 1.0, 8.0, hint=30.0, rng=rng) == 30.0
+    assert backoff_delay(1, 1.0, 8.0, hint=5.0, rng=rng) == 5.0
+    assert backoff_delay(1, 1.0, 8.0, hint=30.0, rng=rng) == 8.0  # the cap holds whatever the server asks
 
 
 class ReadsFeatures(Scripted):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,22 @@ def test_rate_limits_server_errors_and_timeouts_are_retried_until_an_answer(extr
     assert outcome.exit_code == 0, outcome.output
     summary = summary_of(outcome)
     assert summary["done"] == 4 and summary["failed"] == [] and summary["calls"] == 7
+
+
+def test_a_retry_after_of_an_hour_is_capped_by_max_backoff_and_said(extracted, workspace, gemini):
+    clips, _ = extracted
+    gemini.script(rate_limited(retry_delay=None, retry_after="3600"))
+    args = ["-s", "reason.max_backoff=0.5", "reason", str(clips), "--model", "gemini", "--concurrency", "1",
+            "--json", "--no-embed"]
+    started = time.monotonic()
+    outcome = mer(workspace, *args)
+    assert outcome.exit_code == 0, outcome.output
+    assert time.monotonic() - started < 60
+    assert summary_of(outcome)["done"] == 4 and gemini.calls["generate"] == 5
+    (notice,) = [line for line in outcome.stderr.splitlines() if "waiting" in line]
+    assert notice.startswith("gemini: ") and "rate limited (429 RESOURCE_EXHAUSTED)" in notice
+    assert notice.endswith("waiting 0.5 s before retry 1 of 5 (the server asked for 3600 s; reason.max_backoff "
+                           "caps the wait at 0.5 s)")
 
 
 def test_a_dry_run_estimates_and_calls_nothing(extracted, workspace, gemini):

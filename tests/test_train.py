@@ -19,6 +19,7 @@ from mercli.errors import ConfigError, DataError
 from mercli.features import FeatureSet, Manifest
 from mercli.model import FusionNetwork, ModelSettings
 from mercli.splits import plan_splits
+from mer_process import error_document
 from mercli.runs import load_model
 from mercli.train import predict_logits, train, train_fold
 from mercli.trainset import InputSpec, build_table, collate, feature_statistics
@@ -310,7 +311,8 @@ def test_mer_train_bad_input_exits_2_with_one_line(workspace):
                                        "train", "--labels", str(labels), "--json"])
     assert outcome.exit_code == 2
     assert "labels outside the classes" in outcome.stderr and "happy (24)" in outcome.stderr
-    assert outcome.stdout == "" and len(outcome.stderr.strip().splitlines()) == 1
+    assert len(outcome.stderr.strip().splitlines()) == 1
+    error_document(outcome.stdout, outcome.stderr.strip(), 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (mixed precision runs on CUDA only)")

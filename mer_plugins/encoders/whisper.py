@@ -19,7 +19,7 @@ model, where the other Whisper components of this run find it.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -42,26 +42,52 @@ MODEL_OPTIONS = (
 )
 
 
+T = TypeVar("T")
+
+
 class UsesWhisper:
     """What the Whisper components share: the model their options name, its identity and checks,
     and the clip's encoder output, computed by whichever of them sees the clip first."""
 
+    name: str
     settings: dict[str, Any]
+    table: str  # where the component's settings live: "encoder" or "transcriber" (error messages name the key)
+
+    def _named(self, read: Callable[[], T]) -> T:
+        """``read()``, a model file it cannot use reported under the setting that names the file."""
+        option = "model_path" if self.settings["model_path"] else "model"
+        try:
+            return read()
+        except ConfigError as error:
+            raise ConfigError(f"{self.table}.{self.name}.{option}: {error}") from None
 
     @functools.cached_property
     def model_source(self) -> ModelSource:
-        return whisper_models.resolve(self.settings["model"], self.settings["model_path"])
+        return self._named(lambda: whisper_models.resolve(self.settings["model"], self.settings["model_path"]))
+
+    @functools.cached_property
+    def width(self) -> int:
+        """The width of the encoder states, from the weights' metadata: reading it also proves,
+        before any clip, that the weights are a Whisper model mer can load."""
+        source = self.model_source
+        return self._named(lambda: whisper_models.encoder_width(source))
 
     def model(self) -> whisper_models.WhisperModel:
         return whisper_models.load(self.model_source, self.settings["device"], self.settings["compute_type"])
 
+    def readable_source(self) -> ModelSource:
+        """The weights, once their metadata has been read (:attr:`width`): a file that is no
+        Whisper model is then one configuration error before any clip, not every clip's failure."""
+        self.width  # reading it is the check
+        return self.model_source
+
     def weights_identity(self) -> str:
-        source = self.model_source
+        source = self.readable_source()
         return f"whisper-{source.kind}:{sha256_of(source.files())}"
 
     def checks(self) -> list[Check]:
         try:
-            source = self.model_source
+            source = self.readable_source()
         except ConfigError as error:
             return [Check("model", False, str(error))]
         return [Check("model", True, f"{source.kind} weights at {source.path}")]
@@ -79,12 +105,13 @@ class WhisperEncoder(UsesWhisper, Encoder):
     version = "1"
     description = "Whisper encoder states, mean over the frames of the actual audio (tiny.en: 384-d)."
     options = MODEL_OPTIONS
+    table = "encoder"
     modality = "audio"
     level = "utterance"
 
-    @functools.cached_property
+    @property
     def dim(self) -> int:  # type: ignore[override]
-        return whisper_models.encoder_width(self.model_source)
+        return self.width
 
     def encode(self, clip: DecodedClip) -> Features:
         audio = clip_audio(clip, self.name, SAMPLE_RATE)
@@ -121,6 +148,7 @@ class WhisperFramesEncoder(WhisperEncoder):
 
 class WhisperTranscriber(UsesWhisper, Transcriber):
     name = "whisper"
+    table = "transcriber"
     version = "1"
     description = "Whisper speech recognition (tiny.en by default: English only; Mandarin needs a multilingual model_path)."
     options = MODEL_OPTIONS + (

@@ -1,0 +1,351 @@
+"""The project's hostile-input suite: what a hostile world does to real ``mer`` processes, stage by
+stage, and what the user must see — one ``error: <path or key>: <problem>`` line, never a
+traceback, the exit status of the contract, and nothing already finished lost.
+
+Exit statuses of a workspace that cannot be written (read-only, full, under a regular file): 2 when
+the command stopped before processing any clip (it could not even set up), 1 when it stopped in the
+middle (the clips finished before are kept, and the same command run again resumes).
+
+Real clips come from ../shared/data; the eGeMAPS encoder and the local reasoner keep each run to
+seconds, offline. Mounts (a full or read-only filesystem) need root; where a mount cannot be made
+the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from fake_gemini import FakeGemini, stalled
+from mer_process import error_document, mer_environment, run_mer, with_site
+from test_plugins import fake_distribution
+
+WORKERS = {"one worker": ("--workers", "1"), "two workers": ("--workers", "2"), "default workers": ()}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def the_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one ``error:`` line of a failed command (a progress bar may precede it on stderr)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict:
+    assert result.stdout.count("\n") == 1, (result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def crema_clips(shared_data: Path, folder: Path, names: list[str]) -> Path:
+    """Copy the CREMA-D clips ``names`` (videos with speech) into ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for name in names:
+        shutil.copy(shared_data / "crema-d" / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def names(shared_data: Path) -> list[str]:
+    """Three CREMA-D videos, sorted: the order in which one worker takes them."""
+    return [p.name for p in sorted((shared_data / "crema-d").glob("*.flv"))[:3]]
+
+
+def extract(workspace: Path, clips: Path, *options: str, env: dict[str, str] | None = None):
+    return run_mer("-w", str(workspace), "extract", str(clips), "--encoders", "egemaps", "--json", *options,
+                   cwd=clips.parent, env=env)
+
+
+def reason(workspace: Path, clips: Path, *options: str):
+    return run_mer("-w", str(workspace), "reason", str(clips), "--model", "local", "--no-embed", "--json", *options,
+                   cwd=clips.parent)
+
+
+def stored(workspace: Path) -> set[str]:
+    """The clips whose eGeMAPS features are stored (the values file is what makes a clip done)."""
+    return {p.stem for p in (workspace / "features").glob("egemaps-*/*.npy")}
+
+
+def traced(workspace: Path) -> set[str]:
+    return {p.name.removesuffix(".trace.json") for p in (workspace / "reasoning").rglob("*.trace.json")}
+
+
+@contextmanager
+def mounted(target: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted on ``target`` with ``options``; the test is skipped where it cannot be."""
+    target.mkdir(parents=True, exist_ok=True)
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {made.stderr.strip() or 'mount failed'} (needs root)")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+@contextmanager
+def read_only_view(folder: Path, target: Path) -> Iterator[Path]:
+    """``folder`` seen read-only at ``target`` (a read-only bind mount)."""
+    target.mkdir()
+    made = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {made.stderr.strip() or 'mount failed'} (needs root)")
+    try:
+        remounted = subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], capture_output=True, text=True)
+        if remounted.returncode != 0:
+            pytest.skip(f"cannot make a bind mount read-only here: {remounted.stderr.strip()}")
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=True)
+
+
+def fill(folder: Path) -> list[Path]:
+    """Fill the filesystem holding ``folder`` with 4 KiB files until nothing more fits."""
+    fillers = []
+    while True:
+        path = folder / f".filler-{len(fillers)}"
+        try:
+            with open(path, "wb") as handle:
+                handle.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC, error
+            path.unlink(missing_ok=True)
+            return fillers
+        fillers.append(path)
+
+
+def free(fillers: list[Path]) -> None:
+    for path in fillers:
+        path.unlink()
+
+
+# --- the workspace, whatever the stage ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+@pytest.mark.parametrize("stage", ["extract", "reason", "init"])
+def test_a_workspace_under_a_regular_file_is_one_line_and_exit_2(tmp_path, shared_data, names, stage, as_json):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    (tmp_path / "file").write_text("a file, not a folder\n")
+    workspace = tmp_path / "file" / "ws"
+    arguments = {"extract": ["extract", str(clips), "--encoders", "egemaps"],
+                 "reason": ["reason", str(clips), "--model", "local"], "init": ["init"]}[stage]
+    result = run_mer("-w", str(workspace), *arguments, *(["--json"] if as_json else []), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = the_error(result)
+    assert line.startswith(f"error: {workspace}/") and line.endswith(": Not a directory"), line
+    if as_json:
+        error_document(result.stdout, line, 2)
+    else:
+        assert result.stdout == ""
+
+
+def test_init_into_a_read_only_filesystem_is_one_line_and_exit_2(tmp_path):
+    with mounted(tmp_path / "ro", "ro,size=64k") as workspace:
+        result = run_mer("-w", str(workspace), "init", cwd=tmp_path)
+    assert result.returncode == 2
+    assert the_error(result) == f"error: {workspace / 'mer.toml'}: Read-only file system"
+
+
+# --- extract ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", WORKERS.values(), ids=list(WORKERS))
+def test_extract_into_a_read_only_workspace_stops_with_one_line_and_keeps_what_was_done(
+        tmp_path, shared_data, names, workers):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    workspace = tmp_path / "ws"
+    assert extract(workspace, clips, *workers).returncode == 0
+    with read_only_view(workspace, tmp_path / "ro") as view:
+        everything_done = extract(view, clips, *workers)
+        assert everything_done.returncode == 0, everything_done.stderr  # reading a read-only workspace is fine
+        crema_clips(shared_data, clips, names[1:])
+        result = extract(view, clips, *workers)
+    assert result.returncode == 1, result.stderr
+    line = the_error(result)
+    assert line.startswith(f"error: {view}/features/egemaps-") and line.endswith(": Read-only file system"), line
+    error_document(result.stdout, line, 1)
+    assert stored(workspace) == {Path(names[0]).stem}
+
+
+@pytest.mark.parametrize("new_clip", ["good", "broken"])
+@pytest.mark.parametrize("workers", WORKERS.values(), ids=list(WORKERS))
+def test_extract_onto_a_full_disk_stops_with_one_line_keeps_what_was_done_and_resumes(
+        tmp_path, shared_data, names, workers, new_clip):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    with mounted(tmp_path / "disk", "size=1m") as disk:
+        workspace = disk / "ws"
+        assert extract(workspace, clips, *workers).returncode == 0
+        if new_clip == "good":
+            crema_clips(shared_data, clips, names[1:])
+            expected = "/features/egemaps-"
+        else:  # a clip that fails while the disk is full: its failure cannot be recorded either
+            (clips / "0_broken.flv").write_text("not a video\n")
+            expected = "/features/_failures"
+        fillers = fill(disk)
+        result = extract(workspace, clips, *workers)
+        assert result.returncode == 1, result.stderr
+        line = the_error(result)
+        assert line.startswith(f"error: {workspace}{expected}"), line
+        assert line.endswith(": No space left on device"), line
+        assert stored(workspace) == {Path(names[0]).stem}
+
+        free(fillers)
+        resumed = extract(workspace, clips, *workers)
+    assert summary(resumed)["skipped"] == 1
+    assert resumed.returncode == (0 if new_clip == "good" else 1), resumed.stderr
+
+
+BAD_MODEL_FILES = {
+    "missing": lambda folder: folder / "nowhere" / "model.pt",
+    "not a checkpoint": lambda folder: write(folder / "notes.pt", "not a checkpoint\n"),
+}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("bad", BAD_MODEL_FILES, ids=list(BAD_MODEL_FILES))
+def test_a_bad_transcriber_model_path_is_one_configuration_error_before_any_clip(tmp_path, shared_data, names, bad):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:2])
+    model = BAD_MODEL_FILES[bad](tmp_path)
+    workspace = tmp_path / "ws"
+    result = run_mer("-w", str(workspace), "-s", f"transcriber.whisper.model_path={model}", "extract", str(clips),
+                     "--encoders", "egemaps,text-embedding", "--workers", "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert the_error(result).startswith(f"error: transcriber.whisper.model_path: {model}: ")
+    assert not (workspace / "features" / "_failures").exists() and stored(workspace) == set()
+
+    doctor = run_mer("-s", f"transcriber.whisper.model_path={model}", "doctor", "--json", cwd=tmp_path)
+    (check,) = [c for c in summary(doctor)["checks"] if c["name"] == "transcriber whisper: model"]
+    assert not check["ok"] and check["detail"].startswith(f"transcriber.whisper.model_path: {model}: ")
+
+
+NAN_ENCODER = """
+import numpy as np
+from mercli.contracts import Encoder, Features
+from mercli.hookspecs import hookimpl
+
+class NotANumber(Encoder):
+    name = "test-nan"
+    modality = "audio"
+    level = "utterance"
+    dim = 1
+
+    def encode(self, clip):
+        return Features(np.array([np.nan], dtype=np.float32))
+
+@hookimpl
+def register_encoders(register):
+    register(NotANumber)
+"""
+
+
+@pytest.mark.parametrize("workers", WORKERS.values(), ids=list(WORKERS))
+def test_an_encoder_returning_nan_fails_alone(tmp_path, shared_data, names, workers):
+    site = tmp_path / "site"
+    site.mkdir()
+    fake_distribution(site, "nan-pkg", "nan", NAN_ENCODER)
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:2])
+    workspace = tmp_path / "ws"
+    result = run_mer("-w", str(workspace), "extract", str(clips), "--encoders", "test-nan,egemaps", "--json",
+                     *workers, cwd=tmp_path, env=with_site(site))
+    assert result.returncode == 1, result.stderr
+    failed = summary(result)["failed"]
+    assert sorted(f["clip"] for f in failed) == sorted(Path(n).stem for n in names[:2])
+    assert all(f["reason"].startswith("encoder test-nan: ") and "NaN" in f["reason"] for f in failed)
+    assert stored(workspace) == {Path(n).stem for n in names[:2]}
+
+
+# --- reason -------------------------------------------------------------------------------------
+
+
+def test_reason_onto_a_full_disk_stops_with_one_line_keeps_its_traces_and_resumes(tmp_path, shared_data, names):
+    first = crema_clips(shared_data, tmp_path / "first", names[:1])
+    clips = crema_clips(shared_data, tmp_path / "clips", names)
+    with mounted(tmp_path / "disk", "size=1m") as disk:
+        workspace = disk / "ws"
+        assert extract(workspace, clips).returncode == 0
+        assert reason(workspace, first).returncode == 0
+        fillers = fill(disk)
+        result = reason(workspace, clips)
+        assert result.returncode == 1, result.stderr
+        line = the_error(result)
+        assert line.startswith(f"error: {workspace}/reasoning/local/") and line.endswith(": No space left on device")
+        error_document(result.stdout, line, 1)
+        assert traced(workspace) == {Path(names[0]).stem}
+
+        free(fillers)
+        resumed = reason(workspace, clips)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary(resumed)["cached"] == 1 and summary(resumed)["done"] == 2
+
+
+def test_reason_into_a_read_only_workspace_is_one_line_and_exit_2(tmp_path, shared_data, names):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    workspace = tmp_path / "ws"
+    assert extract(workspace, clips).returncode == 0
+    with read_only_view(workspace, tmp_path / "ro") as view:
+        result = reason(view, clips)
+    assert result.returncode == 2, result.stderr
+    line = the_error(result)
+    assert line == f"error: {view}/reasoning: Read-only file system", line
+    error_document(result.stdout, line, 2)
+
+
+# --- --json: exactly one JSON document on stdout, whatever the outcome ---------------------------
+
+
+JSON_ERRORS = {
+    "extract: no such folder": (["extract", "{tmp}/nowhere", "--encoders", "egemaps"], "nowhere"),
+    "train: no such labels file": (["train", "--labels", "{tmp}/nowhere.csv"], "nowhere.csv"),
+    "eval: no run": (["eval"], "runs"),
+    "predict: no run": (["predict", "{tmp}/clip.mp4"], "runs"),
+    "reason: no such reasoner": (["reason", "{tmp}", "--model", "nosuch"], "nosuch"),
+    "a usage error": (["extract", "{tmp}", "--workers", "many"], "'many' is not a valid integer"),
+}
+
+
+@pytest.mark.parametrize("case", JSON_ERRORS, ids=list(JSON_ERRORS))
+def test_every_error_with_json_prints_one_json_document(tmp_path, case):
+    arguments, fragment = JSON_ERRORS[case]
+    result = run_mer("-w", str(tmp_path / "ws"), *(a.format(tmp=tmp_path) for a in arguments), "--json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.count("\n") == 1, result.stdout
+    document = json.loads(result.stdout)
+    assert set(document) == {"error", "exit_code"} and document["exit_code"] == 2
+    assert fragment in document["error"], document
+
+
+def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    with FakeGemini() as server:
+        server.script(stalled(2))
+        environment = mer_environment(GOOGLE_GEMINI_BASE_URL=server.base_url, GEMINI_API_KEY="fake-key-0123456789",
+                                      GOOGLE_API_KEY=None)
+        process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "reason", str(clips),
+                                    "--model", "gemini", "--json"], cwd=tmp_path, env=environment,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not server.generate_requests() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "error: interrupted" in stderr
+    assert json.loads(stdout) == {"error": "interrupted", "exit_code": 130}
