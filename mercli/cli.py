@@ -12,7 +12,7 @@ import click
 
 from mercli import __version__, config as configuration
 from mercli.console import emit_json, error, stderr
-from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_USAGE, MerError, unwritable_message, writing
+from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError, unwritable_message, writing
 from mercli.workspace import Workspace
 
 
@@ -65,8 +65,11 @@ class MerGroup(click.Group):
         except OSError as problem:
             fail(unwritable_message(None, problem), EXIT_USAGE, ctx.meta.get(JSON_REQUESTED, False))
         except KeyboardInterrupt:
-            fail("interrupted; what was finished is kept, and running the same command again resumes",
-                 EXIT_INTERRUPTED, ctx.meta.get(JSON_REQUESTED, False), short="interrupted")
+            from mercli.signals import terminated
+
+            what, status = ("terminated", EXIT_TERMINATED) if terminated() else ("interrupted", EXIT_INTERRUPTED)
+            fail(f"{what}; what was finished is kept, and running the same command again resumes",
+                 status, ctx.meta.get(JSON_REQUESTED, False), short=what)
 
 
 def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -348,6 +351,9 @@ def config_show(app: App, as_json: bool) -> None:
 def main() -> None:
     """Console-script entry point: adds plug-in commands, then runs the group."""
     from mercli import plugins
+    from mercli.signals import stop_on_sigterm_as_on_ctrl_c
+
+    stop_on_sigterm_as_on_ctrl_c()
 
     try:
         plugins.register_commands(cli)

@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # ... and for one stopped by SIGTERM (kill, timeout, a batch scheduler's time limit)
 
 
 class MerError(Exception):

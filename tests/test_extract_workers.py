@@ -103,10 +103,10 @@ def wait_until(condition, process: subprocess.Popen[str], seconds: float = 90) -
 
 
 def assert_stopped_cleanly(process: subprocess.Popen[str], workspace: Path,
-                           exit_statuses: tuple[int, ...] = (130,)) -> None:
+                           exit_statuses: tuple[int, ...] = (130,), said: str = "interrupted") -> None:
     _, stderr = process.communicate(timeout=60)
     assert process.returncode in exit_statuses, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert said in stderr and "Traceback" not in stderr, stderr
     assert not [p for p in workspace.rglob("*") if p.name.endswith(".part")]
     assert_nothing_left_running(process)
 
@@ -154,6 +154,22 @@ def test_kill_int_to_the_main_process_alone_stops_its_workers(tones, tmp_path):
     wait_until(lambda: stored(workspace) > 0, process)
     process.send_signal(signal.SIGINT)
     assert_stopped_cleanly(process, workspace)
+    assert_resumes(workspace, tones)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("to_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_stops_like_ctrl_c(tones, tmp_path, workers, to_group):
+    """kill, timeout and a batch scheduler's time limit send SIGTERM, to the main process or to the
+    whole job: the workers stop with it (they were left running), exit status 143, and it resumes."""
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, workers))
+    wait_until(lambda: stored(workspace) > 0, process)
+    if to_group:
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
+    assert_stopped_cleanly(process, workspace, exit_statuses=(143,), said="error: terminated")
     assert_resumes(workspace, tones)
 
 
