@@ -4,7 +4,9 @@ Precedence is command line > environment > ``mer.toml`` > defaults, and every re
 remembers where it came from (``mer config show``). The core's settings are declared in
 ``CORE_SECTIONS``; a plug-in's settings live in a table named after its stage and name
 (``[encoder.whisper]``, ``[loss.bdcl]``) and are declared by the plug-in's ``options``. An unknown
-key or a value of the wrong type is a :class:`ConfigError` naming the key, the file and the line.
+key, a value of the wrong type or one outside the option's declared range or choices is a
+:class:`ConfigError` naming the key, the file and the line (or the variable, or the command-line
+setting), raised as the configuration loads, before any stage starts work.
 """
 
 from __future__ import annotations

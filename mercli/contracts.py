@@ -121,7 +121,7 @@ class Option:
         return self._item_problem(value)
 
     def allowed(self) -> str:
-        """The values this option admits, in words (``a number in (0, 120]``, ``one of a, b``)."""
+        """The values this option admits, in words (``a finite number in (0, 120]``, ``one of a, b``)."""
         if self.choices is not None:
             return f"one of {', '.join(map(str, self.choices))}"
         finite = self.kind is float and not (self.range is not None and self.range.infinite)
