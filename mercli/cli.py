@@ -167,9 +167,9 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
     if model_spec:
         reasoner, model = parse_model(model_spec)
         app.override({"reason.reasoner": reasoner, f"reasoner.{reasoner}.model": model})
-    app.override({"reason.concurrency": concurrency, "reason.requests_per_minute": rpm})
+    app.override({"reason.concurrency": concurrency, "reason.requests_per_minute": rpm, "reason.max_cost": max_cost})
     summary = reason_folder(app.config, app.workspace, clips_dir, labels=labels, label_conditioned=label_conditioned,
-                            retry_failed=retry_failed, dry_run=dry_run, max_cost=max_cost, embed=not no_embed)
+                            retry_failed=retry_failed, dry_run=dry_run, embed=not no_embed)
     if as_json:
         emit_json(summary.to_json())
     else:

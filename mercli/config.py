@@ -4,7 +4,9 @@ Precedence is command line > environment > ``mer.toml`` > defaults, and every re
 remembers where it came from (``mer config show``). The core's settings are declared in
 ``CORE_SECTIONS``; a plug-in's settings live in a table named after its stage and name
 (``[encoder.whisper]``, ``[loss.bdcl]``) and are declared by the plug-in's ``options``. An unknown
-key or a value of the wrong type is a :class:`ConfigError` naming the key, the file and the line.
+key, a value of the wrong type or one outside the option's declared range or choices is a
+:class:`ConfigError` naming the key, the file and the line (or the variable, or the command-line
+setting), raised as the configuration loads, before any stage starts work.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mercli.contracts import Option
+from mercli.contracts import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Option, Range
 from mercli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -62,41 +64,48 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("dataset", str, "auto", "Labels reader: a dataset plug-in name, or auto to detect it."),
     ),
     "extract": (
-        Option("fps", float, 2.0, "Video frames sampled per second."),
-        Option("sample_rate", int, 16000, "Audio sample rate the encoders receive (Hz, mono)."),
+        Option("fps", float, 2.0, "Video frames sampled per second.", Range(0, 120, low_open=True)),
+        Option("sample_rate", int, 16000, "Audio sample rate the encoders receive (Hz, mono).", Range(8000, 192000)),
         Option("encoders", list, DEFAULT_ENCODERS, "Encoders to run (`mer plugins` lists them)."),
         Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
-        Option("workers", int, 0, "Worker processes; 0: one per usable CPU, fewer when memory or the clips left to do are fewer."),
+        Option("workers", int, 0, "Worker processes; 0: one per usable CPU, fewer when memory or the clips left to do are fewer.",
+               NON_NEGATIVE),
     ),
     "reason": (
         Option("reasoner", str, "local", "Reasoner plug-in (`mer plugins`); its settings go in [reasoner.NAME]."),
-        Option("concurrency", int, 4, "Calls in flight at once."),
-        Option("requests_per_minute", float, 60.0, "Most calls started per minute (0: no limit)."),
-        Option("max_retries", int, 5, "Retries of a call after a 429, a 5xx, a timeout or a refused connection."),
-        Option("backoff", float, 2.0, "Longest wait before the first retry, in seconds; doubles each retry."),
-        Option("max_backoff", float, 60.0, "Longest wait before any retry, even when the server asks for longer."),
-        Option("max_cost", float, 0.0, "Stop before the estimated spending would pass this many US dollars (0: no limit)."),
+        Option("concurrency", int, 4, "Calls in flight at once.", AT_LEAST_ONE),
+        Option("requests_per_minute", float, 60.0, "Most calls started per minute (0: no limit).", NON_NEGATIVE),
+        Option("max_retries", int, 5, "Retries of a call after a 429, a 5xx, a timeout or a refused connection.",
+               NON_NEGATIVE),
+        Option("backoff", float, 2.0, "Longest wait before the first retry, in seconds; doubles each retry.",
+               NON_NEGATIVE),
+        Option("max_backoff", float, 60.0, "Longest wait before any retry, even when the server asks for longer.",
+               NON_NEGATIVE),
+        Option("max_cost", float, 0.0, "Stop before the estimated spending would pass this many US dollars (0: no limit).",
+               NON_NEGATIVE),
         Option("prices", dict, DEFAULT_PRICES, "US dollars per million input and output tokens, by model."),
         Option("embed_with", str, "text-embedding", "Text encoder that turns traces into prior feature sets."),
     ),
     "train": (
         Option("loss", str, "bdcl", "Training loss (`mer plugins` lists them); its settings go in [loss.NAME]."),
         Option("features", list, [], "Feature sets to train on (folder names under features/); empty: all."),
-        Option("epochs", int, 60, "Most epochs per fold."),
-        Option("patience", int, 10, "Stop after this many epochs without a better validation WAF (0: never)."),
-        Option("batch_size", int, 32, "Clips per batch."),
-        Option("lr", float, 1e-3, "Peak learning rate (AdamW, cosine decay to zero)."),
-        Option("weight_decay", float, 0.01, "AdamW weight decay."),
-        Option("seed", int, 0, "Seed of every random choice: initialisation, batches, holdout, folds."),
+        Option("epochs", int, 60, "Most epochs per fold.", AT_LEAST_ONE),
+        Option("patience", int, 10, "Stop after this many epochs without a better validation WAF (0: never).",
+               NON_NEGATIVE),
+        Option("batch_size", int, 32, "Clips per batch.", AT_LEAST_ONE),
+        Option("lr", float, 1e-3, "Peak learning rate (AdamW, cosine decay to zero).", POSITIVE),
+        Option("weight_decay", float, 0.01, "AdamW weight decay.", NON_NEGATIVE),
+        Option("seed", int, 0, "Seed of every random choice: initialisation, batches, holdout, folds.",
+               Range(0, 2**32 - 1)),
         Option("deterministic", bool, False, "Deterministic kernels only (slower on GPU, identical reruns)."),
         Option("device", str, "auto", "auto (cuda, then mps, then cpu), or a torch device such as cuda:1."),
-        Option("val_fraction", float, 0.2, "Share of groups held out for validation with --group-column."),
-        Option("width", int, 128, "Width d of every token of the fusion network."),
-        Option("layers", int, 2, "Transformer layers of the fusion."),
-        Option("heads", int, 4, "Attention heads (must divide width)."),
-        Option("dropout", float, 0.1, "Dropout inside the network."),
-        Option("modality_dropout", float, 0.1, "Chance of dropping each feature set of a clip while training."),
-        Option("projection_dim", int, 64, "Width of the projection head used by contrastive losses."),
+        Option("val_fraction", float, 0.2, "Share of groups held out for validation with --group-column.", OPEN_UNIT),
+        Option("width", int, 128, "Width d of every token of the fusion network.", AT_LEAST_ONE),
+        Option("layers", int, 2, "Transformer layers of the fusion.", AT_LEAST_ONE),
+        Option("heads", int, 4, "Attention heads (must divide width).", AT_LEAST_ONE),
+        Option("dropout", float, 0.1, "Dropout inside the network.", FRACTION),
+        Option("modality_dropout", float, 0.1, "Chance of dropping each feature set of a clip while training.", FRACTION),
+        Option("projection_dim", int, 64, "Width of the projection head used by contrastive losses.", AT_LEAST_ONE),
         Option("priors", bool, True, "Inject prior feature sets (prior-*) into their modality."),
     ),
 }
@@ -117,38 +126,13 @@ class Setting:
     source: str
 
 
-def _type_name(kind: type) -> str:
-    return {list: "a list", dict: "a table", bool: "true or false", int: "an integer",
-            float: "a number", str: "a string"}.get(kind, kind.__name__)
-
-
-def _is_kind(value: Any, kind: type) -> bool:
-    """``isinstance`` where ``true`` is not a number and an integer is a valid float."""
-    if isinstance(value, bool):
-        return kind is bool
-    return isinstance(value, kind) or (kind is float and isinstance(value, int))
-
-
-def _item_kind(default: Any) -> type | None:
-    """The type every item of a list or table option must have: the one type its default's items share."""
-    items = default.values() if isinstance(default, dict) else default if isinstance(default, list) else ()
-    kinds = {type(item) for item in items}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
 def coerce(option: Option, value: Any, where: str) -> Any:
-    """Check ``value`` against ``option`` (items of lists and tables included, against the items of
-    the default) and return it in the option's type."""
-    if value is None and option.default is None:
-        return None
-    if not _is_kind(value, option.kind):
-        raise ConfigError(f"{where}: '{option.name}' must be {_type_name(option.kind)}, got {value!r}")
-    item_kind = _item_kind(option.default)
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    wrong = next((item for item in items if item_kind is not None and not _is_kind(item, item_kind)), None)
-    if wrong is not None:
-        raise ConfigError(f"{where}: every item of '{option.name}' must be {_type_name(item_kind)}, got {wrong!r}")
-    return float(value) if option.kind is float else value
+    """Check ``value`` against ``option`` (its type, the items of lists and tables, its range or
+    choices) and return it in the option's type; ``where`` says where the value was given."""
+    problem = option.problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return float(value) if option.kind is float and value is not None else value
 
 
 def parse_value(raw: str, kind: type | None = None) -> Any:
@@ -323,6 +307,12 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
+def _help_line(option: Option) -> str:
+    """An option's help, with the values it admits when it declares them."""
+    declared = option.range is not None or option.choices is not None
+    return f"{option.help} Allowed: {option.allowed()}." if declared else option.help
+
+
 def template() -> str:
     """A commented ``mer.toml`` listing every core setting at its default, ready to edit.
 
@@ -338,5 +328,5 @@ def template() -> str:
     for table, options in CORE_SECTIONS.items():
         lines += ["", f"[{table}]"]
         for option in options:
-            lines += [f"## {option.help}", f"# {option.name} = {toml_value(option.default)}"]
+            lines += [f"## {_help_line(option)}", f"# {option.name} = {toml_value(option.default)}"]
     return "\n".join(lines) + "\n"

@@ -8,9 +8,12 @@ stage needs it. Keep this module free of heavy imports: ``mer --help`` imports i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, NoReturn, Sequence
+
+from mercli.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,18 +24,120 @@ MODALITIES: tuple[Modality, ...] = ("audio", "visual", "text")
 Level = Literal["utterance", "frame"]
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a numeric option admits, for example ``Range(0, low_open=True)`` for "> 0".
+
+    Bounds are inclusive unless marked open. NaN is never admitted, nor are infinities unless
+    ``infinite`` says that one means something to the option.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    infinite: bool = False
+
+    def admits(self, value: float) -> bool:
+        if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not self.infinite)):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+#: Ranges that many options share.
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+FRACTION = Range(0, 1, high_open=True)  # [0, 1): a probability that must leave something
+OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)  # (0, 1)
+
+
+_TYPE_NAMES = {list: "a list", dict: "a table", bool: "true or false", int: "an integer", float: "a number",
+               str: "a string"}
+
+
+def _type_name(kind: type) -> str:
+    return _TYPE_NAMES.get(kind, kind.__name__)
+
+
+def _is_kind(value: Any, kind: type) -> bool:
+    """``isinstance`` where ``true`` is not a number and an integer is a valid float."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
+
+
+def _item_kind(default: Any) -> type | None:
+    """The type every item of a list or table option must have: the one type its default's items share."""
+    items = default.values() if isinstance(default, dict) else default if isinstance(default, list) else ()
+    kinds = {type(item) for item in items}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 @dataclass(frozen=True)
 class Option:
     """One configurable setting of the core or of a component.
 
     ``kind`` is the Python type the value must have once parsed (``int``, ``float``, ``str``,
-    ``bool`` or ``list``); ``None`` is accepted where the default is ``None``.
+    ``bool``, ``list`` or ``dict``); ``None`` is accepted where the default is ``None``. A numeric
+    option declares the ``range`` it admits (floats are always finite unless the range allows
+    infinities); an option with a closed set of values lists them in ``choices``. The core checks
+    every value against this declaration when the configuration loads, so that a value out of range
+    is a usage error before any work starts, and again when a component is built.
     """
 
     name: str
     kind: type
     default: Any
     help: str
+    range: Range | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not a valid value of this option (one line naming it), or ``None``."""
+        if value is None and self.default is None:
+            return None
+        if not _is_kind(value, self.kind):
+            return f"'{self.name}' must be {_type_name(self.kind)}, got {value!r}"
+        out_of_range = self.kind in (int, float) and not (self.range or Range()).admits(value)
+        if out_of_range or (self.choices is not None and value not in self.choices):
+            return f"'{self.name}' must be {self.allowed()}, got {value!r}"
+        return self._item_problem(value)
+
+    def allowed(self) -> str:
+        """The values this option admits, in words (``a finite number in (0, 120]``, ``one of a, b``)."""
+        if self.choices is not None:
+            return f"one of {', '.join(map(str, self.choices))}"
+        finite = self.kind is float and not (self.range is not None and self.range.infinite)
+        return f"{'a finite number' if finite else _type_name(self.kind)} {self.range or ''}".rstrip()
+
+    def _item_problem(self, value: Any) -> str | None:
+        """Items of a list or table must have the type of the default's items; a list of names
+        holds no empty name (``--encoders a,,b``)."""
+        item_kind = _item_kind(self.default)
+        items = list(value.values() if isinstance(value, dict) else value if isinstance(value, list) else ())
+        wrong = next((item for item in items if item_kind is not None and not _is_kind(item, item_kind)), None)
+        if wrong is not None:
+            return f"every item of '{self.name}' must be {_type_name(item_kind)}, got {wrong!r}"
+        if isinstance(value, list) and any(isinstance(item, str) and not item.strip() for item in items):
+            return f"'{self.name}' holds an empty name: {value!r}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -50,7 +155,8 @@ class Component:
 
     Subclasses set ``name`` (unique within their stage), ``version`` and ``description``, and
     declare their settings in ``options``; the core validates ``mer.toml`` against them and passes
-    the resolved values to ``__init__`` as keyword arguments.
+    the resolved values to ``__init__`` as keyword arguments, which checks them again (a component
+    built directly, in a test or a script, gets the same ranges).
     """
 
     name: ClassVar[str]
@@ -64,6 +170,14 @@ class Component:
         if unknown:
             raise TypeError(f"{self.name}: unknown option(s) {', '.join(unknown)}")
         self.settings: dict[str, Any] = {**known, **settings}
+        problem = next(filter(None, (option.problem(self.settings[option.name]) for option in self.options)), None)
+        if problem:
+            self.reject(problem)
+
+    def reject(self, problem: str) -> NoReturn:
+        """Refuse these settings: a usage error naming the component (for rules between settings
+        that their declared ranges cannot express)."""
+        raise ConfigError(f"{self.name}: {problem}")
 
     def checks(self) -> list[Check]:
         """What ``mer doctor`` should verify for this component (model files, API keys)."""

@@ -264,8 +264,6 @@ def stored_everywhere(job: ExtractJob, clips: list[Clip]) -> set[str]:
 def worker_count(requested: int, clips: int) -> int:
     """Processes for ``clips`` clips to do: ``requested``, or with 0 :func:`~mercli.resources.auto_workers`;
     never more than there are clips."""
-    if requested < 0:
-        raise ConfigError(f"workers must be 0 (one per CPU) or more, got {requested}")
     return min(requested or resources.auto_workers(clips), clips)
 
 

@@ -53,6 +53,7 @@ Rules that callers rely on (``mer extract`` reports them):
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,8 +126,10 @@ def decode(
     max_side: int = DEFAULT_MAX_SIDE,
 ) -> DecodedClip:
     """Decode ``path`` into sampled frames and a mono audio track (see the module notes)."""
-    if fps <= 0 or sample_rate <= 0 or max_side <= 0:
-        raise ValueError("fps, sample_rate and max_side must be positive")
+    # An infinite fps gives the frame sampler a step of 0, and its loop would never end.
+    if not (math.isfinite(fps) and fps > 0) or sample_rate <= 0 or max_side <= 0:
+        raise ValueError(f"fps, sample_rate and max_side must be finite and positive, got {fps!r}, {sample_rate!r}, "
+                         f"{max_side!r}")
     path = Path(path)
     with _opened(path) as container:
         video_stream = _video_stream(container)

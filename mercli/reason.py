@@ -85,12 +85,8 @@ class Pacing:
     @classmethod
     def from_config(cls, config: Config) -> "Pacing":
         table = config.table("reason")
-        pacing = cls(table["concurrency"], table["requests_per_minute"], table["max_retries"], table["backoff"],
-                     table["max_backoff"])
-        if pacing.concurrency < 1 or pacing.max_retries < 0 or pacing.requests_per_minute < 0:
-            raise ConfigError("[reason] concurrency must be at least 1, max_retries and requests_per_minute "
-                              "not negative")
-        return pacing
+        return cls(table["concurrency"], table["requests_per_minute"], table["max_retries"], table["backoff"],
+                   table["max_backoff"])
 
 
 @dataclass
@@ -329,7 +325,7 @@ def labelled_clips(config: Config, labels: Path | None, clips_dir: Path, needed:
 
 def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labels: Path | None = None,
                   label_conditioned: bool = False, retry_failed: bool = False, dry_run: bool = False,
-                  max_cost: float | None = None, embed: bool = True) -> ReasonSummary:
+                  embed: bool = True) -> ReasonSummary:
     """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
     feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
     from mercli.console import progress, stderr
@@ -345,9 +341,8 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     clips = found.clips
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
     price = price_for(reasoner, table["prices"])
-    limit = (max_cost if max_cost is not None else table["max_cost"]) or None  # 0: no limit
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
-                    Budget(limit), label_conditioned)
+                    Budget(table["max_cost"] or None), label_conditioned)  # 0: no limit
     tasks, cached, failed = run.plan(clips, retry_failed)
     run.summary.clips, run.summary.cached = len(clips) + len(found.refused), cached
     run.summary.failed = [entry.to_json() for entry in found.refused] + failed  # refused: counted as failed

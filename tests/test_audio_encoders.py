@@ -103,7 +103,7 @@ def test_mandarin_clip_gives_finite_features_of_the_expected_length(shared_data)
 
 
 def test_beam_size_below_one_is_refused():
-    with pytest.raises(ConfigError, match="beam_size must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match="^whisper: 'beam_size' must be an integer >= 1, got 0"):
         WhisperTranscriber(beam_size=0)
 
 

@@ -95,9 +95,12 @@ def assert_file_error(folder: Path, text: str, line: int, message: str) -> None:
         ("[data]\nclasses = [\"happy\", 3]\n", 2, "every item of 'classes' must be a string, got 3"),
         ("[data]\nlabel_map = { joy = 1 }\n", 2, "every item of 'label_map' must be a string, got 1"),
         ("\n\nfps = 3.0\n[extract]\n", 3, "'fps' must be a table"),
+        ("[extract]\nfps = inf\n", 2, "'fps' must be a finite number in (0, 120], got inf"),
+        ("[train]\nepochs = 0\n", 2, "'epochs' must be an integer >= 1, got 0"),
+        ("[loss.focal]\ngamma = -1\n", 2, "'gamma' must be a finite number >= 0, got -1"),
     ],
     ids=["unknown-table", "unknown-key", "wrong-type", "bool-for-int", "scalar-for-list", "list-item",
-         "table-item", "top-level-key"],
+         "table-item", "top-level-key", "out-of-range", "int-out-of-range", "plugin-out-of-range"],
 )
 def test_file_errors_name_file_line_and_key(tmp_path, text, line, message):
     assert_file_error(tmp_path, text, line, message)
@@ -124,6 +127,8 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path):
         ("MER_EXTRACT_WORKERS", "many", "'workers' must be an integer, got 'many'"),
         ("MER_EXTRACT_FPS", "[1, 2]", "'fps' must be a number"),
         ("MER_DATA_CLASSES", "happy", "'classes' must be a list"),
+        ("MER_EXTRACT_FPS", "nan", "'fps' must be a finite number in (0, 120], got nan"),
+        ("MER_EXTRACT_SAMPLE_RATE", "1", "'sample_rate' must be an integer in [8000, 192000], got 1"),
     ],
 )
 def test_bad_environment_values_name_the_variable(variable, raw, message):
@@ -140,6 +145,8 @@ def test_bad_environment_values_name_the_variable(variable, raw, message):
         ("extrct.fps", 3, "command line (extrct.fps): unknown table [extrct]"),
         ("fps", 3, "command line (fps): a setting is named TABLE.KEY"),
         ("extract.fps", "fast", "command line (extract.fps): 'fps' must be a number"),
+        ("extract.fps", -1.0, "command line (extract.fps): 'fps' must be a finite number in (0, 120], got -1.0"),
+        ("extract.encoders", ["", ""], "command line (extract.encoders): 'encoders' holds an empty name"),
     ],
 )
 def test_bad_command_line_settings(dotted, value, message):

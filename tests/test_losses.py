@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -328,14 +329,15 @@ def test_contrastive_losses_refuse_missing_embeddings():
 
 
 @pytest.mark.parametrize("name, settings, message", [
-    ("ce", {"label_smoothing": 1.0}, "label_smoothing must be a number in [0, 1), got 1.0"),
-    ("focal", {"gamma": -1.0}, "gamma must be a number >= 0"),
-    ("la-ce", {"tau": -0.5}, "tau must be a number >= 0"),
-    ("cb-ce", {"beta": 1.0}, "beta must be a number in [0, 1)"),
-    ("supcon", {"temperature": 0.0}, "temperature must be a number > 0, got 0.0"),
-    ("bcl", {"temperature": float("nan")}, "temperature must be a number > 0"),
-    ("bcl", {"lambda_inter": "high"}, "lambda_inter must be a number >= 0, got 'high'"),
-    ("bdcl", {"lambda_intra": -0.1}, "lambda_intra must be a number >= 0"),
+    ("ce", {"label_smoothing": 1.0}, "'label_smoothing' must be a finite number in [0, 1), got 1.0"),
+    ("focal", {"gamma": -1.0}, "'gamma' must be a finite number >= 0"),
+    ("la-ce", {"tau": -0.5}, "'tau' must be a finite number >= 0"),
+    ("cb-ce", {"beta": 1.0}, "'beta' must be a finite number in [0, 1)"),
+    ("supcon", {"temperature": 0.0}, "'temperature' must be a finite number > 0, got 0.0"),
+    ("bcl", {"temperature": float("nan")}, "'temperature' must be a finite number > 0"),
+    ("bcl", {"temperature": float("inf")}, "'temperature' must be a finite number > 0, got inf"),
+    ("bcl", {"lambda_inter": "high"}, "'lambda_inter' must be a number, got 'high'"),
+    ("bdcl", {"lambda_intra": -0.1}, "'lambda_intra' must be a finite number >= 0"),
     ("bdcl", {"prototypes": False}, "lambda_intra > 0 needs prototypes = true"),
 ])
 def test_bad_settings_are_refused_with_the_setting_named(name, settings, message):
@@ -360,12 +362,11 @@ def test_a_bad_embedding_width_is_refused(dim):
         ALL_LOSSES["bdcl"]().build(COUNTS, dim)
 
 
-def test_a_bad_value_in_mer_toml_fails_when_the_loss_is_built(tmp_path, fresh_plugins):
+def test_a_bad_value_in_mer_toml_fails_when_the_configuration_loads(tmp_path, fresh_plugins):
     path = tmp_path / "mer.toml"
     path.write_text("[loss.bdcl]\ntemperature = 0\n", encoding="utf-8")
-    resolved = configuration.load(path, environ={})
-    with pytest.raises(ConfigError, match=r"\[loss.bdcl\] temperature must be a number > 0"):
-        plugins.build("losses", "bdcl", resolved)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(path))}:2: 'temperature' must be a finite number > 0, got 0"):
+        configuration.load(path, environ={})
 
 
 # --- registration -----------------------------------------------------------------------------

@@ -403,7 +403,7 @@ def test_doctor_reports_the_key_without_printing_it(monkeypatch):
 @pytest.mark.parametrize("settings", [{"timeout": 0}, {"poll_interval": -1}, {"inline_limit_mb": -5},
                                       {"max_output_tokens": 0}])
 def test_invalid_options_are_configuration_errors(settings):
-    with pytest.raises(ConfigError, match=f"reasoner.gemini: {next(iter(settings))}"):
+    with pytest.raises(ConfigError, match=f"^gemini: '{next(iter(settings))}' must be "):
         GeminiReasoner(**settings)
 
 

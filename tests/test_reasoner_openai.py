@@ -400,7 +400,7 @@ def test_estimate_counts_frames_text_and_output(video, speech_only):
 
 @pytest.mark.parametrize("setting", [{"frames": -1}, {"frame_size": 8}, {"timeout": 0.0}])
 def test_bad_options_are_refused(setting):
-    with pytest.raises(ConfigError, match=f"reasoner.openai: '{next(iter(setting))}'"):
+    with pytest.raises(ConfigError, match=f"^openai: '{next(iter(setting))}' must be "):
         OpenAIReasoner(**setting)
 
 

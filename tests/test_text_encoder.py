@@ -138,7 +138,7 @@ def test_a_folder_that_transformers_cannot_load_is_named(encoder, tmp_path):
 
 
 def test_batch_size_below_one_is_refused():
-    with pytest.raises(ConfigError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match="^text-embedding: 'batch_size' must be an integer >= 1, got 0"):
         TextEmbeddingEncoder(batch_size=0)
 
 

@@ -280,8 +280,9 @@ def test_unknown_feature_set_and_missing_validation_are_refused(workspace):
 
 
 @pytest.mark.parametrize("setting, message", [({"train.heads": 3}, "must divide width"),
-                                              ({"train.epochs": 0}, "epochs must be a positive"),
-                                              ({"train.modality_dropout": 1.0}, "modality_dropout must be in")])
+                                              ({"train.epochs": 0}, "'epochs' must be an integer >= 1, got 0"),
+                                              ({"train.modality_dropout": 1.0},
+                                               r"'modality_dropout' must be a finite number in \[0, 1\), got 1.0")])
 def test_bad_train_settings_are_refused(workspace, setting, message):
     space, labels = workspace
     with pytest.raises(ConfigError, match=message):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mercli.contracts import Check, DecodedClip, Encoder, Features, Option
+from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option
 from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
 from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, sha256_of, unloadable
@@ -126,15 +126,10 @@ class TextEmbeddingEncoder(Encoder):
                "A transformers model: the bundled all-MiniLM-L6-v2, a local folder, or a Hugging Face id "
                "already in the local cache (never downloaded)."),
         Option("device", str, "auto", "cpu, cuda, or auto (cuda when available)."),
-        Option("batch_size", int, 32, "Texts per forward pass in embed_texts."),
+        Option("batch_size", int, 32, "Texts per forward pass in embed_texts.", AT_LEAST_ONE),
     )
     modality = "text"
     level = "utterance"
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        if self.settings["batch_size"] < 1:
-            raise ConfigError(f"text-embedding: batch_size must be at least 1, got {self.settings['batch_size']}")
 
     @functools.cached_property
     def folder(self) -> Path:

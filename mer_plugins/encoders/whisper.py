@@ -23,13 +23,17 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from mercli.contracts import Check, DecodedClip, Encoder, Features, Option, Transcriber
+from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option, Range, Transcriber
 from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
 from mer_plugins.encoders import whisper_models
 from mer_plugins.encoders.audio_input import absent_audio_reason, clip_audio
 from mer_plugins.encoders.model_files import sha256_of
 from mer_plugins.encoders.whisper_models import FRAME_SECONDS, SAMPLE_RATE, EncodedAudio, ModelSource
+
+#: What CTranslate2 accepts (which of them a device runs efficiently is its own business).
+COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float",
+                 "float32", "float16", "bfloat16")
 
 MODEL_OPTIONS = (
     Option("model", str, whisper_models.BUNDLED_MODEL,
@@ -38,7 +42,8 @@ MODEL_OPTIONS = (
     Option("model_path", str, None,
            "Whisper weights by path, overriding model: an openai-whisper .pt checkpoint or a CTranslate2 folder."),
     Option("device", str, "auto", "cpu, cuda, or auto (cuda when available)."),
-    Option("compute_type", str, "int8", "CTranslate2 compute type (int8, float32, float16); .pt checkpoints run in float32."),
+    Option("compute_type", str, "int8", "CTranslate2 compute type; .pt checkpoints run in float32.",
+           choices=COMPUTE_TYPES),
 )
 
 
@@ -124,7 +129,8 @@ class WhisperFramesEncoder(WhisperEncoder):
     name = "whisper-frames"
     description = "Whisper encoder states over time, averaged over steps of hop seconds (default 0.1 s)."
     options = MODEL_OPTIONS + (
-        Option("hop", float, 0.1, "Seconds per output row: a multiple of Whisper's 0.02 s frame."),
+        Option("hop", float, 0.1, "Seconds per output row: a multiple of Whisper's 0.02 s frame, at most its "
+               "30 s window.", Range(FRAME_SECONDS, 30)),
     )
     level = "frame"
 
@@ -132,7 +138,7 @@ class WhisperFramesEncoder(WhisperEncoder):
         super().__init__(**settings)
         hop = self.settings["hop"]
         self.frames_per_step = round(hop / FRAME_SECONDS)
-        if self.frames_per_step < 1 or abs(self.frames_per_step * FRAME_SECONDS - hop) > 1e-6:
+        if abs(self.frames_per_step * FRAME_SECONDS - hop) > 1e-6:
             raise ConfigError(f"whisper-frames: hop must be a positive multiple of 0.02 s, got {hop}")
 
     def encode(self, clip: DecodedClip) -> Features:
@@ -153,13 +159,8 @@ class WhisperTranscriber(UsesWhisper, Transcriber):
     description = "Whisper speech recognition (tiny.en by default: English only; Mandarin needs a multilingual model_path)."
     options = MODEL_OPTIONS + (
         Option("language", str, None, "Language code (en, zh); unset: English for .en models, detected otherwise."),
-        Option("beam_size", int, 5, "Beam width of the decoder (1: greedy)."),
+        Option("beam_size", int, 5, "Beam width of the decoder (1: greedy).", AT_LEAST_ONE),
     )
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        if self.settings["beam_size"] < 1:
-            raise ConfigError(f"whisper transcriber: beam_size must be at least 1, got {self.settings['beam_size']}")
 
     def transcribe(self, clip: DecodedClip) -> str:
         audio = clip_audio(clip, self.name, SAMPLE_RATE)

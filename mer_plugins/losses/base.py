@@ -1,5 +1,5 @@
-"""What every built-in loss shares before torch is involved: range checks on its settings, checks on
-the class counts it is built from, and the per-class quantities derived from those counts.
+"""What every built-in loss shares before torch is involved: checks on the class counts it is built
+from, and the per-class quantities derived from those counts.
 
 Kept free of torch so that ``mer --help`` and ``mer plugins`` (which import the plug-in modules)
 stay fast; the torch modules live in :mod:`mer_plugins.losses.objectives`.
@@ -8,55 +8,19 @@ stay fast; the torch modules live in :mod:`mer_plugins.losses.objectives`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import Any, ClassVar, Mapping, Sequence
+from numbers import Integral
+from typing import NoReturn, Sequence
 
 from mercli.contracts import Loss
 from mercli.errors import ConfigError, DataError
 
 
-@dataclass(frozen=True)
-class Range:
-    """The numbers a setting admits, for example ``Range(0, low_open=True)`` for "> 0"."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def admits(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-
-POSITIVE = Range(0.0, low_open=True)
-NON_NEGATIVE = Range(0.0)
-FRACTION = Range(0.0, 1.0, high_open=True)  # [0, 1)
-
-
 class CheckedLoss(Loss):
-    """A loss whose numeric settings are checked against ``ranges`` as soon as it is configured, so
-    that a bad ``[loss.NAME]`` value fails before any data is read, with the setting named."""
+    """A loss that checks the class counts and the embedding width it is built from, and names
+    itself as its table (``[loss.NAME]``) when it refuses its settings (their ranges are declared
+    with its options and checked as the configuration loads)."""
 
-    ranges: ClassVar[Mapping[str, Range]] = {}
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        for option, allowed in self.ranges.items():
-            value = self.settings[option]
-            if not allowed.admits(value):
-                self.reject(f"{option} must be a number {allowed}, got {value!r}")
-
-    def reject(self, problem: str) -> None:
+    def reject(self, problem: str) -> NoReturn:
         raise ConfigError(f"[loss.{self.name}] {problem}")
 
     def checked_counts(self, class_counts: Sequence[int]) -> list[int]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from mercli.contracts import Option
+from mercli.contracts import NON_NEGATIVE, POSITIVE, Option
 from mercli.hookspecs import hookimpl
-from mer_plugins.losses.base import NON_NEGATIVE, POSITIVE, CheckedLoss, log_prior
+from mer_plugins.losses.base import CheckedLoss, log_prior
 
 if TYPE_CHECKING:
     from torch import nn
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 
 def _shared_options(tau: float) -> tuple[Option, ...]:
     return (
-        Option("temperature", float, 0.1, "Temperature t of the contrastive similarities, > 0."),
-        Option("lambda_inter", float, 0.5, "Weight of the contrastive (inter-class) term, >= 0."),
-        Option("tau", float, tau, "Logit adjustment of the cross-entropy term: logits + tau * log prior, >= 0."),
+        Option("temperature", float, 0.1, "Temperature t of the contrastive similarities.", POSITIVE),
+        Option("lambda_inter", float, 0.5, "Weight of the contrastive (inter-class) term.", NON_NEGATIVE),
+        Option("tau", float, tau, "Logit adjustment of the cross-entropy term: logits + tau * log prior.",
+               NON_NEGATIVE),
     )
 
 
@@ -27,7 +28,6 @@ class ContrastiveLossBase(CheckedLoss):
     """Builds ``objectives.ContrastiveLoss`` from the settings plus the switches in ``fixed``."""
 
     uses_embeddings = True
-    ranges = {"temperature": POSITIVE, "lambda_inter": NON_NEGATIVE, "tau": NON_NEGATIVE}
     #: Arguments of the contrastive core that this loss does not expose as options.
     fixed: ClassVar[Mapping[str, Any]] = {}
 
@@ -64,11 +64,10 @@ class BalancedDualContrastive(ContrastiveLossBase):
     description = "Balanced dual-contrastive: bcl plus class-balanced compactness around the prototypes."
     options = (
         *_shared_options(tau=1.0),
-        Option("lambda_intra", float, 0.5, "Weight of the intra-class compactness term, >= 0 (0 gives bcl)."),
+        Option("lambda_intra", float, 0.5, "Weight of the intra-class compactness term (0 gives bcl).", NON_NEGATIVE),
         Option("class_averaging", bool, True, "Average the contrastive denominator within each class first."),
         Option("prototypes", bool, True, "Add learnable class prototypes to every batch (needed by lambda_intra)."),
     )
-    ranges = {**ContrastiveLossBase.ranges, "lambda_intra": NON_NEGATIVE}
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from mercli.contracts import Option
+from mercli.contracts import FRACTION, NON_NEGATIVE, Option
 from mercli.hookspecs import hookimpl
-from mer_plugins.losses.base import (FRACTION, NON_NEGATIVE, CheckedLoss, effective_number_weights,
-                                     inverse_frequency_weights, log_prior)
+from mer_plugins.losses.base import CheckedLoss, effective_number_weights, inverse_frequency_weights, log_prior
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,8 +17,7 @@ class CrossEntropy(CheckedLoss):
     name = "ce"
     version = "1"
     description = "Cross-entropy, with optional label smoothing."
-    options = (Option("label_smoothing", float, 0.0, "Probability mass spread evenly over all classes, in [0, 1)."),)
-    ranges = {"label_smoothing": FRACTION}
+    options = (Option("label_smoothing", float, 0.0, "Probability mass spread evenly over all classes.", FRACTION),)
 
     def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
@@ -33,10 +31,9 @@ class Focal(CheckedLoss):
     version = "1"
     description = "Focal loss (Lin et al. 2017): cross-entropy scaled down on well-classified clips."
     options = (
-        Option("gamma", float, 2.0, "Focusing exponent on (1 - p_true), >= 0; 0 gives cross-entropy."),
+        Option("gamma", float, 2.0, "Focusing exponent on (1 - p_true); 0 gives cross-entropy.", NON_NEGATIVE),
         Option("class_alpha", bool, False, "Weight each class by its inverse frequency (weights average 1)."),
     )
-    ranges = {"gamma": NON_NEGATIVE}
 
     def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
@@ -50,8 +47,7 @@ class LogitAdjustedCrossEntropy(CheckedLoss):
     name = "la-ce"
     version = "1"
     description = "Logit-adjusted cross-entropy (Menon et al. 2021): logits + tau * log prior in training."
-    options = (Option("tau", float, 1.0, "Scale of the log class prior added to the logits, >= 0."),)
-    ranges = {"tau": NON_NEGATIVE}
+    options = (Option("tau", float, 1.0, "Scale of the log class prior added to the logits.", NON_NEGATIVE),)
 
     def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss
@@ -65,8 +61,7 @@ class ClassBalancedCrossEntropy(CheckedLoss):
     name = "cb-ce"
     version = "1"
     description = "Class-balanced cross-entropy (Cui et al. 2019): weights from the effective number of samples."
-    options = (Option("beta", float, 0.999, "Effective-number parameter in [0, 1); 0 gives plain cross-entropy."),)
-    ranges = {"beta": FRACTION}
+    options = (Option("beta", float, 0.999, "Effective-number parameter; 0 gives plain cross-entropy.", FRACTION),)
 
     def build(self, class_counts: Sequence[int], embedding_dim: int) -> "nn.Module":
         from mer_plugins.losses.objectives import ClassificationLoss

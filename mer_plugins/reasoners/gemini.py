@@ -46,9 +46,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mercli.contracts import (AnswerRejected, Check, Option, Reasoner, ReasonerError, ReasoningAnswer,
-                              ReasoningRequest, RetryableError, StopRun, Usage)
-from mercli.errors import ConfigError
+from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, Option, Range, Reasoner,
+                              ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
 from mercli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -96,24 +95,16 @@ class GeminiReasoner(Reasoner):
     needs_network = True
     options = (
         Option("model", str, "gemini-2.5-flash", "Gemini model name."),
-        Option("timeout", float, 120.0, "Seconds to wait for each HTTP request, and for an uploaded file to be processed."),
-        Option("inline_limit_mb", float, 15.0, "Clips up to this many MiB travel inside the request; larger ones go through the Files API."),
+        Option("timeout", float, 120.0, "Seconds to wait for each HTTP request, and for an uploaded file to be processed.",
+               POSITIVE),
+        Option("inline_limit_mb", float, 15.0, "Clips up to this many MiB travel inside the request; larger ones go "
+               "through the Files API.", NON_NEGATIVE),
         Option("temperature", float, 0.0, "Sampling temperature: 0 keeps traces as repeatable as the model allows "
-               "(Google advises 1.0 for Gemini 3 models)."),
-        Option("poll_interval", float, 2.0, "Seconds between checks of an uploaded file's processing state."),
-        Option("max_output_tokens", int, None, "Cap on answer plus thinking tokens; unset: the model's own limit."),
+               "(Google advises 1.0 for Gemini 3 models).", Range(0, 2)),
+        Option("poll_interval", float, 2.0, "Seconds between checks of an uploaded file's processing state.", POSITIVE),
+        Option("max_output_tokens", int, None, "Cap on answer plus thinking tokens; unset: the model's own limit.",
+               AT_LEAST_ONE),
     )
-
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        for name in ("timeout", "poll_interval"):
-            if not float(self.settings[name]) > 0:
-                raise ConfigError(f"reasoner.gemini: {name} must be positive, got {self.settings[name]}")
-        if not float(self.settings["inline_limit_mb"]) >= 0:
-            raise ConfigError(f"reasoner.gemini: inline_limit_mb must be 0 or more, got {self.settings['inline_limit_mb']}")
-        limit = self.settings["max_output_tokens"]
-        if limit is not None and limit < 1:
-            raise ConfigError(f"reasoner.gemini: max_output_tokens must be at least 1, got {limit}")
 
     @property
     def timeout(self) -> float:

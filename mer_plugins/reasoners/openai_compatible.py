@@ -24,9 +24,9 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
 
-from mercli.contracts import (AnswerRejected, Check, Option, Reasoner, ReasonerError, ReasoningAnswer,
-                              ReasoningRequest, RetryableError, StopRun, Usage)
-from mercli.errors import ConfigError, DataError
+from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, Option, Range, Reasoner,
+                              ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
+from mercli.errors import DataError
 from mercli.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -118,13 +118,15 @@ class OpenAIReasoner(Reasoner):
         Option("api_key_env", str, "OPENAI_API_KEY",
                "Name of the environment variable that holds the key (the key itself never goes in mer.toml); "
                "a server on localhost needs none."),
-        Option("timeout", float, 120.0, "Seconds to wait for one answer before the core may retry."),
-        Option("frames", int, 8, "Stills sampled evenly over the clip and sent as images (0: text only)."),
-        Option("frame_size", int, 512, "Longest side of each still in pixels (larger costs more image tokens)."),
-        Option("temperature", float, None, "Sampling temperature; unset: the server's default."),
+        Option("timeout", float, 120.0, "Seconds to wait for one answer before the core may retry.", POSITIVE),
+        Option("frames", int, 8, "Stills sampled evenly over the clip and sent as images (0: text only).",
+               NON_NEGATIVE),
+        Option("frame_size", int, 512, "Longest side of each still in pixels (larger costs more image tokens).",
+               Range(16)),
+        Option("temperature", float, None, "Sampling temperature; unset: the server's default.", NON_NEGATIVE),
         Option("max_output_tokens", int, None,
                "Upper bound of answer tokens, sent as max_completion_tokens (older Ollama and LM Studio "
-               "releases may ignore it); unset: the server's default."),
+               "releases may ignore it); unset: the server's default.", AT_LEAST_ONE),
         Option("structured", bool, True,
                "Ask for a strict JSON-schema answer (response_format json_schema); false: JSON-object mode "
                "with the schema in the prompt, for servers without json_schema support."),
@@ -132,12 +134,6 @@ class OpenAIReasoner(Reasoner):
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
-        checks = (("timeout", self.settings["timeout"] > 0, "must be more than 0 seconds"),
-                  ("frames", self.settings["frames"] >= 0, "must be 0 or more"),
-                  ("frame_size", self.settings["frame_size"] >= 16, "must be at least 16 pixels"))
-        for option, ok, rule in checks:
-            if not ok:
-                raise ConfigError(f"reasoner.openai: '{option}' {rule}, got {self.settings[option]!r}")
         self._client: "openai.OpenAI | None" = None
         self._client_lock = threading.Lock()
 
