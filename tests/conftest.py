@@ -31,6 +31,17 @@ def shared_models() -> Path:
     return folder
 
 
+SHARED_FIXTURES = {"shared_data", "shared_models"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs ../shared, through whichever fixture, so that ``-m "not shared"``
+    is the suite a clone without it runs in full."""
+    for item in items:
+        if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared)
+
+
 @pytest.fixture
 def fresh_plugins():
     """Reload the entry points before and after a test that changes what is installed."""

@@ -49,6 +49,7 @@ def words(text: str) -> list[str]:
 # --- Whisper encoders, bundled tiny.en through CTranslate2 ---------------------------------------
 
 
+@pytest.mark.slow
 def test_pooled_embedding_is_the_mean_of_the_frames_over_the_real_audio(crema):
     clip = fresh(crema["1001_DFA_ANG_XX.flv"])
     features = WhisperEncoder().encode(clip)

@@ -29,7 +29,7 @@ def only_json_document(stdout: str):
         (["plugins", "--json"], {"encoders", "transcribers", "reasoners", "losses", "datasets"}),
         (["config", "show", "--json"], {"workspace", "file", "settings"}),
         (["init", "--json"], {"config"}),
-        (["doctor", "--json"], {"ok", "checks"}),
+        pytest.param(["doctor", "--json"], {"ok", "checks"}, marks=pytest.mark.slow),
     ],
     ids=["plugins", "config-show", "init", "doctor"],
 )
@@ -57,6 +57,7 @@ def test_tables_show_values_as_they_are_not_as_markup(tmp_path):
     assert "'[bold]odd'" in result.stderr
 
 
+@pytest.mark.slow
 def test_init_writes_a_template_and_refuses_to_overwrite(tmp_path):
     workspace = tmp_path / "new-workspace"
     first = run_mer("-w", str(workspace), "init", "--json", cwd=tmp_path)
@@ -165,6 +166,7 @@ def test_startup_imports_nothing_heavy(tmp_path, args):
     assert not heavy, f"`mer {' '.join(args)}` imports {', '.join(heavy)}"
 
 
+@pytest.mark.slow
 def test_config_option_names_a_file_that_must_exist_and_that_init_writes(tmp_path):
     missing = run_mer("-w", str(tmp_path), "-c", str(tmp_path / "other.toml"), "config", "show", cwd=tmp_path)
     assert missing.returncode == 2 and "other.toml: no such configuration file" in missing.stderr

@@ -106,6 +106,7 @@ def test_component_checks_are_named_after_the_component(fresh_plugins):
 # --- the command ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_doctor_json_without_ffmpeg_exits_1_and_never_prints_keys(tmp_path, no_ffmpeg):
     result = run_mer("doctor", "--json", cwd=tmp_path,
                      env=mer_environment(PATH=str(no_ffmpeg), GEMINI_API_KEY=SECRET, GOOGLE_API_KEY=None))
@@ -123,6 +124,7 @@ def test_doctor_json_without_ffmpeg_exits_1_and_never_prints_keys(tmp_path, no_f
     assert by_name["torch"]["ok"] is True
 
 
+@pytest.mark.slow
 def test_doctor_table_without_ffmpeg_says_missing(tmp_path, no_ffmpeg):
     result = run_mer("doctor", cwd=tmp_path, env=mer_environment(PATH=str(no_ffmpeg), GOOGLE_API_KEY=SECRET))
     assert result.returncode == 1
@@ -132,6 +134,7 @@ def test_doctor_table_without_ffmpeg_says_missing(tmp_path, no_ffmpeg):
     assert "FAIL" in ffmpeg_line and "missing" in ffmpeg_line
 
 
+@pytest.mark.slow
 def test_doctor_with_ffmpeg_exit_status_follows_the_required_checks(tmp_path):
     path = fake_ffmpeg(tmp_path / "bin")
     result = run_mer("doctor", "--json", cwd=tmp_path, env=mer_environment(PATH=str(path)))

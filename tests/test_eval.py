@@ -357,6 +357,7 @@ def test_options_that_need_labels_are_refused_without(space):
     assert outcome.exit_code == 2 and "need --labels" in outcome.stderr
 
 
+@pytest.mark.slow
 def test_retraining_a_run_removes_the_reports_of_the_models_it_replaces(tmp_path):
     labels = write_workspace(tmp_path)
     space = Workspace(tmp_path)

@@ -307,6 +307,7 @@ def test_missing_clips_folder_is_a_usage_error(tmp_path):
     assert "nowhere" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="worker processes are tested on Linux")
 def test_two_workers_give_the_same_features_as_one(clips_dir, tmp_path):
     """Worker processes load plug-ins from entry points, so this uses a built-in encoder."""
@@ -342,6 +343,7 @@ def test_extract_lets_idle_openmp_threads_sleep(test_encoders, clips_dir, tmp_pa
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+@pytest.mark.slow
 def test_entries_that_cannot_be_clips_fail_on_their_own_in_the_summary(tmp_path):
     """A child process, as from a shell: a link loop once made Path.resolve raise a traceback."""
     pytest.importorskip("opensmile")

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from mercli.cli import cli
 from mercli.features import list_feature_sets
 
+pytestmark = pytest.mark.slow  # real mer processes or models: run by the full suite, not the quick loop
+
 #: (folder, clip file) pairs covering every kind of clip in ../shared/data.
 CLIPS = [
     ("crema-d", "1001_DFA_ANG_XX.flv"),  # video with speech

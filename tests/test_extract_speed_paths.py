@@ -19,6 +19,8 @@ from mercli.extract import extract_clips
 from mercli.features import list_feature_sets
 from mercli.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # real mer processes or models: run by the full suite, not the quick loop
+
 MODEL_LIBRARIES = ("torch", "transformers", "ctranslate2", "faster_whisper", "mediapipe", "tokenizers", "whisper")
 
 

@@ -26,6 +26,7 @@ from mercli.workspace import Workspace
 from mer_process import mer_environment
 
 pytestmark = [
+    pytest.mark.slow,  # real mer processes: run by the full suite, not the quick loop
     pytest.mark.skipif(sys.platform != "linux", reason="reads the process tree from /proc"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]

@@ -30,6 +30,8 @@ from fake_gemini import FakeGemini, stalled
 from mer_process import error_document, mer_environment, run_mer, with_site
 from test_plugins import fake_distribution
 
+pytestmark = pytest.mark.slow  # real mer processes: run by the full suite, not the quick loop
+
 WORKERS = {"one worker": ("--workers", "1"), "two workers": ("--workers", "2"), "default workers": ()}
 
 

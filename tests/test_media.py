@@ -95,6 +95,7 @@ def real_clips(shared_data: Path) -> list[Path]:
     return clips + sorted((shared_data / "emodb-dev" / "wav").glob("*.wav"))[:4]
 
 
+@pytest.mark.slow
 def test_every_real_clip_decodes_with_consistent_frames_and_audio(shared_data):
     clips = real_clips(shared_data)
     assert len(clips) == 12 + 7 + 8 + 4  # crema-d, mead, mer2023, emodb
@@ -130,6 +131,7 @@ def test_every_real_clip_decodes_with_consistent_frames_and_audio(shared_data):
             assert 20 * np.log10(np.abs(clip.audio).max()) > -40, path
 
 
+@pytest.mark.slow
 def test_mead_crops_have_missing_or_silent_audio_and_the_1080p_clip_is_scaled(shared_data):
     for stem, reason in MEAD_ABSENT_AUDIO.items():
         clip = decode(shared_data / "mead" / f"{stem}.mp4", stem)

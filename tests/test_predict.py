@@ -18,6 +18,8 @@ from mer_process import run_mer
 from mercli.cli import cli
 from mercli.workspace import Workspace
 
+pytestmark = pytest.mark.slow  # real mer processes or models: run by the full suite, not the quick loop
+
 CREMA_CLASSES = '["neutral", "angry", "happy", "sad", "fear", "disgust"]'
 VIDEO_SUFFIXES = {".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"}
 

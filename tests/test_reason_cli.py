@@ -17,6 +17,8 @@ from fake_gemini import FakeGemini, api_error, key_invalid, rate_limited, stalle
 from mercli.cli import cli
 from mercli.traces import validate_trace
 
+pytestmark = pytest.mark.slow  # real mer processes or models: run by the full suite, not the quick loop
+
 CREMA_CLASSES = '["neutral", "angry", "happy", "sad", "fear", "disgust"]'
 FAKE_KEY = "fake-key-never-stored-0123456789"
 

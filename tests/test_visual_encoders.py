@@ -67,6 +67,7 @@ def test_importing_the_plugins_loads_no_model_library():
     assert answer.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_process_using_both_encoders_prints_nothing_and_exits_cleanly():
     """MediaPipe logs start-up chatter on file descriptor 2 and fails noisily in ``__del__`` at
     interpreter exit; neither may reach a ``mer extract`` user's terminal."""
@@ -238,6 +239,7 @@ def test_frames_without_the_face_are_masked_exactly_there(shared_data, landmarks
 # --- the target face ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_target_is_the_same_person_across_a_two_person_shot(shared_data):
     """mer2023 sample 338: a woman facing the camera and a man seen from behind, whose ear the
     detector takes for a small face in some frames. The woman is the target in every frame."""
@@ -299,6 +301,7 @@ def test_both_encoders_share_one_detection_per_clip(shared_data, monkeypatch, la
     assert len(calls) == alone
 
 
+@pytest.mark.slow
 def test_a_failing_run_that_holds_both_encoders_still_exits(tmp_path, shared_data):
     """A test failure keeps the encoders in a traceback; the cycle collector then frees each
     landmarker together with MediaPipe's worker-thread executor, and MediaPipe's own ``__del__``

@@ -6,8 +6,7 @@ ones (sadness), and the zero-crossing rate follows voicing and breathiness.
 
 from __future__ import annotations
 
-from mercli.contracts import DecodedClip, Encoder, Features, Option
-from mercli.errors import ConfigError
+from mercli.contracts import POSITIVE, DecodedClip, Encoder, Features, Option
 
 #: Floor under the RMS before taking the logarithm, so that digital silence gives -100 dB, not -inf.
 SILENCE_RMS = 1e-5
@@ -21,15 +20,10 @@ class EnergyContour(Encoder):
     level = "frame"
     dim = 2
     options = (
-        Option("frame_ms", float, 25.0, "Analysis window length in milliseconds."),
-        Option("hop_ms", float, 10.0, "Step between windows in milliseconds."),
+        # A range is checked when the configuration loads, before any clip is touched.
+        Option("frame_ms", float, 25.0, "Analysis window length in milliseconds.", POSITIVE),
+        Option("hop_ms", float, 10.0, "Step between windows in milliseconds.", POSITIVE),
     )
-
-    def __init__(self, **settings) -> None:
-        super().__init__(**settings)
-        for key in ("frame_ms", "hop_ms"):
-            if self.settings[key] <= 0:
-                raise ConfigError(f"[encoder.{self.name}] {key} must be greater than 0, got {self.settings[key]}")
 
     def encode(self, clip: DecodedClip) -> Features:
         import numpy as np  # here, not at the top: listing plug-ins must not pay for it
