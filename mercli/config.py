@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mercli.contracts import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Option, Range
+from mercli.contracts import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, STAGES, Option, Range
 from mercli.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -111,13 +111,7 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
 }
 
 #: Table prefixes whose sub-tables configure plug-ins, and the registry stage behind each.
-PLUGIN_TABLES = {
-    "encoder": "encoders",
-    "transcriber": "transcribers",
-    "reasoner": "reasoners",
-    "loss": "losses",
-    "dataset": "datasets",
-}
+PLUGIN_TABLES = {stage.table: stage.name for stage in STAGES.values()}
 
 
 @dataclass(frozen=True)

@@ -405,3 +405,27 @@ class Dataset(Component):
 
     def read(self, source: Path) -> list[LabelRecord]:
         raise NotImplementedError
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of plug-in: the hook that registers it (:mod:`mercli.hookspecs`), the class its
+    components extend, and the prefix of the mer.toml tables that configure one
+    (``[encoder.whisper]``, also the word for one of them in messages)."""
+
+    name: str
+    hook: str
+    base: type[Component]
+    table: str
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("encoders", "register_encoders", Encoder, "encoder"),
+    Stage("transcribers", "register_transcribers", Transcriber, "transcriber"),
+    Stage("reasoners", "register_reasoners", Reasoner, "reasoner"),
+    Stage("losses", "register_losses", Loss, "loss"),
+    Stage("datasets", "register_datasets", Dataset, "dataset"),
+)}

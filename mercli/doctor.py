@@ -8,7 +8,7 @@ import sys
 
 from mercli import plugins
 from mercli.config import Config
-from mercli.contracts import Check
+from mercli.contracts import STAGES, Check
 
 def check_python() -> Check:
     version = ".".join(map(str, sys.version_info[:3]))
@@ -54,7 +54,7 @@ def component_checks(config: Config) -> list[Check]:
                 found = plugins.build(stage, name, config).checks()
             except Exception as error:
                 found = [Check("setup", False, f"cannot be set up: {type(error).__name__}: {error}")]
-            checks += [Check(f"{plugins.SINGULAR[stage]} {name}: {c.name}", c.ok, c.detail, c.required) for c in found]
+            checks += [Check(f"{STAGES[stage].table} {name}: {c.name}", c.ok, c.detail, c.required) for c in found]
     return checks
 
 

@@ -12,28 +12,18 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Callable, Generic, TypeVar, get_args
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar, get_args
 
 import pluggy
 
 from mercli import hookspecs
-from mercli.config import PLUGIN_TABLES, Config
-from mercli.contracts import MODALITIES, Component, Dataset, Encoder, Level, Loss, Option, Reasoner, Transcriber
+from mercli.contracts import MODALITIES, STAGES, Component, Encoder, Level, Option
 from mercli.errors import PluginError
 
+if TYPE_CHECKING:  # the configuration looks plug-ins up; plug-ins only read it
+    from mercli.config import Config
+
 ENTRY_POINT_GROUP = "mer"
-
-#: stage name -> (hook name, component base class)
-STAGES: dict[str, tuple[str, type[Component]]] = {
-    "encoders": ("register_encoders", Encoder),
-    "transcribers": ("register_transcribers", Transcriber),
-    "reasoners": ("register_reasoners", Reasoner),
-    "losses": ("register_losses", Loss),
-    "datasets": ("register_datasets", Dataset),
-}
-
-#: stage name -> the singular used in messages and as the prefix of its tables (``losses`` -> ``loss``)
-SINGULAR = {stage: prefix for prefix, stage in PLUGIN_TABLES.items()}
 
 C = TypeVar("C", bound=Component)
 
@@ -123,7 +113,7 @@ def contract_problem(component: type[Component]) -> str | None:
 def registry(stage: str) -> dict[str, Registered]:
     """Every component registered for ``stage`` (``encoders``, ``reasoners``, ``losses``,
     ``datasets``), by name, in registration order."""
-    hook_name, base = STAGES[stage]
+    hook_name, base = STAGES[stage].hook, STAGES[stage].base
     plugins = loaded()
     found: dict[str, Registered] = {}
     for implementation in getattr(plugins.manager.hook, hook_name).get_hookimpls():
@@ -140,7 +130,7 @@ def registry(stage: str) -> dict[str, Registered]:
             if name in found:
                 other = found[name].provenance
                 raise PluginError(
-                    f"{where} registers {SINGULAR[stage]} '{name}', already registered by "
+                    f"{where} registers {STAGES[stage].table} '{name}', already registered by "
                     f"plug-in '{other.plugin}' ({other.package})"
                 )
             found[name] = Registered(component, provenance)
@@ -159,14 +149,14 @@ def get(stage: str, name: str) -> Registered:
     components = registry(stage)
     if name not in components:
         available = ", ".join(components) or "none installed"
-        raise PluginError(f"unknown {SINGULAR[stage]} '{name}' (available: {available})")
+        raise PluginError(f"unknown {STAGES[stage].table} '{name}' (available: {available})")
     return components[name]
 
 
 def build(stage: str, name: str, config: Config) -> Component:
     """An instance of the component ``name``, with the settings of its table in the configuration
     (``[encoder.NAME]`` for an encoder)."""
-    return get(stage, name).component(**config.table(f"{SINGULAR[stage]}.{name}"))
+    return get(stage, name).component(**config.table(f"{STAGES[stage].table}.{name}"))
 
 
 def register_commands(cli: Callable) -> None:

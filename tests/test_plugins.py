@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mercli import plugins
-from mercli.contracts import Dataset, Encoder, Loss
+from mercli.contracts import STAGES, Dataset, Encoder, Loss
 from mercli.errors import PluginError
 from mercli.hookspecs import hookimpl
 from mer_process import error_document, mer_environment, one_error_line, run_mer, with_site
@@ -187,7 +187,7 @@ def test_plugins_json_lists_the_builtins_with_provenance(tmp_path):
     result = run_mer("plugins", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     inventory = json.loads(result.stdout)
-    assert set(inventory) == set(plugins.STAGES)
+    assert set(inventory) == set(STAGES)
     datasets = inventory["datasets"]
     assert BUILTIN_DATASET_PLUGINS <= {row["plugin"] for row in datasets}
     for row in datasets:
