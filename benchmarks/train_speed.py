@@ -18,8 +18,9 @@ import torch
 from mercli.config import MER2024_CLASSES, load
 from mercli.features import FeatureSet, Manifest
 from mercli.splits import Split
-from mercli.train import checked_settings, pick_device, seeded, train_fold
+from mercli.train import checked_settings, seeded, train_fold
 from mercli.trainset import TrainingTable
+from mercli.vocabulary import pick_device
 from mercli import plugins
 
 SETS = [("audio-1024", "audio", 1024), ("visual-768", "visual", 768), ("text-5120", "text", 5120),

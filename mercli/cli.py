@@ -13,6 +13,7 @@ import click
 from mercli import __version__, config as configuration
 from mercli.console import emit_json, error, stderr
 from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError, unwritable_message, writing
+from mercli.vocabulary import one_line
 from mercli.workspace import Workspace
 
 
@@ -43,7 +44,7 @@ def fail(message: str, exit_code: int, as_json: bool, short: str | None = None) 
     document stdout owes its reader: ``{"error": SHORT or MESSAGE, "exit_code": N}``."""
     error(message)
     if as_json:
-        emit_json({"error": short or " ".join(message.split()), "exit_code": exit_code})
+        emit_json({"error": short or one_line(message), "exit_code": exit_code})
     sys.exit(exit_code)
 
 

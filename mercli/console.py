@@ -13,6 +13,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from mercli.vocabulary import one_line
+
 #: Everything meant for a person goes here, so that stdout stays machine-readable.
 stderr = Console(stderr=True)
 
@@ -26,8 +28,7 @@ def emit_json(document: Any) -> None:
 def error(message: str) -> None:
     """Print ``error: MESSAGE`` as one line: messages quoted from elsewhere (a library's exception)
     may hold line breaks, which are folded into spaces."""
-    one_line = " ".join(message.split())
-    stderr.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
 
 
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NoReturn, Sequence
 
 from mercli.errors import ConfigError
+from mercli.vocabulary import Level, Modality
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-Modality = Literal["audio", "visual", "text"]
-MODALITIES: tuple[Modality, ...] = ("audio", "visual", "text")
-Level = Literal["utterance", "frame"]
 
 
 def _number(value: float) -> str:

@@ -35,8 +35,9 @@ from mercli.errors import DataError
 from mercli.labels import read_labels
 from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
 from mercli.splits import SPLIT_NAMES
-from mercli.train import pick_device, predict_logits, scores
+from mercli.train import predict_logits, scores
 from mercli.trainset import TrainingTable, build_table, check_expected_inputs, refuse_label_leaks
+from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
 
 #: The single-number figures, in the order tables show them.

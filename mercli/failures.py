@@ -15,6 +15,7 @@ from typing import Any
 from mercli.atomic import write_json
 from mercli.clips import validate_clip_id
 from mercli.errors import DataError
+from mercli.vocabulary import one_line
 
 FAILURES_FOLDER = "_failures"
 
@@ -46,7 +47,7 @@ class FailureLog:
 
     def record(self, clip_id: str, reason: str, **details: Any) -> Failure:
         """Record (or replace) the failure of ``clip_id``; the reason is kept to one line."""
-        failure = Failure(clip_id, " ".join(str(reason).split()), utc_now(), details)
+        failure = Failure(clip_id, one_line(reason), utc_now(), details)
         write_json(self._file(clip_id), {"clip": failure.clip, "reason": failure.reason,
                                          "time": failure.time, **details})
         return failure

@@ -33,13 +33,13 @@ import numpy as np
 
 from mercli.atomic import replacing, write_json
 from mercli.clips import storable_clip_id
-from mercli.contracts import MODALITIES, Features
+from mercli.contracts import Features
 from mercli.errors import DataError
 from mercli.failures import utc_now
+from mercli.vocabulary import MODALITIES, UNKNOWN_MODALITY, one_line
 
 MANIFEST_NAME = "manifest.json"
 MODALITY_HINT_NAME = "modality.txt"
-UNKNOWN_MODALITY = "unknown"
 LEVELS = ("utterance", "frame")
 MERTOOLS_SUFFIXES = {"-UTT": "utterance", "-FRA": "frame"}
 
@@ -271,7 +271,7 @@ class FeatureSet:
         values_path, mask_path, absent_path = self._files(clip_id)
         if self.read_only:
             raise DataError(f"{self.path}: a MERTools feature set is read-only")
-        reason = None if features.absent is None else " ".join(str(features.absent).split())
+        reason = None if features.absent is None else one_line(features.absent)
         if (features.values is None) == (reason is None) or reason == "":
             raise DataError(f"{self.path}: clip {clip_id}: give either feature values or a non-empty absent reason")
         values, mask = (None, None) if reason is not None else self._prepared(clip_id, features)

@@ -65,6 +65,7 @@ import numpy as np
 
 from mercli.contracts import DecodedClip
 from mercli.errors import DataError
+from mercli.vocabulary import one_line
 
 DEFAULT_MAX_SIDE = 1280
 SILENCE_DBFS = -60.0
@@ -209,9 +210,8 @@ def _cannot_decode(path: Path, reason: str) -> DataError:
 def _short_reason(error: BaseException) -> str:
     """FFmpeg errors carry the file name, an errno and sometimes log lines: keep the gist."""
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    line = " ".join(text.split())
-    line = line[0].lower() + line[1:] if line else line
-    return line if len(line) <= _MAX_REASON_CHARS else line[: _MAX_REASON_CHARS - 3] + "..."
+    line = one_line(text, _MAX_REASON_CHARS)
+    return line[0].lower() + line[1:] if line else line
 
 
 # --- streams ----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mercli.features import UNKNOWN_MODALITY
+from mercli.vocabulary import UNKNOWN_MODALITY
 from mercli.trainset import InputSpec
 
 

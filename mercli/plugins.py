@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar, get_args
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 import pluggy
 
 from mercli import hookspecs
-from mercli.contracts import MODALITIES, STAGES, Component, Encoder, Level, Option
+from mercli.contracts import STAGES, Component, Encoder, Option
 from mercli.errors import PluginError
+from mercli.vocabulary import LEVELS, MODALITIES
 
 if TYPE_CHECKING:  # the configuration looks plug-ins up; plug-ins only read it
     from mercli.config import Config
@@ -26,8 +27,6 @@ if TYPE_CHECKING:  # the configuration looks plug-ins up; plug-ins only read it
 ENTRY_POINT_GROUP = "mer"
 
 C = TypeVar("C", bound=Component)
-
-LEVELS: tuple[str, ...] = get_args(Level)
 
 
 @dataclass(frozen=True)

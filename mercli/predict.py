@@ -23,7 +23,6 @@ from mercli import plugins, prompts
 from mercli.calibration import calibrated
 from mercli.clips import Clip, clip_from_file, scan
 from mercli.config import Config
-from mercli.contracts import MODALITIES
 from mercli.errors import DataError, MerError
 from mercli.extract import ClipExtractor, prepare
 from mercli.features import FeatureSet, Manifest
@@ -35,6 +34,7 @@ from mercli.traces import TraceSource, TraceStore
 from mercli.runs import TrainedRun
 from mercli.train import predict_logits
 from mercli.trainset import InputSpec, TrainingTable, read_clip
+from mercli.vocabulary import MODALITIES
 from mercli.workspace import Workspace
 
 CPU = "cpu"  # one clip at a time: a GPU would not pay for its start-up

@@ -19,12 +19,11 @@ from mercli import plugins
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Features
 from mercli.errors import ConfigError
-from mercli.features import UNKNOWN_MODALITY, FeatureSet, Manifest
+from mercli.features import FeatureSet, Manifest
 from mercli.traces import TraceStore
+from mercli.vocabulary import TRACE_PARTS, prior_set_encoder
 
 PRIORS_VERSION = "1"
-#: Trace part -> the modality whose stream its prior enters.
-PARTS = {"visual": "visual", "acoustic": "audio", "textual": "text", "overall": UNKNOWN_MODALITY}
 
 
 def prior_text(part: str, section: dict[str, Any]) -> str | None:
@@ -42,10 +41,10 @@ def prior_manifests(store: TraceStore, encoder: Encoder) -> dict[str, Manifest]:
     provenance = plugins.get("encoders", encoder.name).provenance
     settings = {"source": asdict(store.source), "text_encoder": encoder.name,
                 "text_encoder_settings": dict(encoder.settings)}
-    return {part: Manifest(encoder=f"prior-{part}", encoder_version=PRIORS_VERSION, package=provenance.package,
+    return {part: Manifest(encoder=prior_set_encoder(part), encoder_version=PRIORS_VERSION, package=provenance.package,
                            package_version=provenance.package_version, weights=encoder.weights_identity(),
                            settings=settings, modality=modality, dim=encoder.dim, level="utterance")
-            for part, modality in PARTS.items()}
+            for part, modality in TRACE_PARTS.items()}
 
 
 def label_conditioned(manifest: Manifest) -> bool:

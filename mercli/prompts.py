@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mercli.traces import MODALITY_KEYS
+from mercli.vocabulary import TRACE_MODALITIES
 
 PROMPT_VERSION = "mer-trace-v1"
 
@@ -75,7 +75,7 @@ def answer_schema(classes: Sequence[str]) -> dict[str, Any]:
     }
     return {
         "type": "object",
-        "properties": {**{key: modality for key in MODALITY_KEYS}, "overall": overall},
-        "required": [*MODALITY_KEYS, "overall"],
+        "properties": {**{key: modality for key in TRACE_MODALITIES}, "overall": overall},
+        "required": [*TRACE_MODALITIES, "overall"],
         "additionalProperties": False,
     }

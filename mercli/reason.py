@@ -27,8 +27,9 @@ from mercli.failures import utc_now
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import LabelledClip, read_labels
 from mercli.pacing import RateLimiter, backoff_delay
-from mercli.traces import MODALITY_KEYS, TraceSource, TraceStore, content_hash, summarise, validate_trace
+from mercli.traces import TraceSource, TraceStore, content_hash, summarise, validate_trace
 from mercli.transcripts import TranscriptStore
+from mercli.vocabulary import TRACE_MODALITIES, is_prior, one_line
 from mercli.workspace import Workspace
 
 Outcome = Literal["done", "cached", "failed", "skipped"]
@@ -49,7 +50,7 @@ class ClipInputs:
         newest: dict[str, FeatureSet] = {}
         for feature_set in list_feature_sets(workspace.features):
             encoder = feature_set.manifest.encoder
-            if encoder.startswith("prior-"):
+            if is_prior(encoder):
                 continue
             if encoder not in newest or feature_set.manifest.created > newest[encoder].manifest.created:
                 newest[encoder] = feature_set
@@ -178,7 +179,7 @@ class ReasonRun:
         if task.features is not None:
             trace["provenance"]["features"] = task.features
         problems = validate_trace(trace)
-        emotions = [trace[k].get("emotion") for k in MODALITY_KEYS if isinstance(trace.get(k), dict)]
+        emotions = [trace[k].get("emotion") for k in TRACE_MODALITIES if isinstance(trace.get(k), dict)]
         emotions.append(trace["overall"].get("emotion") if isinstance(trace.get("overall"), dict) else None)
         problems += [f"emotion {e!r} is not one of {', '.join(self.classes)}"
                      for e in emotions if e is not None and e not in self.classes]
@@ -256,7 +257,7 @@ class ReasonRun:
     def waiting(self, clip: Clip, problem: RetryableError, delay: float, attempt: int) -> str:
         """The notice that a call is waiting to be retried, and for how long: a run that seems
         to hang is explained."""
-        line = (f"{self.reasoner.name}: {clip.clip_id}: {' '.join(str(problem).split())}; waiting {delay:.1f} s "
+        line = (f"{self.reasoner.name}: {clip.clip_id}: {one_line(problem)}; waiting {delay:.1f} s "
                 f"before retry {attempt} of {self.pacing.max_retries}")
         if problem.retry_after is not None and problem.retry_after > self.pacing.max_backoff:
             line += (f" (the server asked for {problem.retry_after:g} s; reason.max_backoff caps the wait at "

@@ -29,11 +29,11 @@ from mercli.atomic import write_json
 from mercli.clips import validate_clip_id
 from mercli.errors import DataError
 from mercli.failures import Failure, FailureLog
+from mercli.vocabulary import TRACE_MODALITIES
 
 SOURCE_NAME = "source.json"
 TRACE_SUFFIX = ".trace.json"
 LABELS_SUFFIX = "+labels"
-MODALITY_KEYS = ("visual", "acoustic", "textual")
 
 _TEXT = {"type": "string", "minLength": 1}
 _CONFIDENCE = {"type": "number", "minimum": 0, "maximum": 1}
@@ -58,11 +58,11 @@ MODALITY_SCHEMA: dict[str, Any] = {
 #: :func:`validate_trace` checks by hand; ``minLength`` counts non-blank characters.
 TRACE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["clip", *MODALITY_KEYS, "overall", "provenance"],
+    "required": ["clip", *TRACE_MODALITIES, "overall", "provenance"],
     "additionalProperties": False,
     "properties": {
         "clip": _TEXT,
-        **{key: MODALITY_SCHEMA for key in MODALITY_KEYS},
+        **{key: MODALITY_SCHEMA for key in TRACE_MODALITIES},
         "overall": {
             "type": "object",
             "required": ["emotion", "confidence", "summary"],
@@ -148,7 +148,7 @@ def validate_trace(document: Any) -> list[str]:
     problems = _schema_problems(document, TRACE_SCHEMA, "trace")
     if problems:
         return problems
-    for key in MODALITY_KEYS:
+    for key in TRACE_MODALITIES:
         modality = document[key]
         if modality.get("absent") is not None:
             if modality["emotion"] is not None or modality["confidence"] is not None or modality["cues"]:

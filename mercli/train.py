@@ -37,6 +37,7 @@ from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_na
 from mercli.splits import Split, plan_splits
 from mercli.trainset import (InputSpec, TrainingTable, build_table, check_expected_inputs, collate,
                              feature_statistics, refuse_label_leaks)
+from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
 
 #: Called after every epoch with (fold, epoch, epochs, record).
@@ -91,19 +92,6 @@ def checked_settings(table: dict[str, Any]) -> dict[str, Any]:
     if table["width"] % table["heads"]:
         raise ConfigError(f"[train] heads ({table['heads']}) must divide width ({table['width']})")
     return table
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except RuntimeError as problem:
-            raise ConfigError(f"[train] device '{name}': {problem}") from None
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @contextlib.contextmanager

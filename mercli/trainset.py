@@ -24,12 +24,7 @@ from mercli.config import Config
 from mercli.errors import DataError
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import check_classes, read_labels
-
-PRIOR_PREFIX = "prior-"
-
-
-def is_prior(feature_set: FeatureSet) -> bool:
-    return feature_set.manifest.encoder.startswith(PRIOR_PREFIX)
+from mercli.vocabulary import is_prior
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ class InputSpec:
     @classmethod
     def of(cls, feature_set: FeatureSet) -> "InputSpec":
         m = feature_set.manifest
-        return cls(feature_set.name, m.modality, m.level, m.dim, is_prior(feature_set))
+        return cls(feature_set.name, m.modality, m.level, m.dim, is_prior(m.encoder))
 
 
 @dataclass
@@ -127,7 +122,7 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
     if not labelled:
         raise DataError(f"{labels_path}: no labelled rows")
     sets = choose_sets(features_root, feature_names)
-    if all(is_prior(s) for s in sets):
+    if all(is_prior(s.manifest.encoder) for s in sets):
         raise DataError(f"{features_root}: only prior feature sets were chosen; training needs at least one modality")
     values: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
     masks: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
@@ -135,7 +130,7 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
     stored = {s.name: set(s.clip_ids()) for s in sets}
     for clip in labelled:
         read = {s.name: read_clip(s, clip.clip_id) if clip.clip_id in stored[s.name] else (None, None) for s in sets}
-        if all(read[s.name][0] is None for s in sets if not is_prior(s)):
+        if all(read[s.name][0] is None for s in sets if not is_prior(s.manifest.encoder)):
             excluded.append(clip.clip_id)
             continue
         kept.append(clip)
@@ -171,7 +166,7 @@ def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) 
     from mercli.priors import label_conditioned
 
     for feature_set in table.sets:
-        if not (is_prior(feature_set) and label_conditioned(feature_set.manifest)):
+        if not (is_prior(feature_set.manifest.encoder) and label_conditioned(feature_set.manifest)):
             continue
         leaked = [table.clip_ids[i] for i in indices if table.values[feature_set.name][i] is not None]
         if leaked:

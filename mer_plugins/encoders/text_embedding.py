@@ -22,6 +22,7 @@ import numpy as np
 from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option
 from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
+from mercli.vocabulary import pick_device
 from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, sha256_of, unloadable
 
 if TYPE_CHECKING:
@@ -110,11 +111,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def load(folder: Path, device: str) -> SentenceModel:
     """One model per folder and device per process, whichever component asks."""
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceModel(folder, device)
+    return SentenceModel(folder, str(pick_device(device, accelerators=("cuda",))))
 
 
 class TextEmbeddingEncoder(Encoder):

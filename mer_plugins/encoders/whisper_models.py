@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from mercli.errors import ConfigError
+from mercli.vocabulary import pick_device
 from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, unloadable
 
 if TYPE_CHECKING:
@@ -302,9 +303,7 @@ def resolve_device(device: str, kind: Literal["ctranslate2", "openai"]) -> str:
         import ctranslate2
 
         return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(pick_device(device, accelerators=("cuda",)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, Option, Range, Reasoner,
                               ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
 from mercli.hookspecs import hookimpl
+from mercli.vocabulary import one_line
 
 if TYPE_CHECKING:
     from google import genai
@@ -405,8 +406,7 @@ def _one_line(text: str) -> str:
         key = os.environ.get(variable)
         if key:
             text = text.replace(key, "***")
-    line = " ".join(text.split())
-    return line if len(line) <= _MESSAGE_CHARS else line[: _MESSAGE_CHARS - 3] + "..."
+    return one_line(text, _MESSAGE_CHARS)
 
 
 @hookimpl

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from mercli.contracts import AnswerRejected, Option, Reasoner, ReasoningAnswer, ReasoningRequest, Usage
 from mercli.hookspecs import hookimpl
-from mercli.traces import MODALITY_KEYS
+from mercli.vocabulary import TRACE_MODALITIES
 
 if TYPE_CHECKING:
     from mer_plugins.reasoners.evidence import Evidence
@@ -54,10 +54,10 @@ class LocalReasoner(Reasoner):
             evidence = measure(request.features, request.transcript, request.classes)
         except ValueError as problem:
             raise AnswerRejected(f"unusable features: {problem}") from None
-        answer: dict[str, Any] = {key: _modality(evidence[key], request.classes) for key in MODALITY_KEYS}
-        observed = [key for key in MODALITY_KEYS if answer[key]["absent"] is None]
+        answer: dict[str, Any] = {key: _modality(evidence[key], request.classes) for key in TRACE_MODALITIES}
+        observed = [key for key in TRACE_MODALITIES if answer[key]["absent"] is None]
         if not observed:
-            reasons = "; ".join(f"{key}: {answer[key]['absent']}" for key in MODALITY_KEYS)
+            reasons = "; ".join(f"{key}: {answer[key]['absent']}" for key in TRACE_MODALITIES)
             raise AnswerRejected(f"nothing observable in this clip ({reasons})")
         answer["overall"] = _overall(answer, observed, request.classes)
         return ReasoningAnswer(answer=answer, usage=Usage())
@@ -89,7 +89,7 @@ def _overall(answer: dict[str, Any], observed: list[str], classes: Sequence[str]
 
 def _summary(answer: dict[str, Any], observed: list[str], emotion: str, confidence: float) -> str:
     """One sentence on which modalities agree or disagree, one on the verdict and what is missing."""
-    absent = [f"{key} ({answer[key]['absent']})" for key in MODALITY_KEYS if key not in observed]
+    absent = [f"{key} ({answer[key]['absent']})" for key in TRACE_MODALITIES if key not in observed]
     missing = f"; not observable: {', '.join(absent)}" if absent else ""
     if len(observed) == 1:
         key = observed[0]

@@ -28,6 +28,7 @@ from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerReject
                               ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
 from mercli.errors import DataError
 from mercli.hookspecs import hookimpl
+from mercli.vocabulary import one_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,8 +65,7 @@ def _one_line(text: str, secret: str | None = None) -> str:
     """A server's message as one short line, with the key blanked should the server echo it."""
     if secret:
         text = text.replace(secret, "<key>")
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
+    return one_line(text, _MAX_MESSAGE_CHARS)
 
 
 def _is_local(url: str | None) -> bool:
