@@ -30,7 +30,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mercli.vocabulary import UNKNOWN_MODALITY
-from mercli.trainset import InputSpec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network needs to know of one feature set, and what a run records of it."""
+
+    name: str
+    modality: str
+    level: str
+    dim: int
+    prior: bool
 
 
 @dataclass(frozen=True)

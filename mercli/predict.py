@@ -26,14 +26,14 @@ from mercli.config import Config
 from mercli.errors import DataError, MerError
 from mercli.extract import ClipExtractor, prepare
 from mercli.features import FeatureSet, Manifest
-from mercli.model import ModelSettings, injected_priors
+from mercli.model import InputSpec, ModelSettings, injected_priors
 from mercli.priors import embed_traces, label_conditioned
 from mercli.costs import Budget, price_for
 from mercli.reason import ClipInputs, Pacing, ReasonRun
 from mercli.traces import TraceSource, TraceStore
 from mercli.runs import TrainedRun
 from mercli.train import predict_logits
-from mercli.trainset import InputSpec, TrainingTable, read_clip
+from mercli.trainset import TrainingTable, read_clip
 from mercli.vocabulary import MODALITIES
 from mercli.workspace import Workspace
 

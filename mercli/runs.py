@@ -30,8 +30,7 @@ import torch
 
 from mercli.atomic import write_bytes, write_json
 from mercli.errors import DataError
-from mercli.model import FusionNetwork, ModelSettings
-from mercli.trainset import InputSpec
+from mercli.model import FusionNetwork, InputSpec, ModelSettings
 from mercli.workspace import Workspace
 
 try:

@@ -32,11 +32,11 @@ from mercli import plugins
 from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
-from mercli.model import FusionNetwork, ModelSettings, injected_priors
+from mercli.model import FusionNetwork, InputSpec, ModelSettings, injected_priors
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
 from mercli.splits import Split, plan_splits
-from mercli.trainset import (InputSpec, TrainingTable, build_table, check_expected_inputs, collate,
-                             feature_statistics, refuse_label_leaks)
+from mercli.trainset import (TrainingTable, build_table, check_expected_inputs, collate, feature_statistics,
+                             refuse_label_leaks)
 from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
 

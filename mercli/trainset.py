@@ -24,23 +24,14 @@ from mercli.config import Config
 from mercli.errors import DataError
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import check_classes, read_labels
+from mercli.model import InputSpec
 from mercli.vocabulary import is_prior
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """What the network needs to know of one feature set, and what a run records of it."""
-
-    name: str
-    modality: str
-    level: str
-    dim: int
-    prior: bool
-
-    @classmethod
-    def of(cls, feature_set: FeatureSet) -> "InputSpec":
-        m = feature_set.manifest
-        return cls(feature_set.name, m.modality, m.level, m.dim, is_prior(m.encoder))
+def input_spec(feature_set: FeatureSet) -> InputSpec:
+    """What the network needs to know of a feature set, from its manifest."""
+    m = feature_set.manifest
+    return InputSpec(feature_set.name, m.modality, m.level, m.dim, is_prior(m.encoder))
 
 
 @dataclass
@@ -60,7 +51,7 @@ class TrainingTable:
 
     @property
     def inputs(self) -> list[InputSpec]:
-        return [InputSpec.of(s) for s in self.sets]
+        return [input_spec(s) for s in self.sets]
 
     def manifests(self) -> dict[str, dict[str, Any]]:
         """The exact manifest of every set used, by set name, as a run records them."""

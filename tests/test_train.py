@@ -17,12 +17,12 @@ from mercli.config import load
 from mercli.contracts import Features
 from mercli.errors import ConfigError, DataError
 from mercli.features import FeatureSet, Manifest
-from mercli.model import FusionNetwork, ModelSettings
+from mercli.model import FusionNetwork, InputSpec, ModelSettings
 from mercli.splits import plan_splits
 from mer_process import error_document
 from mercli.runs import load_model
 from mercli.train import predict_logits, train, train_fold
-from mercli.trainset import InputSpec, build_table, collate, feature_statistics
+from mercli.trainset import build_table, collate, feature_statistics
 from mercli.workspace import Workspace
 
 CLASSES = ["neutral", "angry", "happy"]
