@@ -77,3 +77,9 @@ def test_the_core_never_imports_a_builtin_plugin():
     offenders = {module_name(path): sorted(name for name in imported_names(path) if name.startswith("mer_plugins"))
                  for path in CORE.rglob("*.py")}
     assert not {module: names for module, names in offenders.items() if names}
+
+
+def test_the_network_depends_on_torch_and_the_shared_words_alone():
+    """model.py reads in one sitting, as nanoGPT's does: no data loading, no configuration."""
+    imported = imported_names(CORE / "model.py")
+    assert {name for name in imported if name.startswith("mercli")} <= {"mercli.vocabulary", "mercli.vocabulary.UNKNOWN_MODALITY"}
