@@ -5,18 +5,19 @@ feature sets of test_train."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -30,7 +31,8 @@ from mercli.train import train
 from mercli.workspace import Workspace
 from test_train import CLASSES, FAST, config, write_workspace
 
-FILES = {"model.safetensors", "config.json", "history.json", "metrics.json", "curves.png"}
+WRITE_ORDER = ["model.safetensors", "config.json", "history.json", "metrics.json", "curves.png"]
+FILES = set(WRITE_ORDER)
 
 
 def settings_args(space: Workspace) -> list[str]:
@@ -85,55 +87,97 @@ def finished(tmp_path_factory):
 
 # --- a run changes as one unit ----------------------------------------------------------------
 
-STRACE = shutil.which("strace")
-TRACED = "rename,renameat,renameat2,unlinkat"
-CALL = re.compile(r"^(\d+)\s+(rename|renameat|renameat2|unlinkat)\((.*)$")
+# A process that imports what `mer train` imports once (torch alone takes seconds), then for each
+# request read on stdin, "KILL_AT<tab>LOG", forks a child that runs `mer train ARGS` (this process's
+# arguments) through the console entry point, and answers the child's exit status. The child logs
+# to LOG, one flushed line each, the writes under runs/ it is about to make (Python's audit events
+# come before the operation): renames (os.rename, os.replace), removals and folders made (those of
+# shutil.rmtree named relative to a descriptor), and the lookup of renameat2, which _exchange calls
+# at once through ctypes (ctypes raises no event for the call itself). On reaching write KILL_AT
+# (1 for the first, 0 never) the child sends itself SIGKILL, so that write never happens. Its output
+# goes to LOG.out.
+KILLABLE_TRAINS = r"""
+import os, signal, sys
+import mercli.cli, mercli.train  # and what training imports on first use (one left out costs only time):
+import matplotlib.figure, safetensors.torch, scipy.optimize, scipy.special, sklearn.metrics, torch._dynamo
+runs = os.environ["KILL_UNDER"]
+
+def where(path, descriptor):
+    folder = os.readlink(f"/proc/self/fd/{descriptor}") if descriptor not in (None, -1) else ""
+    return os.path.join(folder, os.fsdecode(path))
+
+def write(event, args):
+    if event == "os.rename":
+        paths = [where(args[0], args[2]), where(args[1], args[3])]
+    elif event in ("os.remove", "os.rmdir", "os.mkdir"):
+        paths = [where(args[0], args[-1])]
+    else:
+        return "renameat2" if event == "ctypes.dlsym" and args[1] == "renameat2" else None
+    return " ".join([event[3:], *paths]) if any(p.startswith(runs + os.sep) for p in paths) else None
+
+def train(kill_at, log):
+    written, log = 0, open(log, "a", buffering=1)
+    def hook(event, args):
+        nonlocal written
+        line = write(event, args)
+        if line is not None:
+            written += 1
+            log.write(line + "\n")
+            if written == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+    output = os.open(log.name + ".out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    sys.addaudithook(hook)
+    return mercli.cli.main()  # click exits with the command's status
+
+for request in sys.stdin:
+    kill_at, log = request.rstrip("\n").split("\t")
+    child = os.fork()
+    if child == 0:
+        sys.exit(train(int(kill_at), log))  # never back to this loop
+    print(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]), flush=True)
+"""
 
 
-class Call(NamedTuple):
-    """One traced system call: the process, the call, its number among that process's calls of the
-    same name (what strace's ``when=`` counts), and its arguments."""
+@contextlib.contextmanager
+def killable_trains(space: Workspace, labels: Path) -> Iterator[Callable[..., tuple[int, str]]]:
+    """A function ``(log, kill_at=0) -> (exit status, output)`` that runs ``mer train --name r``
+    (one fold, the split column) in a child process of KILLABLE_TRAINS, killed before write
+    ``kill_at`` under runs/, with the writes logged to ``log``."""
+    command = [sys.executable, "-c", KILLABLE_TRAINS, *settings_args(space), "train", "--labels", str(labels),
+               "--name", "r", "--epochs", "1"]
+    server = subprocess.Popen(command, env=mer_environment(KILL_UNDER=str(space.runs)), stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
 
-    pid: str
-    name: str
-    number: int
-    arguments: str
+    def run(log: Path, kill_at: int = 0) -> tuple[int, str]:
+        server.stdin.write(f"{kill_at}\t{log}\n")
+        server.stdin.flush()
+        answered, _, _ = select.select([server.stdout], [], [], 300)
+        answer = server.stdout.readline() if answered else ""
+        assert answer, f"no exit status from the train killed at write {kill_at} (stderr above says why)"
+        return int(answer), Path(f"{log}.out").read_text()
 
-    def key(self) -> tuple[str, int, str]:
-        """The call without what differs from one process to the next (random names, descriptors)."""
-        return self.name, self.number, re.sub(r"[0-9a-f]{12}", "*", " ".join(re.findall(r'"[^"]*"', self.arguments)))
-
-
-def traced_calls(log: Path) -> list[Call]:
-    counts: Counter = Counter()
-    calls = []
-    for line in log.read_text().splitlines():
-        match = CALL.match(line)
-        if match:
-            pid, name, arguments = match.groups()
-            counts[pid, name] += 1
-            calls.append(Call(pid, name, counts[pid, name], arguments))
-    return calls
-
-
-def kill_points(calls: list[Call], runs_folder: Path) -> list[Call]:
-    """Every rename under runs/ (each write of the run, and the swap), and the first removal after
-    the swap (the old run still there under a hidden name)."""
-    renames = [c for c in calls if c.name != "unlinkat" and str(runs_folder) in c.arguments]
-    after_swap = [c for c in calls[calls.index(renames[-1]) + 1:] if c.name == "unlinkat" and c.pid == renames[-1].pid]
-    return renames + after_swap[:1]
+    try:
+        yield run
+    finally:
+        server.kill()
+        server.communicate()
 
 
-def traced_train(space: Workspace, labels: Path, log: Path, kill: Call | None = None) -> subprocess.CompletedProcess:
-    """``mer train --name r`` (one fold, the split column) in a child process under strace, killed
-    with SIGKILL on entering the call ``kill`` (before it takes effect)."""
-    inject = ["-e", f"inject={kill.name}:signal=SIGKILL:when={kill.number}"] if kill else []
-    command = [STRACE, "-f", "-qq", "-s", "4096", "-e", "signal=none", "-e", f"trace={TRACED}", *inject, "-o", str(log),
-               sys.executable, "-m", "mercli", *settings_args(space), "train", "--labels", str(labels), "--name", "r",
-               "--epochs", "2"]
-    # no byte-code written, so that every run of the command makes the same calls
-    return subprocess.run(command, env=mer_environment(PYTHONDONTWRITEBYTECODE="1"), capture_output=True, text=True,
-                          timeout=300)
+def writes(space: Workspace, log: Path) -> list[str]:
+    """The writes a child logged, without what differs from one process to the next (random names)."""
+    lines = log.read_text().splitlines()
+    return [re.sub(r"[0-9a-f]{12}", "*", line.replace(str(space.runs), "runs")) for line in lines]
+
+
+def kill_points(logged: list[str]) -> list[int]:
+    """The write numbers (from 1) to kill at: each rename of a file into place under runs/, the
+    exchange of the folders, and the first removal after the last of them (after the exchange, the
+    old run still whole under a hidden name)."""
+    placed = [number for number, write in enumerate(logged, 1) if write.startswith("rename ") or write == "renameat2"]
+    after = enumerate(logged[placed[-1]:], placed[-1] + 1)
+    return placed + [number for number, write in after if write.startswith(("remove ", "rmdir "))][:1]
 
 
 def assert_eval_scores_the_recorded_model(space: Workspace, run: Path) -> None:
@@ -148,34 +192,39 @@ def assert_eval_scores_the_recorded_model(space: Workspace, run: Path) -> None:
         assert scored["waf"] == pytest.approx(trained["waf"]) and scored["accuracy"] == pytest.approx(trained["accuracy"])
 
 
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace): it kills the "
-                                           "command between two of its writes")
+@pytest.mark.skipif(sys.platform != "linux", reason="the child names the folder of a descriptor from /proc, and "
+                                                    "only Linux exchanges two folders in one call")
 def test_a_train_killed_between_any_two_writes_leaves_the_old_or_the_new_run(workspace, tmp_path):
     space, labels = workspace
     run = space.runs / "r"
-    # the old run: another validation split (speakers held out), so its record and weights differ
-    train(config(**{"train.epochs": 2}), space, labels, name="r", group_column="speaker")
-    old_copy = shutil.copytree(run, tmp_path / "old")
-    finished = traced_train(space, labels, tmp_path / "full.log")
-    assert finished.returncode == 0, finished.stderr
-    new = snapshot(run)
-    old = snapshot(old_copy)
-    assert new != old and set(new["entries"].decode().split("\n")) == FILES
-    points = kill_points(traced_calls(tmp_path / "full.log"), space.runs)
-    assert len(points) >= 6, points  # the weights, config, history, metrics, curves, the swap, the removal
-    outcomes = []
-    for number, point in enumerate(points):
-        for folder in space.runs.iterdir():  # each kill starts from the same folders
-            shutil.rmtree(folder)
-        shutil.copytree(old_copy, run)
-        log = tmp_path / f"kill{number}.log"
-        killed = traced_train(space, labels, log, kill=point)
-        assert killed.returncode == -signal.SIGKILL, killed.stderr
-        assert traced_calls(log)[-1].key() == point.key(), point  # killed where intended
-        state = snapshot(run)
-        assert state in (old, new), f"killed at {point}: runs/r mixes two trainings"
-        outcomes.append("old" if state == old else "new")
-        assert_eval_scores_the_recorded_model(space, run)
+    with killable_trains(space, labels) as killable_train:  # it imports while the old run trains
+        # the old run: another validation split (speakers held out), so its record and weights differ
+        train(config(**{"train.epochs": 2}), space, labels, name="r", group_column="speaker")
+        old_copy = shutil.copytree(run, tmp_path / "old")
+        status, output = killable_train(tmp_path / "full.log")
+        assert status == 0, output
+        new = snapshot(run)
+        old = snapshot(old_copy)
+        assert new != old and set(new["entries"].decode().split("\n")) == FILES
+        logged = writes(space, tmp_path / "full.log")
+        points = kill_points(logged)
+        outcomes = []
+        for number in points:
+            for folder in space.runs.iterdir():  # each kill starts from the same folders
+                shutil.rmtree(folder)
+            shutil.copytree(old_copy, run)
+            log = tmp_path / f"kill{number}.log"
+            status, output = killable_train(log, kill_at=number)
+            assert status == -signal.SIGKILL, output
+            assert writes(space, log) == logged[:number]  # killed where intended, the same writes before
+            state = snapshot(run)
+            assert state in (old, new), f"killed before {logged[number - 1]}: runs/r mixes two trainings"
+            outcomes.append("old" if state == old else "new")
+            assert_eval_scores_the_recorded_model(space, run)
+    # the points were every write of the run, the exchange, and a removal of the old run after it
+    placed = [f"rename runs/.r.*.part/.{name}.*.part runs/.r.*.part/{name}" for name in WRITE_ORDER]
+    assert [logged[n - 1] for n in points[:-1]] == [*placed, "renameat2"], logged
+    assert re.fullmatch(r"(remove|rmdir) runs/\.r\.\*\.part/.+", logged[points[-1] - 1]), logged
     assert outcomes == ["old"] * (len(points) - 1) + ["new"]
     assert staging_folders(space)  # left by the last kill (the old run, not yet removed), and not a run:
     assert resolve_run(space, None) == run
