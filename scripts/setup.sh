@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up mer on a Debian machine: the Debian packages it needs (ffmpeg, and strace for the tests),
-# a virtual environment in .venv, torch, and mer itself (editable, with its test extras). Safe to run again: what is already
+# Set up mer on a Debian machine: the Debian packages it needs (ffmpeg), a virtual environment in
+# .venv, torch, and mer itself (editable, with its test extras). Safe to run again: what is already
 # in place is kept. Works as root or, for apt-get, through sudo.
 #
 # torch: the CPU build torch==2.13.0 (an unpinned torch pulls a CUDA build of several GB); on a
@@ -28,7 +28,6 @@ as_root() {
 missing_debian_packages() {
     local missing=()
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
-    command -v strace >/dev/null 2>&1 || missing+=(strace)  # the tests kill a run between two writes with it
     if ! command -v "$PYTHON" >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then

@@ -192,6 +192,7 @@ def assert_eval_scores_the_recorded_model(space: Workspace, run: Path) -> None:
         assert scored["waf"] == pytest.approx(trained["waf"]) and scored["accuracy"] == pytest.approx(trained["accuracy"])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="the child names the folder of a descriptor from /proc, and "
                                                     "only Linux exchanges two folders in one call")
 def test_a_train_killed_between_any_two_writes_leaves_the_old_or_the_new_run(workspace, tmp_path):
