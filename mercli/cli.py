@@ -284,7 +284,7 @@ def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submissio
 @json_option
 def plugins_command(as_json: bool) -> None:
     """List installed plug-ins by stage, with versions."""
-    from mercli import plugins
+    import mercli.plugins as plugins
     from mercli.reports import plugins_table
 
     inventory = plugins.inventory()
@@ -351,7 +351,7 @@ def config_show(app: App, as_json: bool) -> None:
 
 def main() -> None:
     """Console-script entry point: adds plug-in commands, then runs the group."""
-    from mercli import plugins
+    import mercli.plugins as plugins
     from mercli.signals import stop_on_sigterm_as_on_ctrl_c
 
     stop_on_sigterm_as_on_ctrl_c()

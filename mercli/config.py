@@ -202,7 +202,7 @@ def _table_options(table: str, where: str) -> tuple[Option, ...]:
     if prefix not in PLUGIN_TABLES or not name:
         known = ", ".join([*CORE_SECTIONS, *(f"{p}.NAME" for p in PLUGIN_TABLES)])
         raise ConfigError(f"{where}: unknown table [{table}] (known: {known})")
-    from mercli import plugins  # loads the plug-ins only when a plug-in table is present
+    import mercli.plugins as plugins  # loads the plug-ins only when a plug-in table is present
 
     stage = PLUGIN_TABLES[prefix]
     registered = plugins.registry(stage).get(name)

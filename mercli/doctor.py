@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-from mercli import plugins
+import mercli.plugins as plugins
 from mercli.config import Config
 from mercli.contracts import STAGES, Check
 

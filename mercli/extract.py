@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
-from mercli import plugins, resources
+import mercli.plugins as plugins
+
+import mercli.resources as resources
 from mercli.clips import Clip
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
@@ -159,7 +161,7 @@ class ClipExtractor:
             return ClipOutcome(clip.clip_id, "failed", failures=[reason])
 
     def _extract(self, clip: Clip, pending: list[Encoder]) -> ClipOutcome:
-        from mercli import media
+        import mercli.media as media
 
         modalities = {e.modality for e in pending}
         decoded = media.decode(

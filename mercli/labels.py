@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Iterable, Mapping, Sequence
 
-from mercli import plugins
+import mercli.plugins as plugins
 from mercli.clips import discover, resolve_clip, validate_clip_id
 from mercli.config import Config
 from mercli.contracts import Dataset, LabelRecord

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 import pluggy
 
-from mercli import hookspecs
+import mercli.hookspecs as hookspecs
 from mercli.contracts import STAGES, Component, Encoder, Option
 from mercli.errors import PluginError
 from mercli.vocabulary import LEVELS, MODALITIES

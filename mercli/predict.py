@@ -19,7 +19,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from mercli import plugins, prompts
+import mercli.plugins as plugins
+
+import mercli.prompts as prompts
 from mercli.calibration import calibrated
 from mercli.clips import Clip, clip_from_file, scan
 from mercli.config import Config
@@ -105,6 +107,7 @@ class Predictor:
     def __init__(self, config: Config, run: TrainedRun, scratch: Path) -> None:
         self.run = run
         self.scratch = Workspace(scratch)
+        self.predicted = 0
         self.manifests = manifests = {name: Manifest.from_json(doc) for name, doc in run.config["manifests"].items()}
         inputs = [InputSpec(**spec) for spec in run.config["inputs"]]
         used_priors = {s.name for s in injected_priors(inputs, ModelSettings.from_table(run.config["train"]))}
@@ -152,6 +155,15 @@ class Predictor:
             sets = embed_traces(self.config, self.scratch.features, self.reasoning.store, refresh=[clip.clip_id])
             _check_reproduced({s.name for s in sets}, self.remade_priors, self.run.path)
 
+    def predict_all(self, paths: Iterable[Path]) -> Iterator[Prediction]:
+        """A prediction (or the reason there is none) for every clip under ``paths``, in order."""
+        for item in clips_of(paths):
+            if isinstance(item, Prediction):
+                yield item
+                continue
+            self.predicted += 1  # each clip gets its own scratch id, even when two share a name
+            yield self.predict(replace(item, clip_id=f"{self.predicted:06d}-{item.clip_id}"), str(item.path))
+
     def predict(self, clip: Clip, shown_as: str) -> Prediction:
         started = time.perf_counter()
         outcome = self.extractor(clip)
@@ -195,12 +207,6 @@ def predict_paths(config: Config, workspace: Workspace, run: TrainedRun, paths: 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mercli.extract.extract_clips
     scratch = workspace.scratch_folder("predict")
     try:
-        predictor = Predictor(config, run, scratch)
-        for index, item in enumerate(clips_of(paths)):
-            if isinstance(item, Prediction):
-                yield item
-                continue
-            scratch_clip = replace(item, clip_id=f"{index:06d}-{item.clip_id}")
-            yield predictor.predict(scratch_clip, str(item.path))
+        yield from Predictor(config, run, scratch).predict_all(paths)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

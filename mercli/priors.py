@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mercli import plugins
+import mercli.plugins as plugins
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Features
 from mercli.errors import ConfigError

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from mercli import plugins, prompts
+import mercli.plugins as plugins
+
+import mercli.prompts as prompts
 from mercli.clips import Clip, scan
 from mercli.config import Config
 from mercli.costs import Budget, Price, price_for

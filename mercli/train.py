@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mercli import plugins
+import mercli.plugins as plugins
 from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError

@@ -193,3 +193,44 @@ def test_a_folder_with_a_link_loop_and_a_link_outside_still_predicts_its_clips(t
     errors = [line for line in outcome.stderr.splitlines() if line.startswith("error:")]
     assert sorted(errors) == sorted(f"error: {reason}" for reason in failed.values())
     assert not stale.exists() and list(Workspace(trained).scratch.iterdir()) == []
+
+
+# --- the Python API -----------------------------------------------------------------------------
+
+
+def test_the_python_api_predicts_what_mer_predict_prints_with_models_loaded_once(trained, shared_data, tmp_path):
+    import mercli
+
+    clips = [shared_data / "crema-d" / "1001_DFA_ANG_XX.flv", shared_data / "crema-d" / "1002_DFA_SAD_XX.mp3"]
+    printed = json_lines(mer(trained, "predict", *map(str, clips), "--checkpoint", "run", "--json").stdout)
+    run = mercli.load_run(trained / "runs" / "run")
+    assert run.classes == json.loads(CREMA_CLASSES) and "2 folds" in repr(run)
+    first = list(run.predict(clips))
+    assert [(p.clip, p.label) for p in first] == [(line["clip"], line["label"]) for line in printed]
+    for prediction, line in zip(first, printed):
+        assert prediction.probs == pytest.approx(line["probs"], abs=1e-5)
+        assert prediction.modalities == line["modalities"]
+    predictor = run._predictor
+    again = list(run.predict(str(clips[1])))  # one path as text; the same encoders, not built again
+    assert run._predictor is predictor and again[0].probs == pytest.approx(first[1].probs, abs=1e-6)
+    missing = list(run.predict([tmp_path / "missing.mp4"]))
+    assert missing[0].error == f"{tmp_path / 'missing.mp4'}: no such file"
+    scratch = predictor.scratch.root
+    del run, predictor
+    import gc
+
+    gc.collect()
+    assert not scratch.exists()  # the scratch folder goes with the run object
+
+
+def test_the_python_api_refuses_an_incomplete_run_with_the_commands_message(trained, tmp_path):
+    import mercli
+    from mercli.errors import DataError
+
+    broken = tmp_path / "runs" / "broken"
+    shutil.copytree(trained / "runs" / "run", broken)
+    (broken / "metrics.json").unlink()
+    with pytest.raises(DataError, match="metrics.json"):
+        mercli.load_run(broken)
+    with pytest.raises(DataError, match="no such run folder"):
+        mercli.load_run("nothing-here", workspace=trained)

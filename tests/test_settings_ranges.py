@@ -148,6 +148,7 @@ def test_the_template_shows_each_declared_range():
     assert tomllib.loads(uncommented)["extract"]["fps"] == 2.0
 
 
+@pytest.mark.slow
 def test_the_frame_sampler_is_never_given_an_fps_it_would_loop_on(shared_data):
     """Whoever calls decode: an infinite fps used to spin for ever (so it runs in a child process here)."""
     clip = shared_data / "crema-d" / "1001_DFA_ANG_XX.flv"
@@ -183,6 +184,7 @@ def assert_refused_before_any_work(result: subprocess.CompletedProcess[str], wor
 BAD_FPS = [("inf", "inf"), ("nan", "nan"), ("0", "0"), ("-1", "-1")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("raw", "shown"), BAD_FPS)
 def test_extract_refuses_a_bad_fps_option(tmp_path, shared_data, raw, shown):
     result = run_quickly("extract", str(shared_data / "crema-d"), "--encoders", "face-landmarks", "--fps", raw,
@@ -190,6 +192,7 @@ def test_extract_refuses_a_bad_fps_option(tmp_path, shared_data, raw, shown):
     assert_refused_before_any_work(result, tmp_path, "command line (extract.fps)", repr(float(shown)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("raw", "shown"), BAD_FPS)
 def test_extract_refuses_a_bad_fps_setting(tmp_path, shared_data, raw, shown):
     result = run_quickly("-s", f"extract.fps={raw}", "extract", str(shared_data / "crema-d"),
@@ -197,6 +200,7 @@ def test_extract_refuses_a_bad_fps_setting(tmp_path, shared_data, raw, shown):
     assert_refused_before_any_work(result, tmp_path, "command line (extract.fps)", shown)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("raw", "shown"), BAD_FPS)
 def test_extract_refuses_a_bad_fps_in_mer_toml(tmp_path, shared_data, raw, shown):
     (tmp_path / "mer.toml").write_text(f"[extract]\nfps = {raw}\n", encoding="utf-8")
@@ -204,6 +208,7 @@ def test_extract_refuses_a_bad_fps_in_mer_toml(tmp_path, shared_data, raw, shown
     assert_refused_before_any_work(result, tmp_path, f"{tmp_path / 'mer.toml'}:2", shown)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("raw", "shown"), BAD_FPS)
 def test_extract_refuses_a_bad_fps_in_the_environment(tmp_path, shared_data, raw, shown):
     result = run_quickly("extract", str(shared_data / "crema-d"), "--encoders", "face-landmarks", cwd=tmp_path,
@@ -223,6 +228,7 @@ def test_extract_refuses_a_bad_fps_in_the_environment(tmp_path, shared_data, raw
     (["-s", "train.heads=3", "train", "--labels", "labels.csv"], "[train] heads (3) must divide width (128)"),
 ], ids=["sample-rate", "workers", "empty-encoders", "empty-encoder-name", "max-cost", "concurrency", "lr",
         "heads-divide-width"])
+@pytest.mark.slow
 def test_other_stages_refuse_bad_settings_before_any_work(tmp_path, shared_data, args, message):
     clips = str(shared_data / "crema-d")
     result = run_quickly(*[clips if a == "CLIPS" else a for a in args], cwd=tmp_path)
@@ -231,6 +237,7 @@ def test_other_stages_refuse_bad_settings_before_any_work(tmp_path, shared_data,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_config_show_refuses_a_bad_value_from_the_environment(tmp_path):
     result = run_quickly("config", "show", cwd=tmp_path, env=mer_environment(MER_TRAIN_DROPOUT="1.5"))
     assert result.returncode == 2
