@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import mercli.plugins as plugins
-
 import mercli.resources as resources
 from mercli.clips import Clip
 from mercli.config import Config

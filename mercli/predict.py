@@ -20,7 +20,6 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 import mercli.plugins as plugins
-
 import mercli.prompts as prompts
 from mercli.calibration import calibrated
 from mercli.clips import Clip, clip_from_file, scan

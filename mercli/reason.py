@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import mercli.plugins as plugins
-
 import mercli.prompts as prompts
 from mercli.clips import Clip, scan
 from mercli.config import Config
