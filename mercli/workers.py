@@ -174,14 +174,16 @@ def _handle(item: Any) -> Any:
     assert _function is not None, "worker not initialised"
     try:
         _busy = True
-        result = _function(item)
+        return _function(item)
     except KeyboardInterrupt:
         os._exit(EXIT_INTERRUPTED)
     finally:
         _busy = False
-    if _stopping:  # a library turned the interrupt into an ordinary error: stop all the same
-        os._exit(EXIT_INTERRUPTED)
-    return result
+        # Told to stop while working, however the item ended (a library may turn the interrupt into
+        # an ordinary error, or the item fail meanwhile): stop all the same. A second signal would
+        # change nothing, so a worker that went back to the queue would wait there for ever.
+        if _stopping:
+            os._exit(EXIT_INTERRUPTED)
 
 
 def _exit_without_teardown() -> None:

@@ -265,6 +265,41 @@ def make_nothing() -> None:
     raise RuntimeError("no model here")
 
 
+def stubborn_item(kind: str) -> str:
+    """One item fails at once; the other, stopped meanwhile, turns the interrupt into an ordinary
+    error, as a native library may."""
+    if kind == "fails":
+        time.sleep(1)  # the other worker is inside its item by now
+        raise ValueError("this item fails")
+    try:
+        time.sleep(60)
+    except KeyboardInterrupt:
+        raise RuntimeError("interrupted in native code") from None
+    return kind
+
+
+def make_stubborn() -> Callable[[str], str]:
+    return stubborn_item
+
+
+def test_workers_stopped_after_a_failure_end_even_when_an_item_swallows_the_stop():
+    """The failing item makes the main process stop every worker. The worker between items was
+    stopped while holding the queue's lock; the other one, whose item swallowed the stop, used to
+    go back to that queue and wait for ever, and the run with it."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_extract_workers import make_stubborn; "
+              "from mercli.workers import run_in_workers; list(run_in_workers(make_stubborn, (), ['fails', 'slow'], 2))")
+    process = subprocess.Popen([sys.executable, "-c", script, str(Path(__file__).parent)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the run did not end after a failed item: a stopped worker waits on the queue")
+    assert process.returncode == 1 and "ValueError: this item fails" in stderr, stderr
+    assert_nothing_left_running(process)
+
+
 def test_run_in_workers_gives_every_result_once():
     from mercli.workers import run_in_workers
 
