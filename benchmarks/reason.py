@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_openai import FakeOpenAI  # noqa: E402  (the test suite's fake server)
+from support.fake_openai import FakeOpenAI  # noqa: E402  (the test suite's fake server)
 
 from mercli.config import load  # noqa: E402
 from mercli.reason import reason_folder  # noqa: E402

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from mercli import __version__, config
-from mer_process import error_document, mer_environment, one_error_line, run_mer
+from support.mer_process import error_document, mer_environment, one_error_line, run_mer
 
 #: Packages that only the stages needing them may import: never `mer --help` or `mer plugins`.
 HEAVY = ("torch", "transformers", "mediapipe", "cv2", "av", "whisper", "faster_whisper", "ctranslate2",

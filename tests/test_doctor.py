@@ -12,7 +12,7 @@ import pytest
 from mercli import config, doctor, plugins
 from mercli.contracts import Check, Encoder
 from mercli.hookspecs import hookimpl
-from mer_process import mer_environment, run_mer
+from support.mer_process import mer_environment, run_mer
 
 SECRET = "secret-value"
 

@@ -29,7 +29,7 @@ from mercli.runs import load_model, load_run, resolve_run
 from mercli.train import predict_logits, train
 from mercli.trainset import build_table
 from mercli.workspace import Workspace
-from test_train import CLASSES, config, manifest, write_workspace
+from support.training import CLASSES, config, manifest, write_workspace
 
 import torch
 

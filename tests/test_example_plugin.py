@@ -17,7 +17,7 @@ import pytest
 from mercli import config, plugins
 from mercli.contracts import DecodedClip
 from mercli.errors import ConfigError
-from mer_process import mer_environment, run_mer
+from support.mer_process import mer_environment, run_mer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mer-example-plugin"
 RATE = 16000

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mer_process import run_mer
+from support.mer_process import run_mer
 
 from mercli import plugins
 from mercli.cli import cli

@@ -23,7 +23,7 @@ from mercli.clips import discover
 from mercli.config import load
 from mercli.extract import extract_clips
 from mercli.workspace import Workspace
-from mer_process import mer_environment
+from support.mer_process import mer_environment
 
 pytestmark = [
     pytest.mark.slow,  # real mer processes: run by the full suite, not the quick loop

@@ -26,9 +26,9 @@ from typing import Iterator
 
 import pytest
 
-from fake_gemini import FakeGemini, stalled
-from mer_process import error_document, mer_environment, run_mer, with_site
-from test_plugins import fake_distribution
+from support.fake_gemini import FakeGemini, stalled
+from support.mer_process import error_document, mer_environment, run_mer, with_site
+from support.plugins import fake_distribution
 
 pytestmark = pytest.mark.slow  # real mer processes: run by the full suite, not the quick loop
 

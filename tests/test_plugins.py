@@ -8,8 +8,6 @@ holding ``METADATA`` and ``entry_points.txt``, put on ``PYTHONPATH`` of a child 
 from __future__ import annotations
 
 import json
-import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +15,8 @@ from mercli import plugins
 from mercli.contracts import STAGES, Dataset, Encoder, Loss
 from mercli.errors import PluginError
 from mercli.hookspecs import hookimpl
-from mer_process import error_document, mer_environment, one_error_line, run_mer, with_site
+from support.plugins import fake_distribution
+from support.mer_process import error_document, mer_environment, one_error_line, run_mer, with_site
 
 BUILTIN_DATASET_PLUGINS = {"dataset-mer2024", "dataset-folders", "dataset-crema-d", "dataset-ravdess", "dataset-emodb"}
 
@@ -35,19 +34,6 @@ class Twin(Encoder):
 def register_encoders(register):
     register(Twin)
 """
-
-
-def fake_distribution(site: Path, package: str, plugin: str, source: str) -> None:
-    """Install, in ``site``, a distribution ``package`` whose entry point ``plugin`` is a module."""
-    module = f"{package.replace('-', '_')}_{plugin.replace('-', '_')}"
-    (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
-    info = site / f"{package.replace('-', '_')}-1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n", encoding="utf-8")
-    with (info / "entry_points.txt").open("a", encoding="utf-8") as entry_points:
-        if entry_points.tell() == 0:
-            entry_points.write("[mer]\n")
-        entry_points.write(f"{plugin} = {module}\n")
 
 
 BROKEN = {

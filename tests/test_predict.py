@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from mer_process import run_mer
+from support.mer_process import run_mer
 
 from mercli.cli import cli
 from mercli.workspace import Workspace

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fake_gemini import FakeGemini, api_error, key_invalid, rate_limited, stalled
+from support.fake_gemini import FakeGemini, api_error, key_invalid, rate_limited, stalled
 from mercli.cli import cli
 from mercli.traces import validate_trace
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_gemini import (FakeGemini, Reply, answer, answer_text, api_error, blocked, key_invalid, prompt_blocked,
+from support.fake_gemini import (FakeGemini, Reply, answer, answer_text, api_error, blocked, key_invalid, prompt_blocked,
                          rate_limited, sample_answer, stalled)
 from mer_plugins.reasoners import gemini
 from mer_plugins.reasoners.gemini import GeminiReasoner

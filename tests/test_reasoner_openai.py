@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_openai import (FakeOpenAI, Reply, answer, completion, content_filter, error, hang,
+from support.fake_openai import (FakeOpenAI, Reply, answer, completion, content_filter, error, hang,
                          quota_exhausted, rate_limited, refusal, sample_answer, server_error, unauthorized)
 from mer_plugins.reasoners import openai_compatible
 from mer_plugins.reasoners.evidence import Evidence, measure

@@ -22,14 +22,14 @@ from typing import Callable, Iterator
 import pytest
 from click.testing import CliRunner
 
-from mer_process import mer_environment
+from support.mer_process import mer_environment
 from mercli import runs
 from mercli.cli import cli
 from mercli.errors import DataError
 from mercli.runs import resolve_run
 from mercli.train import train
 from mercli.workspace import Workspace
-from test_train import CLASSES, FAST, config, write_workspace
+from support.training import CLASSES, FAST, config, write_workspace
 
 WRITE_ORDER = ["model.safetensors", "config.json", "history.json", "metrics.json", "curves.png"]
 FILES = set(WRITE_ORDER)

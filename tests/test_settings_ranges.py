@@ -19,7 +19,7 @@ from mercli import config, plugins
 from mercli.contracts import FRACTION, POSITIVE, Option, Range
 from mercli.errors import ConfigError
 from mercli.media import decode
-from mer_process import mer_environment, one_error_line
+from support.mer_process import mer_environment, one_error_line
 
 #: (dotted key, a value out of its range, the range as the message words it)
 OUT_OF_RANGE = [

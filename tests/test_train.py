@@ -5,7 +5,6 @@ classes are separable, so a working trainer reaches a high validation WAF in a f
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,64 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from mercli.cli import cli
-from mercli.config import load
-from mercli.contracts import Features
 from mercli.errors import ConfigError, DataError
-from mercli.features import FeatureSet, Manifest
 from mercli.model import FusionNetwork, InputSpec, ModelSettings
-from mercli.splits import plan_splits
-from mer_process import error_document
 from mercli.runs import load_model
+from mercli.splits import plan_splits
 from mercli.train import predict_logits, train, train_fold
 from mercli.trainset import build_table, collate, feature_statistics
 from mercli.workspace import Workspace
-
-CLASSES = ["neutral", "angry", "happy"]
-FAST = {"train.epochs": 8, "train.batch_size": 16, "train.width": 32, "train.heads": 2, "train.layers": 1,
-        "train.projection_dim": 16, "train.lr": 3e-3, "train.patience": 0, "train.device": "cpu"}
-
-
-def manifest(encoder: str, modality: str, dim: int, level: str) -> Manifest:
-    return Manifest(encoder=encoder, encoder_version="1", package="tests", package_version="0", weights=encoder,
-                    settings={}, modality=modality, dim=dim, level=level)
-
-
-def write_workspace(root: Path, clips_per_class: int = 24, speakers: int = 5, seed: int = 0,
-                    prior: bool = False) -> Path:
-    """Separable synthetic features for three classes; returns the labels CSV.
-
-    Every 5th clip lacks the audio set (absent record); the visual set is frame-level with 3 to 7
-    frames, some masked. Clips are spread over ``speakers`` speakers; every 6th clip is in the test
-    split and every 4th (from the second) in val."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(len(CLASSES), 8)) * 2.5
-    audio = FeatureSet.open(root / "features", manifest("syn-audio", "audio", 8, "utterance"))
-    visual = FeatureSet.open(root / "features", manifest("syn-visual", "visual", 4, "frame"))
-    priors = FeatureSet.open(root / "features", manifest("prior-visual", "visual", 5, "utterance")) if prior else None
-    rows = ["name,discrete,speaker,split"]
-    for number in range(clips_per_class * len(CLASSES)):
-        label = number % len(CLASSES)
-        clip = f"clip{number:03d}"
-        if number % 5 == 0:
-            audio.write(clip, Features(None, absent="no audio track"))
-        else:
-            audio.write(clip, Features((centres[label] + rng.normal(scale=0.5, size=8)).astype(np.float32)))
-        frames = int(rng.integers(3, 8))
-        values = (centres[label, :4] + rng.normal(scale=0.7, size=(frames, 4))).astype(np.float32)
-        mask = rng.random(frames) > 0.2
-        mask[0] = True
-        visual.write(clip, Features(values, mask))
-        if priors is not None:
-            priors.write(clip, Features(rng.normal(size=5).astype(np.float32)))
-        split = "test" if number % 6 == 0 else "val" if number % 4 == 1 else "train"
-        rows.append(f"{clip},{CLASSES[label]},spk{number % speakers},{split}")
-    labels = root / "labels.csv"
-    labels.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return labels
-
-
-def config(**overrides):
-    return load(None, environ={}, overrides={"data.classes": CLASSES, **FAST, **overrides})
+from support.mer_process import error_document
+from support.training import CLASSES, FAST, config, write_workspace
 
 
 @pytest.fixture

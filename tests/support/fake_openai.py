@@ -19,7 +19,7 @@ import json
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-from fake_http import FakeServer, Recorded, Reply
+from support.fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 CHAT_PATH = "/v1/chat/completions"

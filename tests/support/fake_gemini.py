@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
-from fake_http import FakeServer, Recorded, Reply
+from support.fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 
