@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def hidden_twin(path: Path) -> Path:
+    """A new hidden name beside ``path`` (``.<name>.<random>.part``) for a file or folder written
+    before it takes ``path``'s place; no command reads such a name as a result."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+
+
 @contextmanager
 def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one rename,
@@ -17,7 +23,7 @@ def replacing(path: Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The name is chosen before the file exists (mkstemp could be interrupted after creating it
     # but before returning its name), so whatever interrupts the write, the cleanup knows the file.
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    temporary = hidden_twin(path)
     exclusive = mode.replace("w", "x")
     try:
         with open(temporary, exclusive, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:

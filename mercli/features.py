@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mercli.atomic import replacing, write_json
+from mercli.atomic import hidden_twin, replacing, write_json
 from mercli.clips import storable_clip_id
 from mercli.contracts import Features
 from mercli.errors import DataError
@@ -197,7 +196,7 @@ class FeatureSet:
         if not path.exists():
             features_root.mkdir(parents=True, exist_ok=True)
             # os.mkdir, not mkdtemp: the set takes the umask's mode like every other file, not 0700
-            staging = features_root / f".{path.name}.{secrets.token_hex(6)}.part"
+            staging = hidden_twin(path)
             staging.mkdir()
             try:
                 write_json(staging / MANIFEST_NAME, manifest.to_json())

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mercli.atomic import write_bytes, write_json
+from mercli.atomic import hidden_twin, write_bytes, write_json
 from mercli.errors import DataError
 from mercli.model import FusionNetwork, InputSpec, ModelSettings
 from mercli.workspace import Workspace
@@ -67,10 +66,6 @@ class RunFiles:
     curves: bytes
 
 
-def _staging_name(run: Path) -> Path:
-    return run.with_name(f".{run.name}.{secrets.token_hex(6)}.part")
-
-
 def _is_staging(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".part")
 
@@ -90,7 +85,7 @@ def check_writable(run: Path) -> None:
                         "choose another --name or remove it")
     if run.parent.exists() and not run.parent.is_dir():
         raise DataError(f"{run.parent}: not a folder, so no run can be written in it")
-    probe = _staging_name(run)
+    probe = hidden_twin(run)
     try:
         run.parent.mkdir(parents=True, exist_ok=True)
         probe.mkdir()
@@ -150,7 +145,7 @@ def _swap_in(staging: Path, run: Path) -> None:
     if not run.exists():
         os.rename(staging, run)
     elif not _exchange(staging, run):
-        aside = _staging_name(run)
+        aside = hidden_twin(run)
         os.rename(run, aside)
         try:
             os.rename(staging, run)
@@ -164,7 +159,7 @@ def write_run(run: Path, files: RunFiles) -> None:
     """Write ``files`` as the run ``run``, replacing an earlier run of that name whole (its eval
     reports included) or not at all; an OSError is one line naming the path, the old run intact."""
     _remove_stale(run)
-    staging = _staging_name(run)
+    staging = hidden_twin(run)
     try:
         staging.mkdir()
         with _locked(staging, wait=True) as descriptor:

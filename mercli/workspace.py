@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mercli.config import CONFIG_NAME
-from mercli.errors import DataError
+from mercli.errors import writing
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,8 @@ class Workspace:
         """A new folder ``<purpose>-<pid>-<random>`` for this process's temporary work, which it
         removes when done. Folders left by processes of this machine that no longer run (killed
         with ``kill -9``) are removed first; a running process's are never touched."""
-        try:
+        with writing(self.scratch):
             self.scratch.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise DataError(f"{self.scratch}: cannot create a scratch folder: {error.strerror}") from None
         for folder in self.scratch.iterdir():
             owner = re.fullmatch(r"[a-z]+-(\d+)-.+", folder.name)
             if owner and not _running(int(owner[1])):
