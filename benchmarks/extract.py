@@ -67,7 +67,8 @@ from rich.table import Table
 
 from mercli import config as configuration, plugins
 from mercli.clips import Clip, discover
-from mercli.extract import absence, select_encoders
+from mercli.chain import absence
+from mercli.extract import select_encoders
 from mercli.labels import read_labels
 from mercli.media import decode, probe
 

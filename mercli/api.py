@@ -15,8 +15,6 @@ prints; a clip that cannot be predicted is a :class:`~mercli.predict.Prediction`
 from __future__ import annotations
 
 import os
-import shutil
-import weakref
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -28,8 +26,7 @@ from mercli.workspace import Workspace
 
 class Run:
     """A trained run ready to predict. The encoders and the reasoner are built on the first call of
-    :meth:`predict` and kept; their scratch folder in the workspace goes with the object (or, after
-    a kill, with the next prediction in that workspace)."""
+    :meth:`predict` and kept for the next ones."""
 
     def __init__(self, trained: TrainedRun, workspace: Workspace, config: configuration.Config) -> None:
         self.trained = trained
@@ -54,9 +51,7 @@ class Run:
     def _predictor_once(self) -> Predictor:
         if self._predictor is None:
             os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mercli.extract.extract_clips
-            scratch = self.workspace.scratch_folder("predict")
-            weakref.finalize(self, shutil.rmtree, scratch, True)
-            self._predictor = Predictor(self.config, self.trained, scratch)
+            self._predictor = Predictor(self.config, self.workspace, self.trained)
         return self._predictor
 
     def __repr__(self) -> str:

@@ -19,10 +19,11 @@ from typing import Callable, Iterator, Literal
 
 import mercli.plugins as plugins
 import mercli.resources as resources
+from mercli.chain import ClipEncoder, EncodedClip, clip_failure
 from mercli.clips import Clip
 from mercli.config import Config
-from mercli.contracts import DecodedClip, Encoder, Features, Transcriber
-from mercli.errors import ConfigError, MerError, UnwritableError, writing
+from mercli.contracts import DecodedClip, Encoder, Transcriber
+from mercli.errors import ConfigError, writing
 from mercli.failures import FailureLog
 from mercli.features import FeatureSet, Manifest
 from mercli.transcripts import TranscriptStore
@@ -135,61 +136,57 @@ def prepare(config: Config, features_root: Path, transcripts_root: Path, label_t
 
 
 class ClipExtractor:
-    """Holds the loaded encoders of one process and extracts one clip at a time."""
+    """The extract stage's cache around :class:`~mercli.chain.ClipEncoder`: a clip goes only to the
+    encoders whose feature set holds no valid result for it, and what they give is stored."""
 
     def __init__(self, job: ExtractJob) -> None:
         self.job = job
-        self.encoders = select_encoders(job.config, list(job.manifests))
         self.sets = {name: FeatureSet.open(job.features_root, m) for name, m in job.manifests.items()}
         self.transcriber = (
             plugins.build("transcribers", job.transcriber, job.config) if job.transcriber else None
         )
         self.transcripts = TranscriptStore(job.transcripts_root)
         self.failures = FailureLog(job.features_root)
+        encoders = select_encoders(job.config, list(job.manifests))
+        self.modalities = {e.name: e.modality for e in encoders}
+        self.encode = ClipEncoder(encoders, job.manifests, job.config.get("extract", "fps"),
+                                  job.config.get("extract", "sample_rate"), self._transcript, job.transcriber)
 
     def __call__(self, clip: Clip) -> ClipOutcome:
-        pending = [e for e in self.encoders if self.sets[e.name].status(clip.clip_id) is None]
+        pending = [name for name, store in self.sets.items() if store.status(clip.clip_id) is None]
         if not pending:
             return ClipOutcome(clip.clip_id, "skipped")
         try:
-            return self._extract(clip, pending)
+            encoded = self.encode(clip, only=pending)
         except Exception as error:  # whatever goes wrong with one clip, the batch goes on
             reason = clip_failure(error)
             with writing(self.failures.folder, midway=True):
                 self.failures.record(clip.clip_id, reason, path=str(clip.path), stage="extract")
             return ClipOutcome(clip.clip_id, "failed", failures=[reason])
+        return self._store(clip, encoded)
 
-    def _extract(self, clip: Clip, pending: list[Encoder]) -> ClipOutcome:
-        import mercli.media as media
-
-        modalities = {e.modality for e in pending}
-        decoded = media.decode(
-            clip.path,
-            clip.clip_id,
-            fps=self.job.config.get("extract", "fps"),
-            sample_rate=self.job.config.get("extract", "sample_rate"),
-            video="visual" in modalities,
-            audio=bool(modalities & {"audio", "text"}),
-        )
-        outcome = ClipOutcome(clip.clip_id, "done", seconds=decoded.duration, partial=decoded.partial)
-        if "text" in modalities:
+    def _store(self, clip: Clip, encoded: EncodedClip) -> ClipOutcome:
+        """Write each encoder's result; a result the store refuses is that encoder's failure."""
+        failures = dict(encoded.failures)
+        for name, features in encoded.features.items():
+            store = self.sets[name]
             try:
-                decoded.transcript = self._transcript(decoded)
-            except Exception as error:  # costs this clip its text features, nothing else
-                outcome.failures.append(f"transcriber {self.job.transcriber}: {clip_failure(error)}")
-                pending = [e for e in pending if e.modality != "text"]
-        for encoder in pending:
-            self._encode(encoder, decoded, outcome)
+                with writing(store.path, midway=True):
+                    store.write(clip.clip_id, features)
+            except Exception as error:
+                failures[f"encoder {name}"] = clip_failure(error)
+        outcome = ClipOutcome(clip.clip_id, "failed" if failures else "done", seconds=encoded.duration,
+                              failures=[f"{who}: {why}" for who, why in failures.items()],
+                              absent=encoded.absent(self.modalities), partial=encoded.partial)
         with writing(self.failures.folder, midway=True):
-            if outcome.failures:
-                outcome.status = "failed"
+            if failures:
                 self.failures.record(clip.clip_id, "; ".join(outcome.failures), path=str(clip.path), stage="encode")
             else:
                 self.failures.clear(clip.clip_id)
         return outcome
 
     def _transcript(self, clip: DecodedClip) -> str | None:
-        """The labels file's transcript, else a stored one, else speech recognition."""
+        """The labels file's transcript, else a stored one, else speech recognition (stored)."""
         if clip.clip_id in self.job.label_transcripts:
             return self.job.label_transcripts[clip.clip_id]
         if self.transcriber is None or "audio" in clip.absent:
@@ -201,51 +198,6 @@ class ClipExtractor:
             with writing(self.job.transcripts_root, midway=True):
                 self.transcripts.write(clip.clip_id, source, stored)
         return stored
-
-    def _encode(self, encoder: Encoder, clip: DecodedClip, outcome: ClipOutcome) -> None:
-        """Encode and store; whatever this encoder does wrong, its output refused by the store
-        (NaN, a wrong shape) included, is its own failure and costs the clip no other feature."""
-        store = self.sets[encoder.name]
-        reason = absence(encoder, clip)
-        try:
-            features = Features(values=None, absent=reason) if reason else encoder.encode(clip)
-            check_shape(encoder, features)
-            with writing(store.path, midway=True):
-                store.write(clip.clip_id, features)
-        except Exception as error:
-            outcome.failures.append(f"encoder {encoder.name}: {clip_failure(error)}")
-            return
-        if features.absent:
-            outcome.absent.setdefault(encoder.modality, features.absent)
-
-
-def clip_failure(error: Exception) -> str:
-    """How a clip's failure is worded. A workspace that cannot be written is no clip's failure:
-    it is raised again, to stop the run."""
-    if isinstance(error, UnwritableError):
-        raise error
-    return str(error) if isinstance(error, MerError) else f"{type(error).__name__}: {error}"
-
-
-def absence(encoder: Encoder, clip: DecodedClip) -> str | None:
-    """Why ``clip`` has nothing for this encoder's modality, before the encoder even looks."""
-    if encoder.modality == "text":
-        if clip.transcript is None:
-            return clip.absent.get("audio", "no transcript")
-        return "no speech" if not clip.transcript.strip() else None
-    return clip.absent.get(encoder.modality)
-
-
-def check_shape(encoder: Encoder, features: Features) -> None:
-    """Refuse output that does not match what the encoder declared, before it reaches the store."""
-    if features.values is None:
-        if not features.absent:
-            raise ValueError("returned no values and no reason for their absence")
-        return
-    expected = 1 if encoder.level == "utterance" else 2
-    shape = tuple(features.values.shape)
-    if len(shape) != expected or shape[-1] != encoder.dim:
-        raise ValueError(f"returned shape {shape}, declared {encoder.level}-level dim {encoder.dim}")
 
 
 def start_extractor(job: ExtractJob, threads: int) -> ClipExtractor:

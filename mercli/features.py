@@ -165,6 +165,33 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array, allow_pickle=False)
 
 
+def stored_form(features: Features, manifest: Manifest, where: str) -> Features:
+    """An encoder's output as a feature set holds it (float32, masked frames zeroed), after checking
+    it against ``manifest``; what the store would refuse raises :class:`DataError` naming ``where``.
+    Prediction uses the same form in memory, so that it sees exactly what training read."""
+    values = np.array(features.values, dtype=np.float32)
+    dim = manifest.dim
+    if manifest.level != "frame":
+        if values.shape != (dim,):
+            raise DataError(f"{where}: expected values of shape ({dim},), got {values.shape}")
+        if features.mask is not None:
+            raise DataError(f"{where}: a mask was given for an utterance-level set")
+        if not np.isfinite(values).all():
+            raise DataError(f"{where}: values hold NaN or infinity")
+        return Features(values)
+    if values.ndim != 2 or values.shape[1] != dim or values.shape[0] == 0:
+        raise DataError(f"{where}: expected values of shape (T, {dim}) with T > 0, got {values.shape}")
+    mask = np.ones(len(values), dtype=bool) if features.mask is None else np.asarray(features.mask, dtype=bool)
+    if mask.shape != (len(values),):
+        raise DataError(f"{where}: mask of shape {mask.shape} for {len(values)} frames")
+    if not mask.any():
+        raise DataError(f"{where}: no frame holds a measurement; report the modality as absent instead")
+    if not np.isfinite(values[mask]).all():
+        raise DataError(f"{where}: values hold NaN or infinity in unmasked frames")
+    values[~mask] = 0.0
+    return Features(values, mask)
+
+
 # --- feature sets -----------------------------------------------------------------------------
 
 
@@ -273,40 +300,15 @@ class FeatureSet:
         reason = None if features.absent is None else one_line(features.absent)
         if (features.values is None) == (reason is None) or reason == "":
             raise DataError(f"{self.path}: clip {clip_id}: give either feature values or a non-empty absent reason")
-        values, mask = (None, None) if reason is not None else self._prepared(clip_id, features)
+        stored = None if reason is not None else stored_form(features, self.manifest, f"{self.path}: clip {clip_id}")
         for stale in (values_path, absent_path, mask_path):
             stale.unlink(missing_ok=True)
         if reason is not None:
             write_json(absent_path, {"reason": reason})
             return
-        if mask is not None:
-            _save_npy(mask_path, mask)
-        _save_npy(values_path, values)
-
-    def _prepared(self, clip_id: str, features: Features) -> tuple[np.ndarray, np.ndarray | None]:
-        """Check an encoder's output against the manifest; zero the masked rows."""
-        where = f"{self.path}: clip {clip_id}"
-        values = np.array(features.values, dtype=np.float32)
-        dim = self.manifest.dim
-        if not self.frame_level:
-            if values.shape != (dim,):
-                raise DataError(f"{where}: expected values of shape ({dim},), got {values.shape}")
-            if features.mask is not None:
-                raise DataError(f"{where}: a mask was given for an utterance-level set")
-            if not np.isfinite(values).all():
-                raise DataError(f"{where}: values hold NaN or infinity")
-            return values, None
-        if values.ndim != 2 or values.shape[1] != dim or values.shape[0] == 0:
-            raise DataError(f"{where}: expected values of shape (T, {dim}) with T > 0, got {values.shape}")
-        mask = np.ones(len(values), dtype=bool) if features.mask is None else np.asarray(features.mask, dtype=bool)
-        if mask.shape != (len(values),):
-            raise DataError(f"{where}: mask of shape {mask.shape} for {len(values)} frames")
-        if not mask.any():
-            raise DataError(f"{where}: no frame holds a measurement; report the modality as absent instead")
-        if not np.isfinite(values[mask]).all():
-            raise DataError(f"{where}: values hold NaN or infinity in unmasked frames")
-        values[~mask] = 0.0
-        return values, mask
+        if stored.mask is not None:
+            _save_npy(mask_path, stored.mask)
+        _save_npy(values_path, stored.values)
 
     def _check_values(self, clip_id: str) -> int:
         """Validate the stored values (and mask) from their headers; returns the frame count."""

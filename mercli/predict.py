@@ -1,17 +1,18 @@
 """The predict stage: emotion probabilities for new clips from a trained run.
 
 A run records the exact manifest of every feature set it was trained on. Prediction rebuilds
-those encoders from the manifests (the same settings give the same set names, which is checked),
-extracts one clip at a time into a scratch workspace with the models loaded once, asks the run's
-reasoner for priors when the network uses them, and averages the folds' calibrated probabilities
-(softmax of logits over each fold's temperature).
+those encoders from the manifests (the same settings give the same set names, which is checked)
+and runs each clip through them in memory (:mod:`mercli.chain`), with the models loaded once;
+when the network uses priors it asks the run's reasoner (its traces kept in the workspace's trace
+store, so a clip is asked about once) and embeds the trace in memory; it then averages the folds'
+calibrated probabilities (softmax of logits over each fold's temperature). Nothing but traces is
+written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,19 +23,21 @@ import numpy as np
 import mercli.plugins as plugins
 import mercli.prompts as prompts
 from mercli.calibration import calibrated
+from mercli.chain import ClipEncoder, EncodedClip, as_stored, clip_failure
 from mercli.clips import Clip, clip_from_file, scan
 from mercli.config import Config
-from mercli.errors import DataError, MerError
-from mercli.extract import ClipExtractor, prepare
-from mercli.features import FeatureSet, Manifest
-from mercli.model import InputSpec, ModelSettings, injected_priors
-from mercli.priors import embed_traces, label_conditioned
+from mercli.contracts import DecodedClip, Features
 from mercli.costs import Budget, price_for
-from mercli.reason import ClipInputs, Pacing, ReasonRun
-from mercli.traces import TraceSource, TraceStore
+from mercli.errors import DataError, MerError, writing
+from mercli.extract import manifest_for, select_encoders
+from mercli.features import Manifest
+from mercli.model import InputSpec, ModelSettings, injected_priors
+from mercli.priors import embed_trace, embedder, label_conditioned, prior_manifests
+from mercli.reason import ClipTask, HeldInputs, Pacing, ReasonRun
 from mercli.runs import TrainedRun
+from mercli.traces import TraceSource, TraceStore, content_hash
 from mercli.train import predict_logits
-from mercli.trainset import TrainingTable, read_clip
+from mercli.trainset import one_clip_table
 from mercli.vocabulary import MODALITIES
 from mercli.workspace import Workspace
 
@@ -101,96 +104,121 @@ def extraction_overrides(manifests: Iterable[Manifest]) -> dict[str, Any]:
 
 
 class Predictor:
-    """A loaded run and everything needed to predict a clip with it, built once."""
+    """A loaded run and everything needed to predict a clip with it, built once: the run's
+    encoders, its reasoner and trace embedder when the network uses priors, and its folds."""
 
-    def __init__(self, config: Config, run: TrainedRun, scratch: Path) -> None:
+    def __init__(self, config: Config, workspace: Workspace, run: TrainedRun) -> None:
         self.run = run
-        self.scratch = Workspace(scratch)
-        self.predicted = 0
-        self.manifests = manifests = {name: Manifest.from_json(doc) for name, doc in run.config["manifests"].items()}
+        manifests = {name: Manifest.from_json(doc) for name, doc in run.config["manifests"].items()}
         inputs = [InputSpec(**spec) for spec in run.config["inputs"]]
         used_priors = {s.name for s in injected_priors(inputs, ModelSettings.from_table(run.config["train"]))}
-        self.modality_sets = {s.name: s.modality for s in inputs if not s.prior}
-        self.set_names = [s.name for s in inputs if not s.prior or s.name in used_priors]
-        encoders = [manifests[name] for name in self.modality_sets]
-        self.config = config.with_overrides(extraction_overrides(encoders))
-        job = prepare(self.config, self.scratch.features, self.scratch.transcripts, {})
-        _check_reproduced({m.set_name for m in job.manifests.values()}, set(self.modality_sets), run.path)
-        self.extractor = ClipExtractor(job)
+        self.manifests = {s.name: manifests[s.name] for s in inputs if not s.prior or s.name in used_priors}
+        modality_sets = [s.name for s in inputs if not s.prior]
+        self.modalities = {name: manifests[name].modality for name in modality_sets}
+        self.config = config.with_overrides(extraction_overrides([manifests[name] for name in modality_sets]))
+        self.encode = self._encoder(set(modality_sets))
         # Label-conditioned priors cannot be made for a new clip (it has no label): they stay absent.
-        self.remade_priors = {name for name in used_priors if not label_conditioned(manifests[name])}
-        self.reasoning = self._prior_source([manifests[name] for name in self.remade_priors])
+        remade = [manifests[name] for name in used_priors if not label_conditioned(manifests[name])]
+        self.priors = TracePriors(self.config, workspace, remade, run.path) if remade else None
 
-    def _prior_source(self, prior_manifests: list[Manifest]) -> ReasonRun | None:
-        """The reasoner that made the run's priors, rebuilt; ``None`` when there are none to make."""
-        sources = {json.dumps(m.settings["source"], sort_keys=True) for m in prior_manifests}
-        if not sources:
-            return None
-        if len(sources) > 1:
-            raise DataError(f"{self.run.path}: priors from several reasoners; predict can rebuild one")
-        source = TraceSource.from_json(json.loads(sources.pop()))
-        text_encoder = prior_manifests[0].settings["text_encoder"]
-        options = [o.name for o in plugins.get("encoders", text_encoder).component.options]
-        overrides = {"reason.embed_with": text_encoder, f"reasoner.{source.reasoner}.model": source.model,
-                     **{f"encoder.{text_encoder}.{k}": v for k, v in prior_manifests[0].settings["text_encoder_settings"].items()
-                        if k in options}}
-        self.config = self.config.with_overrides(overrides)
-        reasoner = plugins.build("reasoners", source.reasoner, self.config)
-        if reasoner.trace_version(prompts.PROMPT_VERSION) != source.prompt_version:
-            raise DataError(f"{self.run.path}: its priors come from {source.reasoner} {source.prompt_version}; the "
-                            f"installed one writes {reasoner.trace_version(prompts.PROMPT_VERSION)}")
-        store = TraceStore.open(self.scratch.reasoning, source)
-        return ReasonRun(reasoner, store, ClipInputs(self.scratch, {}), tuple(self.config.get("data", "classes")),
-                         Pacing.from_config(self.config), price_for(reasoner, self.config.get("reason", "prices")),
-                         Budget(None), label_conditioned=False)
+    def _encoder(self, wanted: set[str]) -> ClipEncoder:
+        """The run's encoders, rebuilt from its manifests; they must give the very same sets."""
+        encoders = select_encoders(self.config)
+        transcriber_name = self.config.get("extract", "transcriber") if any(e.modality == "text" for e in encoders) else None
+        transcriber = plugins.build("transcribers", transcriber_name, self.config) if transcriber_name else None
+        made = {e.name: manifest_for(e, self.config, transcriber) for e in encoders}
+        _check_reproduced({m.set_name for m in made.values()}, wanted, self.run.path)
+        self.set_of = {name: manifest.set_name for name, manifest in made.items()}
 
-    def _priors(self, clip: Clip) -> None:
-        if self.reasoning is None:
-            return
-        self.reasoning.inputs = ClipInputs(self.scratch, {})  # sees the feature sets just written
-        task = self.reasoning.task(clip)
-        self.reasoning.ask(task)
-        if self.reasoning.store.status(clip.clip_id, task.content_hash, task.features) == "done":
-            sets = embed_traces(self.config, self.scratch.features, self.reasoning.store, refresh=[clip.clip_id])
-            _check_reproduced({s.name for s in sets}, self.remade_priors, self.run.path)
+        def transcript(clip: DecodedClip) -> str | None:
+            return None if transcriber is None or "audio" in clip.absent else transcriber.transcribe(clip)
+
+        return ClipEncoder(encoders, made, self.config.get("extract", "fps"), self.config.get("extract", "sample_rate"),
+                           transcript, transcriber_name)
 
     def predict_all(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """A prediction (or the reason there is none) for every clip under ``paths``, in order."""
         for item in clips_of(paths):
-            if isinstance(item, Prediction):
-                yield item
-                continue
-            self.predicted += 1  # each clip gets its own scratch id, even when two share a name
-            yield self.predict(replace(item, clip_id=f"{self.predicted:06d}-{item.clip_id}"), str(item.path))
+            yield item if isinstance(item, Prediction) else self.predict(item)
 
-    def predict(self, clip: Clip, shown_as: str) -> Prediction:
+    def predict(self, clip: Clip) -> Prediction:
         started = time.perf_counter()
-        outcome = self.extractor(clip)
-        self._priors(clip)
-        table = self._table(clip.clip_id)
-        present = {m: any(table.values[name][0] is not None for name, mod in self.modality_sets.items() if mod == m)
+        try:
+            encoded = self.encode(clip)
+        except Exception as error:  # one clip that cannot be decoded costs only its own prediction
+            return Prediction(str(clip.path), error=clip_failure(error))
+        features = {self.set_of[name]: value for name, value in encoded.features.items()}
+        present = {m: any(f.values is not None for name, f in features.items() if self.modalities[name] == m)
                    for m in MODALITIES}
         if not any(present.values()):
-            reason = "; ".join(outcome.failures) or f"{clip.path}: no modality could be measured"
-            return Prediction(shown_as, error=reason)
+            reason = "; ".join(f"{who}: {why}" for who, why in encoded.failures.items())
+            return Prediction(str(clip.path), error=reason or f"{clip.path}: no modality could be measured")
+        if self.priors is not None:
+            features.update(self.priors(clip, encoded, self.set_of))
+        table = one_clip_table(self.run.classes, clip.clip_id, self.manifests, features)
         probabilities = np.mean([calibrated(predict_logits(fold.model, table, [0], CPU, 1).numpy(), fold.temperature)
                                  for fold in self.run.folds], axis=0)[0]
         classes = self.run.classes
-        return Prediction(shown_as, classes[int(probabilities.argmax())],
+        return Prediction(str(clip.path), classes[int(probabilities.argmax())],
                           {c: round(float(p), 6) for c, p in zip(classes, probabilities)}, present,
                           time.perf_counter() - started)
 
-    def _table(self, clip_id: str) -> TrainingTable:
-        """A one-clip table over the run's sets; a set the clip has nothing in is absent."""
-        sets, values, masks = [], {}, {}
-        for name in self.set_names:
-            feature_set = FeatureSet(self.scratch.features / name, self.manifests[name])
-            stored = feature_set.path.is_dir() and feature_set.status(clip_id) is not None
-            clip_values, clip_mask = read_clip(feature_set, clip_id) if stored else (None, None)
-            sets.append(feature_set)
-            values[name], masks[name] = [clip_values], [clip_mask]
-        return TrainingTable(self.run.classes, [clip_id], np.zeros(1, dtype=np.int64), [None], [None], sets, values,
-                             masks, [])
+
+class TracePriors:
+    """Priors for new clips: a trace from the run's reasoner, kept in the workspace's trace store
+    (asked once per clip content), embedded in memory by the run's text encoder."""
+
+    def __init__(self, config: Config, workspace: Workspace, manifests: list[Manifest], run: Path) -> None:
+        sources = {json.dumps(m.settings["source"], sort_keys=True) for m in manifests}
+        if len(sources) > 1:
+            raise DataError(f"{run}: priors from several reasoners; predict can rebuild one")
+        source = TraceSource.from_json(json.loads(sources.pop()))
+        text_encoder = manifests[0].settings["text_encoder"]
+        options = [o.name for o in plugins.get("encoders", text_encoder).component.options]
+        config = config.with_overrides({
+            "reason.embed_with": text_encoder, f"reasoner.{source.reasoner}.model": source.model,
+            **{f"encoder.{text_encoder}.{k}": v for k, v in manifests[0].settings["text_encoder_settings"].items()
+               if k in options}})
+        reasoner = plugins.build("reasoners", source.reasoner, config)
+        if reasoner.trace_version(prompts.PROMPT_VERSION) != source.prompt_version:
+            raise DataError(f"{run}: its priors come from {source.reasoner} {source.prompt_version}; the "
+                            f"installed one writes {reasoner.trace_version(prompts.PROMPT_VERSION)}")
+        with writing(workspace.reasoning):
+            self.store = TraceStore.open(workspace.reasoning, source)
+        self.embedder = embedder(config)
+        wanted = {m.set_name for m in manifests}
+        self.manifests = {part: m for part, m in prior_manifests(self.store, self.embedder).items()
+                          if m.set_name in wanted}
+        _check_reproduced({m.set_name for m in self.manifests.values()}, wanted, run)
+        self.held = HeldInputs()
+        self.reasoning = ReasonRun(reasoner, self.store, self.held, tuple(config.get("data", "classes")),
+                                   Pacing.from_config(config), price_for(reasoner, config.get("reason", "prices")),
+                                   Budget(None), label_conditioned=False)
+
+    def __call__(self, clip: Clip, encoded: EncodedClip, set_of: dict[str, str]) -> dict[str, Features]:
+        """The clip's prior features by set name; none when no trace could be had (the network then
+        treats its priors as absent, as for a clip that ``mer reason`` could not answer)."""
+        task = self._task(clip, encoded, set_of)
+        if self.store.status(task.clip.clip_id, task.content_hash, task.features) != "done":
+            self.held.hold(task.clip.clip_id, encoded.transcript, encoded.features, list(task.features or ()))
+            try:
+                self.reasoning.ask(task)
+            finally:
+                self.held.release(task.clip.clip_id)
+            if self.store.status(task.clip.clip_id, task.content_hash, task.features) != "done":
+                return {}
+        embedded = embed_trace(self.embedder, self.store.read(task.clip.clip_id), self.store.folder)
+        return {m.set_name: as_stored(embedded[part], m, f"clip {clip.clip_id}") for part, m in self.manifests.items()}
+
+    def _task(self, clip: Clip, encoded: EncodedClip, set_of: dict[str, str]) -> ClipTask:
+        """What to ask about the clip, under the id its trace is kept as: its own when ``mer reason``
+        already answered for this very content, else one named by the content, so that a new file
+        never replaces the trace of a workspace clip that shares its name."""
+        digest = content_hash(clip.path)
+        names = sorted(set_of[name] for name in encoded.features) if self.reasoning.reasoner.uses_features else None
+        if self.store.status(clip.clip_id, digest, names) == "done":
+            return ClipTask(clip, digest, names)
+        return ClipTask(replace(clip, clip_id=f"content-{digest[:32]}"), digest, names)
 
 
 def _check_reproduced(made: set[str], wanted: set[str], run: Path) -> None:
@@ -201,11 +229,6 @@ def _check_reproduced(made: set[str], wanted: set[str], run: Path) -> None:
 
 
 def predict_paths(config: Config, workspace: Workspace, run: TrainedRun, paths: Iterable[Path]) -> Iterator[Prediction]:
-    """Predictions for every clip under ``paths``, one at a time, models loaded once; the clips'
-    features go to a scratch folder of ``workspace``, removed at the end."""
+    """Predictions for every clip under ``paths``, one at a time, models loaded once."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see mercli.extract.extract_clips
-    scratch = workspace.scratch_folder("predict")
-    try:
-        yield from Predictor(config, run, scratch).predict_all(paths)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    yield from Predictor(config, workspace, run).predict_all(paths)

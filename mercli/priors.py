@@ -53,22 +53,35 @@ def label_conditioned(manifest: Manifest) -> bool:
     return isinstance(source, dict) and source.get("label_conditioned") is True
 
 
+def embedder(config: Config) -> Encoder:
+    """The text encoder ``[reason] embed_with`` names, built."""
+    encoder: Encoder = plugins.build("encoders", config.get("reason", "embed_with"), config)
+    if encoder.modality != "text":
+        raise ConfigError(f"[reason] embed_with: '{encoder.name}' is a {encoder.modality} encoder, not a text encoder")
+    return encoder
+
+
+def embed_trace(encoder: Encoder, trace: dict[str, Any], folder: Path) -> dict[str, Features]:
+    """Each part of one trace as prior features, by trace part: its text embedded, or the
+    modality's absence with the trace's reason (``folder`` is where the trace is kept)."""
+    embedded = {}
+    for part in TRACE_PARTS:
+        text = prior_text(part, trace[part])
+        embedded[part] = (Features(values=None, absent=trace[part]["absent"]) if text is None
+                          else encoder.encode(DecodedClip(trace["clip"], folder, 0.0, transcript=text)))
+    return embedded
+
+
 def embed_traces(config: Config, features_root: Path, store: TraceStore, refresh: Iterable[str] = (),
                  advance: Callable[[], None] = lambda: None) -> list[FeatureSet]:
     """Embed every trace of ``store`` that has no prior yet, and those in ``refresh`` (traces
     written by this run, which may replace older ones); returns the prior sets."""
-    encoder: Encoder = plugins.build("encoders", config.get("reason", "embed_with"), config)
-    if encoder.modality != "text":
-        raise ConfigError(f"[reason] embed_with: '{encoder.name}' is a {encoder.modality} encoder, not a text encoder")
+    encoder = embedder(config)
     sets = {part: FeatureSet.open(features_root, manifest) for part, manifest in prior_manifests(store, encoder).items()}
     redo = set(refresh)
     for clip_id in store.clip_ids():
         if clip_id in redo or any(s.status(clip_id) is None for s in sets.values()):
-            trace = store.read(clip_id)
-            for part, feature_set in sets.items():
-                text = prior_text(part, trace[part])
-                features = (Features(values=None, absent=trace[part]["absent"]) if text is None
-                            else encoder.encode(DecodedClip(clip_id, store.folder, 0.0, transcript=text)))
-                feature_set.write(clip_id, features)
+            for part, features in embed_trace(encoder, store.read(clip_id), store.folder).items():
+                sets[part].write(clip_id, features)
         advance()
     return list(sets.values())

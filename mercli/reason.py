@@ -67,8 +67,38 @@ class ClipInputs:
         """The feature sets, by encoder, that hold a result for the clip."""
         return {e: s for e, s in self.feature_sets.items() if s.status(clip_id) is not None}
 
+    def feature_names(self, clip_id: str) -> list[str]:
+        """The names of the feature sets that hold the clip, sorted (a trace records them)."""
+        return sorted(s.name for s in self.holding(clip_id).values())
+
     def features(self, clip_id: str) -> dict[str, Features]:
         return {encoder: feature_set.read(clip_id) for encoder, feature_set in self.holding(clip_id).items()}
+
+
+class HeldInputs:
+    """Clips held in memory (``mer predict``), served as :class:`ClipInputs` serves the workspace's:
+    the caller holds a clip's transcript and features while it asks about it."""
+
+    labelled: dict[str, LabelledClip] = {}
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[str | None, dict[str, Features], list[str]]] = {}
+
+    def hold(self, clip_id: str, transcript: str | None, features: dict[str, Features], set_names: list[str]) -> None:
+        """Serve ``features`` (by encoder name, from the sets named ``set_names``) for ``clip_id``."""
+        self._held[clip_id] = (transcript, features, sorted(set_names))
+
+    def release(self, clip_id: str) -> None:
+        self._held.pop(clip_id, None)
+
+    def transcript(self, clip_id: str) -> str | None:
+        return self._held[clip_id][0]
+
+    def feature_names(self, clip_id: str) -> list[str]:
+        return self._held[clip_id][2]
+
+    def features(self, clip_id: str) -> dict[str, Features]:
+        return self._held[clip_id][1]
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -132,7 +162,7 @@ class ReasonSummary:
 class ReasonRun:
     """One ``mer reason`` over a list of clips with one reasoner and one trace store."""
 
-    def __init__(self, reasoner: Reasoner, store: TraceStore, inputs: ClipInputs, classes: Sequence[str],
+    def __init__(self, reasoner: Reasoner, store: TraceStore, inputs: ClipInputs | HeldInputs, classes: Sequence[str],
                  pacing: Pacing, price: Price, budget: Budget, label_conditioned: bool) -> None:
         self.reasoner = reasoner
         self.store = store
@@ -268,7 +298,7 @@ class ReasonRun:
     def task(self, clip: Clip) -> ClipTask:
         features = None
         if self.reasoner.uses_features:
-            features = sorted(s.name for s in self.inputs.holding(clip.clip_id).values())
+            features = self.inputs.feature_names(clip.clip_id)
         return ClipTask(clip, content_hash(clip.path), features)
 
     def plan(self, clips: Sequence[Clip], retry_failed: bool) -> tuple[list[ClipTask], list[str], list[dict[str, str]]]:

@@ -22,7 +22,8 @@ import numpy as np
 
 from mercli.config import Config
 from mercli.errors import DataError
-from mercli.features import FeatureSet, list_feature_sets
+from mercli.contracts import Features
+from mercli.features import FeatureSet, Manifest, list_feature_sets
 from mercli.labels import check_classes, read_labels
 from mercli.model import InputSpec
 from mercli.vocabulary import is_prior
@@ -149,6 +150,17 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
         raise DataError(f"{labels_path}: the clips with features cover one class only ({only}); "
                         "training needs two or more")
     return table
+
+
+def one_clip_table(classes: list[str], clip_id: str, manifests: Mapping[str, Manifest],
+                   features: Mapping[str, Features]) -> TrainingTable:
+    """A table of one unlabelled clip held in memory (``mer predict``), over the sets ``manifests``
+    names; a set ``features`` has nothing for is absent. Its sets live nowhere on disk: their path
+    is their bare name."""
+    sets = [FeatureSet(Path(name), manifest) for name, manifest in manifests.items()]
+    held = {name: features.get(name, Features(None, absent="not made")) for name in manifests}
+    return TrainingTable(classes, [clip_id], np.zeros(1, dtype=np.int64), [None], [None], sets,
+                         {name: [f.values] for name, f in held.items()}, {name: [f.mask] for name, f in held.items()}, [])
 
 
 def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) -> None:

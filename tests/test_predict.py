@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from support.mer_process import run_mer
 
 from mercli.cli import cli
-from mercli.workspace import Workspace
 
 pytestmark = pytest.mark.slow  # real mer processes or models: run by the full suite, not the quick loop
 
@@ -141,34 +140,9 @@ def test_priors_from_label_conditioned_traces_stay_absent_for_new_clips(trained,
     assert without_priors["probs"] != with_priors["probs"]
 
 
-def ended_process_id() -> int:
-    """The id of a process that has run and ended (a ``kill -9``-ed ``mer predict``, say)."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def test_a_scratch_folder_left_by_an_ended_process_is_removed_and_a_running_ones_is_kept(tmp_path):
-    workspace = Workspace(tmp_path / "ws")
-    workspace.scratch.mkdir(parents=True)
-    stale = workspace.scratch / f"predict-{ended_process_id()}-abc123"
-    (stale / "features").mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        running = workspace.scratch / f"predict-{sleeper.pid}-def456"
-        running.mkdir()
-        mine = workspace.scratch_folder("predict")
-        assert not stale.exists() and running.is_dir()
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert mine.parent == workspace.scratch and mine.name.startswith(f"predict-{os.getpid()}-") and mine.is_dir()
-    assert workspace.scratch.is_relative_to(workspace.root)
-
-
 def test_a_folder_with_a_link_loop_and_a_link_outside_still_predicts_its_clips(trained, shared_data, tmp_path):
-    """A child process, as from a shell. The clips' scratch lies in the workspace; one left by a
-    killed run is removed, and the run removes its own."""
+    """A child process, as from a shell. It writes nothing in the workspace but the traces of the
+    clips it asked about: no feature set, no scratch folder."""
     clips = tmp_path / "clips"
     clips.mkdir()
     good = sorted((shared_data / "crema-d").glob("*.flv"))[:2]
@@ -176,8 +150,7 @@ def test_a_folder_with_a_link_loop_and_a_link_outside_still_predicts_its_clips(t
         shutil.copy(path, clips / path.name)
     (clips / "loop.mp3").symlink_to("loop.mp3")
     (clips / "escape.mp4").symlink_to(next((shared_data / "mead").glob("*.mp4")))
-    stale = Workspace(trained).scratch / f"predict-{ended_process_id()}-abc123"
-    stale.mkdir(parents=True)
+    before = workspace_files(trained)
     outcome = run_mer("-w", str(trained), "predict", str(clips), "--json", cwd=tmp_path)
     assert outcome.returncode == 1 and "Traceback" not in outcome.stderr, outcome.stderr
     lines = json_lines(outcome.stdout)
@@ -192,7 +165,32 @@ def test_a_folder_with_a_link_loop_and_a_link_outside_still_predicts_its_clips(t
     assert all(sum(line["probs"].values()) == pytest.approx(1.0, abs=1e-4) for line in predicted)
     errors = [line for line in outcome.stderr.splitlines() if line.startswith("error:")]
     assert sorted(errors) == sorted(f"error: {reason}" for reason in failed.values())
-    assert not stale.exists() and list(Workspace(trained).scratch.iterdir()) == []
+    added = workspace_files(trained) - before
+    assert all(path.startswith("reasoning/") and path.endswith(".trace.json") for path in added), added
+
+
+def test_a_new_clip_is_asked_about_once_and_never_replaces_the_trace_of_a_clip_named_alike(trained, shared_data,
+                                                                                          tmp_path):
+    """The trace of a clip the workspace does not hold is kept under its content: a second
+    prediction asks nothing, and a file named like a training clip leaves that clip's trace alone."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    training_clip = sorted((shared_data / "crema-d").glob("*.flv"))[0]
+    shutil.copy(sorted((shared_data / "emodb-dev" / "wav").glob("*.wav"))[0], clips / f"{training_clip.stem}.wav")
+    kept = {path: path.read_bytes() for path in (trained / "reasoning").rglob(f"{training_clip.stem}.trace.json")}
+    assert kept
+    before = workspace_files(trained)
+    first = json_lines(mer(trained, "predict", str(clips), "--json").stdout)
+    added = workspace_files(trained) - before
+    assert len(added) == 1 and Path(added.pop()).name.startswith("content-"), added
+    assert all(path.read_bytes() == content for path, content in kept.items())
+    settled = workspace_files(trained)
+    second = json_lines(mer(trained, "predict", str(clips), "--json").stdout)
+    assert workspace_files(trained) == settled and second[0]["probs"] == first[0]["probs"]
+
+
+def workspace_files(workspace: Path) -> set[str]:
+    return {str(path.relative_to(workspace)) for path in workspace.rglob("*") if path.is_file()}
 
 
 # --- the Python API -----------------------------------------------------------------------------
@@ -215,12 +213,6 @@ def test_the_python_api_predicts_what_mer_predict_prints_with_models_loaded_once
     assert run._predictor is predictor and again[0].probs == pytest.approx(first[1].probs, abs=1e-6)
     missing = list(run.predict([tmp_path / "missing.mp4"]))
     assert missing[0].error == f"{tmp_path / 'missing.mp4'}: no such file"
-    scratch = predictor.scratch.root
-    del run, predictor
-    import gc
-
-    gc.collect()
-    assert not scratch.exists()  # the scratch folder goes with the run object
 
 
 def test_the_python_api_refuses_an_incomplete_run_with_the_commands_message(trained, tmp_path):

@@ -378,7 +378,7 @@ def real_answers(shared_data: Path, tmp_path_factory) -> dict[str, dict[str, Any
     from mer_plugins.encoders.egemaps import EgemapsEncoder
     from mer_plugins.encoders.face_landmarks import FaceLandmarksEncoder
     from mer_plugins.encoders.fer_expression import FerExpressionEncoder
-    from mercli.extract import absence
+    from mercli.chain import absence
     from mercli.media import decode
 
     encoders = [FaceLandmarksEncoder(), FerExpressionEncoder(), EgemapsEncoder()]
