@@ -1,18 +1,19 @@
-"""The plug-in manager: loads every plug-in of the entry-point group ``mer`` and collects what they
-register, stage by stage.
+"""The plug-in manager: loads the built-in plug-ins and every plug-in of the entry-point group
+``mer``, and collects what they register, stage by stage.
 
-Built-in plug-ins (``mer_plugins``) are declared in this project's own ``pyproject.toml`` under the
-same entry-point group as third-party ones, so both travel the same path. A plug-in that fails to
-import, fails while registering, or registers a name another plug-in already took is reported as a
-:class:`~mercli.errors.PluginError` that names it.
+Built-in plug-ins (``mer_plugins``) are listed in :data:`BUILTINS` by module name and registered
+exactly as third-party ones are, hook by hook, so both travel the same path; adding a built-in
+needs no reinstall. A plug-in that fails to import, fails while registering, or registers a name
+another plug-in already took is reported as a :class:`~mercli.errors.PluginError` that names it.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from importlib import metadata
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Callable, Generic, Iterator, TypeVar
 
 import pluggy
 
@@ -25,6 +26,25 @@ if TYPE_CHECKING:  # the configuration looks plug-ins up; plug-ins only read it
     from mercli.config import Config
 
 ENTRY_POINT_GROUP = "mer"
+
+#: The built-in plug-ins: plug-in name -> module. The core names them; it never imports them itself.
+BUILTINS: dict[str, str] = {
+    "dataset-mer2024": "mer_plugins.datasets.mer2024",
+    "dataset-folders": "mer_plugins.datasets.folders",
+    "dataset-crema-d": "mer_plugins.datasets.crema_d",
+    "dataset-ravdess": "mer_plugins.datasets.ravdess",
+    "dataset-emodb": "mer_plugins.datasets.emodb",
+    "encoder-face-landmarks": "mer_plugins.encoders.face_landmarks",
+    "encoder-fer-expression": "mer_plugins.encoders.fer_expression",
+    "encoder-whisper": "mer_plugins.encoders.whisper",
+    "encoder-egemaps": "mer_plugins.encoders.egemaps",
+    "encoder-text-embedding": "mer_plugins.encoders.text_embedding",
+    "reasoner-local": "mer_plugins.reasoners.local",
+    "reasoner-gemini": "mer_plugins.reasoners.gemini",
+    "reasoner-openai": "mer_plugins.reasoners.openai_compatible",
+    "loss-cross-entropy": "mer_plugins.losses.cross_entropy",
+    "loss-contrastive": "mer_plugins.losses.contrastive",
+}
 
 C = TypeVar("C", bound=Component)
 
@@ -60,29 +80,45 @@ class LoadedPlugins:
         return self.provenance.get(name, Provenance(name, name, "unknown"))
 
 
-@functools.lru_cache(maxsize=None)
-def loaded() -> LoadedPlugins:
-    """Load every entry point of the group ``mer`` once per process.
+def _own_version() -> str:
+    try:
+        return metadata.version("mer")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def _plugins_to_load() -> Iterator[tuple[Provenance, Callable[[], object]]]:
+    """Each plug-in's provenance and how to import it: the built-ins, then the entry points.
 
     ``metadata.entry_points`` sees each distribution once even when it is on ``sys.path`` twice (an
-    editable install run from its own checkout also finds ``mer.egg-info``), so a clash here is a
-    real one: two distributions that chose the same plug-in name.
+    editable install run from its own checkout also finds ``mer.egg-info``), so a clash of names
+    is a real one: two distributions that chose the same plug-in name.
     """
-    manager = pluggy.PluginManager("mer")
-    manager.add_hookspecs(hookspecs)
-    provenance: dict[str, Provenance] = {}
+    version = _own_version()
+    for name, module in BUILTINS.items():
+        yield Provenance(name, "mer", version), functools.partial(importlib.import_module, module)
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = entry_point.dist
         package = dist.metadata["Name"] if dist is not None else "unknown distribution"
-        where = f"plug-in '{entry_point.name}' ({package})"
-        if entry_point.name in provenance:
-            other = provenance[entry_point.name].package
-            raise PluginError(f"{where}: the plug-in name '{entry_point.name}' is already taken by {other}")
+        yield Provenance(entry_point.name, package, dist.version if dist else "unknown"), entry_point.load
+
+
+@functools.lru_cache(maxsize=None)
+def loaded() -> LoadedPlugins:
+    """Load the built-in plug-ins and every entry point of the group ``mer``, once per process."""
+    manager = pluggy.PluginManager("mer")
+    manager.add_hookspecs(hookspecs)
+    provenance: dict[str, Provenance] = {}
+    for origin, load in _plugins_to_load():
+        where = f"plug-in '{origin.plugin}' ({origin.package})"
+        if origin.plugin in provenance:
+            other = provenance[origin.plugin].package
+            raise PluginError(f"{where}: the plug-in name '{origin.plugin}' is already taken by {other}")
         try:
-            manager.register(entry_point.load(), name=entry_point.name)
+            manager.register(load(), name=origin.plugin)
         except Exception as error:  # a broken plug-in must not hide behind a traceback
             raise PluginError(f"{where} failed to load: {type(error).__name__}: {error}") from error
-        provenance[entry_point.name] = Provenance(entry_point.name, package, dist.version if dist else "unknown")
+        provenance[origin.plugin] = origin
     plugins = LoadedPlugins(manager, provenance)
     try:
         manager.check_pending()  # a misspelt hook would otherwise be ignored without a word

@@ -42,7 +42,7 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
 # --- registration -------------------------------------------------------------------------------
 
 
-def test_every_reader_is_registered_through_its_entry_point():
+def test_every_reader_is_registered_by_its_builtin_plugin():
     registered = plugins.registry("datasets")
     for name, entry_point in NAMES.items():
         assert registered[name].provenance.plugin == entry_point

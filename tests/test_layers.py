@@ -83,3 +83,22 @@ def test_the_network_depends_on_torch_and_the_shared_words_alone():
     """model.py reads in one sitting, as nanoGPT's does: no data loading, no configuration."""
     imported = imported_names(CORE / "model.py")
     assert {name for name in imported if name.startswith("mercli")} <= {"mercli.vocabulary", "mercli.vocabulary.UNKNOWN_MODALITY"}
+
+
+def test_a_plugin_imports_only_the_public_contract():
+    """Built-in plug-ins and the example plug-in reach the core through ``mercli.plugin_api`` alone."""
+    root = CORE.parent
+    offenders = {}
+    for path in [*(root / "mer_plugins").rglob("*.py"), *(root / "examples").rglob("*.py")]:
+        used = {name for name in imported_names(path) if name == "mercli" or name.startswith("mercli.")}
+        beyond = {name for name in used if not name.startswith("mercli.plugin_api")}
+        if beyond:
+            offenders[str(path.relative_to(root))] = sorted(beyond)
+    assert not offenders
+
+
+def test_the_public_contract_exports_what_it_names():
+    import mercli.plugin_api as plugin_api
+
+    assert all(hasattr(plugin_api, name) for name in plugin_api.__all__)
+    assert len(set(plugin_api.__all__)) == len(plugin_api.__all__)

@@ -1,5 +1,5 @@
 """The plug-in manager: broken plug-ins are reported as one line naming them (never a traceback), and
-the built-ins are loaded through the same entry points as third-party plug-ins.
+the built-ins, listed in the core, are registered by the same hooks as third-party plug-ins.
 
 Broken plug-ins are installed as fake distributions: a module beside a ``*.dist-info`` folder
 holding ``METADATA`` and ``entry_points.txt``, put on ``PYTHONPATH`` of a child ``mer``.
@@ -48,6 +48,10 @@ BROKEN = {
     "duplicate-plugin-name": (
         [("first-pkg", "same", GOOD_ENCODER), ("second-pkg", "same", GOOD_ENCODER)],
         ["plug-in 'same' (", "the plug-in name 'same' is already taken by "],
+    ),
+    "takes-a-builtin-name": (
+        [("rival-pkg", "encoder-whisper", GOOD_ENCODER)],
+        ["plug-in 'encoder-whisper' (rival-pkg): the plug-in name 'encoder-whisper' is already taken by mer"],
     ),
     "non-component": (
         [("odd-pkg", "odd", """
@@ -180,6 +184,16 @@ def test_plugins_json_lists_the_builtins_with_provenance(tmp_path):
         assert row["package"] == "mer" and row["name"] and row["version"]
     for row in inventory["encoders"]:
         assert row["modality"] in ("audio", "visual", "text") and row["level"] in ("utterance", "frame")
+
+
+def test_the_builtins_are_registered_from_the_core_list_without_entry_points(fresh_plugins, monkeypatch):
+    """No built-in depends on installed metadata: with no entry point at all, each one in
+    ``plugins.BUILTINS`` still registers its components, and every component comes from one."""
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [])
+    plugins.reset()
+    registering = {r.provenance.plugin for stage in STAGES for r in plugins.registry(stage).values()}
+    assert registering == set(plugins.BUILTINS)
+    assert {r.provenance.package for stage in STAGES for r in plugins.registry(stage).values()} == {"mer"}
 
 
 # --- in-process: lookup by name and the contract checks ------------------------------------------

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import re
 
-from mercli.hookspecs import hookimpl
-from mercli.labels import FileNameDataset
+from mercli.plugin_api import FileNameDataset, hookimpl
 
 EMOTIONS = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness", "NEU": "neutral", "SAD": "sadness"}
 

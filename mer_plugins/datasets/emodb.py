@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 
-from mercli.hookspecs import hookimpl
-from mercli.labels import FileNameDataset
+from mercli.plugin_api import FileNameDataset, hookimpl
 
 EMOTIONS = {"W": "anger", "L": "boredom", "E": "disgust", "A": "fear", "F": "happiness", "T": "sadness", "N": "neutral"}
 

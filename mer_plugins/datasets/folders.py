@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mercli.clips import Clip, discover
-from mercli.contracts import Dataset, LabelRecord
-from mercli.errors import DataError
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import Clip, DataError, Dataset, LabelRecord, discover, hookimpl
 
 
 class FolderPerLabel(Dataset):

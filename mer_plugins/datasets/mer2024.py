@@ -16,10 +16,7 @@ import io
 from pathlib import Path
 from typing import Iterator
 
-from mercli.clips import clip_id_of, validate_clip_id
-from mercli.contracts import Dataset, LabelRecord, Option
-from mercli.errors import DataError
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import DataError, Dataset, LabelRecord, Option, clip_id_of, hookimpl, validate_clip_id
 
 TRANSCRIPT_COLUMNS = ("transcript", "text", "english", "chinese", "subtitle")
 

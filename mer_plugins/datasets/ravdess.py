@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 
-from mercli.hookspecs import hookimpl
-from mercli.labels import FileNameDataset
+from mercli.plugin_api import FileNameDataset, hookimpl
 
 EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad",
             "05": "angry", "06": "fearful", "07": "disgust", "08": "surprised"}

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mercli.contracts import DecodedClip
-from mercli.errors import ConfigError
+from mercli.plugin_api import ConfigError, DecodedClip
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,8 +7,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from mercli.contracts import Check, DecodedClip, Encoder, Features
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import Check, DecodedClip, Encoder, Features, hookimpl
 from mer_plugins.encoders.audio_input import absent_audio_reason, clip_audio
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mercli.contracts import DecodedClip, Encoder, Features
+from mercli.plugin_api import DecodedClip, Encoder, Features
 
 if TYPE_CHECKING:
     from mer_plugins.encoders.faces import FaceTrack, FaceTracker

@@ -34,8 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mercli.contracts import DecodedClip
-from mercli.errors import DataError
+from mercli.plugin_api import DataError, DecodedClip
 
 NO_FACE = "no face in any frame"
 NO_FRAMES = "no video frames"

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mer_plugins.encoders import models
 from mer_plugins.encoders.face_encoder import FaceTrackEncoder
-from mercli.contracts import Check, DecodedClip, Features, Option
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import Check, DecodedClip, Features, Option, hookimpl
 
 if TYPE_CHECKING:
     from mer_plugins.encoders.mini_xception import MiniXception

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mercli.errors import DataError
+from mercli.plugin_api import DataError
 
 CLASS_COUNT = 7  # FER2013: angry, disgust, fear, happy, sad, surprise, neutral
 INPUT_SIZE = 64

@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 from typing import Iterable
 
-from mercli.errors import ConfigError
+from mercli.plugin_api import ConfigError
 
 #: (path, size, mtime) of every file hashed -> digest; hashing a large checkpoint once per process is enough.
 _digests: dict[tuple[tuple[str, int, int], ...], str] = {}

@@ -19,10 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option
-from mercli.errors import ConfigError
-from mercli.hookspecs import hookimpl
-from mercli.vocabulary import pick_device
+from mercli.plugin_api import (AT_LEAST_ONE, Check, ConfigError, DecodedClip, Encoder, Features, Option, hookimpl,
+                               pick_device)
 from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, sha256_of, unloadable
 
 if TYPE_CHECKING:

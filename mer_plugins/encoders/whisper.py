@@ -23,9 +23,8 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option, Range, Transcriber
-from mercli.errors import ConfigError
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import (AT_LEAST_ONE, Check, ConfigError, DecodedClip, Encoder, Features, Option, Range,
+                               Transcriber, hookimpl)
 from mer_plugins.encoders import whisper_models
 from mer_plugins.encoders.audio_input import absent_audio_reason, clip_audio
 from mer_plugins.encoders.model_files import sha256_of

@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from mercli.errors import ConfigError
-from mercli.vocabulary import pick_device
+from mercli.plugin_api import ConfigError, pick_device
 from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, unloadable
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ import math
 from numbers import Integral
 from typing import NoReturn, Sequence
 
-from mercli.contracts import Loss
-from mercli.errors import ConfigError, DataError
+from mercli.plugin_api import ConfigError, DataError, Loss
 
 
 class CheckedLoss(Loss):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from mercli.contracts import NON_NEGATIVE, POSITIVE, Option
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import NON_NEGATIVE, POSITIVE, Option, hookimpl
 from mer_plugins.losses.base import CheckedLoss, log_prior
 
 if TYPE_CHECKING:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from mercli.contracts import FRACTION, NON_NEGATIVE, Option
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import FRACTION, NON_NEGATIVE, Option, hookimpl
 from mer_plugins.losses.base import CheckedLoss, effective_number_weights, inverse_frequency_weights, log_prior
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from mer_plugins.encoders.face_landmarks import BLENDSHAPE_NAMES, FEATURE_NAMES 
 from mer_plugins.encoders.fer_expression import CLASSES as FER_CLASSES
 
 if TYPE_CHECKING:
-    from mercli.contracts import Features
+    from mercli.plugin_api import Features
 
 FACE_LANDMARKS = "face-landmarks"
 FER_EXPRESSION = "fer-expression"

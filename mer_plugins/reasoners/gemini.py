@@ -46,10 +46,9 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, Option, Range, Reasoner,
-                              ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
-from mercli.hookspecs import hookimpl
-from mercli.vocabulary import one_line
+from mercli.plugin_api import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, DataError, Option, Range,
+                               Reasoner, ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun,
+                               Usage, hookimpl, one_line, probe)
 
 if TYPE_CHECKING:
     from google import genai
@@ -120,8 +119,6 @@ class GeminiReasoner(Reasoner):
         """Input tokens from the clip's duration (headers only, nothing decoded) and the prompt's
         length; output tokens a fixed estimate of one answer. Raises DataError for a clip that
         cannot be opened."""
-        from mercli.media import probe
-
         info = probe(request.path)
         per_second = (VIDEO_TOKENS_PER_SECOND if info.has_video else 0) + (AUDIO_TOKENS_PER_SECOND if info.has_audio else 0)
         prompt = -(-len(request.prompt) // CHARS_PER_TOKEN)
@@ -236,9 +233,6 @@ def _sendable(path: Path) -> Iterator[tuple[Path, str]]:
 def _convert(path: Path, folder: Path) -> tuple[Path, str]:
     """Video (first non-cover-art stream plus the first audio track) to H.264/AAC .mp4; sound
     alone to 16 kHz mono .wav."""
-    from mercli.errors import DataError
-    from mercli.media import probe
-
     why = f"cannot convert {path.name} for Gemini"
     try:
         has_video = probe(path).has_video

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mercli.contracts import AnswerRejected, Option, Reasoner, ReasoningAnswer, ReasoningRequest, Usage
-from mercli.hookspecs import hookimpl
-from mercli.vocabulary import TRACE_MODALITIES
+from mercli.plugin_api import (TRACE_MODALITIES, AnswerRejected, Option, Reasoner, ReasoningAnswer, ReasoningRequest,
+                               Usage, hookimpl)
 
 if TYPE_CHECKING:
     from mer_plugins.reasoners.evidence import Evidence

@@ -24,11 +24,9 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlparse
 
-from mercli.contracts import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, Option, Range, Reasoner,
-                              ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun, Usage)
-from mercli.errors import DataError
-from mercli.hookspecs import hookimpl
-from mercli.vocabulary import one_line
+from mercli.plugin_api import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, DataError, Option, Range,
+                               Reasoner, ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun,
+                               Usage, decode, hookimpl, one_line, probe)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -190,11 +188,9 @@ class OpenAIReasoner(Reasoner):
     def _sent_frame_size(self, request: ReasoningRequest) -> tuple[int, int] | None:
         """Width and height of the stills sent for this clip; None for an audio-only file; a square
         of ``frame_size`` when the headers do not tell."""
-        from mercli import media
-
         side = self.settings["frame_size"]
         try:
-            info = media.probe(request.path)
+            info = probe(request.path)
         except DataError:
             return side, side
         if not info.has_video:
@@ -343,13 +339,11 @@ def sample_frames(request: ReasoningRequest, count: int, max_side: int) -> tuple
     scaled so the longest side is ``max_side``)."""
     import numpy as np
 
-    from mercli import media
-
-    info = media.probe(request.path)
+    info = probe(request.path)
     if not info.has_video:
         return [], [], "the file is audio-only"
     fps = count / info.duration if info.duration > 0 else 2.0
-    clip = media.decode(request.path, request.clip_id, fps=fps, audio=False, max_side=max_side)
+    clip = decode(request.path, request.clip_id, fps=fps, audio=False, max_side=max_side)
     if clip.frames is None:
         return [], [], clip.absent.get("visual", "no frame could be decoded")
     picks = np.unique(np.linspace(0, len(clip.frames) - 1, min(count, len(clip.frames))).round().astype(int))

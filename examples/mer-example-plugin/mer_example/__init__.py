@@ -1,10 +1,10 @@
 """An example mer plug-in: the hook implementations that register its components.
 
-Only ``mercli.contracts`` and ``mercli.hookspecs`` are imported here, and neither numpy nor torch:
+Only ``mercli.plugin_api`` is imported here, and neither numpy nor torch:
 ``mer --help`` and ``mer plugins`` import every plug-in, so a plug-in's top level must stay light.
 """
 
-from mercli.hookspecs import hookimpl
+from mercli.plugin_api import hookimpl
 
 from mer_example.energy import EnergyContour
 from mer_example.losses import LabelSmoothing

@@ -6,7 +6,7 @@ ones (sadness), and the zero-crossing rate follows voicing and breathiness.
 
 from __future__ import annotations
 
-from mercli.contracts import POSITIVE, DecodedClip, Encoder, Features, Option
+from mercli.plugin_api import POSITIVE, DecodedClip, Encoder, Features, Option
 
 #: Floor under the RMS before taking the logarithm, so that digital silence gives -100 dB, not -inf.
 SILENCE_RMS = 1e-5

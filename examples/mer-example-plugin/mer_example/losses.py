@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from mercli.contracts import FRACTION, Loss, Option
+from mercli.plugin_api import FRACTION, Loss, Option
 
 
 class LabelSmoothing(Loss):

@@ -11,8 +11,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from mercli.contracts import Check
-from mercli.errors import DataError
+from mercli.plugin_api import Check, DataError
 
 FOLDER = Path(__file__).resolve().parent
 FACE_LANDMARKER = "face_landmarker.task"
