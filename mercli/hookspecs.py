@@ -3,12 +3,12 @@
 A plug-in is a module (or object) registered under the entry-point group ``mer``. It implements any
 of the hooks below with the ``hookimpl`` marker. Each ``register_*`` hook receives a ``register``
 callable and calls it once per component it provides; the component types live in
-:mod:`mercli.contracts`, which is the only part of the core a plug-in needs to import.
+:mod:`mercli.contracts`; a plug-in imports them, and everything else it uses of the core, from
+:mod:`mercli.plugin_api`.
 
 Example, in a third-party package::
 
-    from mercli.contracts import Encoder
-    from mercli.hookspecs import hookimpl
+    from mercli.plugin_api import Encoder, hookimpl
 
     class MyEncoder(Encoder):
         name = "my-encoder"
