@@ -1,4 +1,5 @@
-"""The versioned instruction and answer schema that every prompted reasoner receives.
+"""The versioned instruction that every prompted reasoner receives (the answer's schema comes from
+:mod:`mercli.trace_model`).
 
 Bump :data:`PROMPT_VERSION` whenever the text or the schema changes: the version is part of each
 trace's source, so traces from two prompts are never mixed or served from each other's cache.
@@ -6,9 +7,8 @@ trace's source, so traces from two prompts are never mixed or served from each o
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
-from mercli.vocabulary import TRACE_MODALITIES
 
 PROMPT_VERSION = "mer-trace-v1"
 
@@ -49,33 +49,3 @@ def instruction(classes: Sequence[str], *, label: str | None = None, transcript:
     if label is not None:
         text += _LABEL_HINT.format(label=label)
     return text
-
-
-def answer_schema(classes: Sequence[str]) -> dict[str, Any]:
-    """JSON schema of an answer: the ``visual``, ``acoustic``, ``textual`` and ``overall`` parts of
-    a trace (see :data:`mercli.traces.TRACE_SCHEMA`), with emotions limited to ``classes``."""
-    emotion = {"type": "string", "enum": list(classes)}
-    confidence = {"type": "number", "minimum": 0, "maximum": 1}
-    modality = {
-        "type": "object",
-        "properties": {
-            "cues": {"type": "array", "items": {"type": "string"}},
-            "emotion": {"anyOf": [emotion, {"type": "null"}]},
-            "confidence": {"anyOf": [confidence, {"type": "null"}]},
-            "absent": {"anyOf": [{"type": "string"}, {"type": "null"}]},
-        },
-        "required": ["cues", "emotion", "confidence", "absent"],
-        "additionalProperties": False,
-    }
-    overall = {
-        "type": "object",
-        "properties": {"emotion": emotion, "confidence": confidence, "summary": {"type": "string"}},
-        "required": ["emotion", "confidence", "summary"],
-        "additionalProperties": False,
-    }
-    return {
-        "type": "object",
-        "properties": {**{key: modality for key in TRACE_MODALITIES}, "overall": overall},
-        "required": [*TRACE_MODALITIES, "overall"],
-        "additionalProperties": False,
-    }

@@ -28,9 +28,10 @@ from mercli.failures import utc_now
 from mercli.features import FeatureSet, list_feature_sets
 from mercli.labels import LabelledClip, read_labels
 from mercli.pacing import RateLimiter, backoff_delay
-from mercli.traces import TraceSource, TraceStore, content_hash, summarise, validate_trace
+from mercli.trace_model import answer_schema, trace_problems
+from mercli.traces import TraceSource, TraceStore, content_hash, summarise
 from mercli.transcripts import TranscriptStore
-from mercli.vocabulary import TRACE_MODALITIES, is_prior, one_line
+from mercli.vocabulary import is_prior, one_line
 from mercli.workspace import Workspace
 
 Outcome = Literal["done", "cached", "failed", "skipped"]
@@ -193,7 +194,7 @@ class ReasonRun:
         return ReasoningRequest(
             clip_id=clip.clip_id, path=clip.path,
             prompt=prompts.instruction(self.classes, label=label, transcript=transcript),
-            answer_schema=prompts.answer_schema(self.classes), classes=self.classes, transcript=transcript,
+            answer_schema=answer_schema(self.classes), classes=self.classes, transcript=transcript,
             label=label, features=self.inputs.features(clip.clip_id) if self.reasoner.uses_features else {})
 
     def trace(self, task: ClipTask, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
@@ -209,11 +210,7 @@ class ReasonRun:
             "cost_usd": round(self.price.of(usage), 8), "content_hash": task.content_hash, "created": utc_now()}}
         if task.features is not None:
             trace["provenance"]["features"] = task.features
-        problems = validate_trace(trace)
-        emotions = [trace[k].get("emotion") for k in TRACE_MODALITIES if isinstance(trace.get(k), dict)]
-        emotions.append(trace["overall"].get("emotion") if isinstance(trace.get("overall"), dict) else None)
-        problems += [f"emotion {e!r} is not one of {', '.join(self.classes)}"
-                     for e in emotions if e is not None and e not in self.classes]
+        problems = trace_problems(trace, self.classes)
         if problems:
             raise AnswerRejected(f"answer does not match the trace schema: {summarise(problems)}")
         return trace

@@ -6,7 +6,7 @@ for label-conditioned traces, so that they are never served from the cache of a 
 names become folder names with ``/`` written as ``--`` and any other character outside
 ``A-Z a-z 0-9 . _ -`` as ``_``; ``source.json`` in the folder keeps the exact names, and a second
 source that maps to the same folder is refused. The folder holds ``<clip>.trace.json`` (a trace, see
-:data:`TRACE_SCHEMA`) and ``_failures/<clip>.json`` (why a clip has no trace; never a trace); the
+:mod:`mercli.trace_model`) and ``_failures/<clip>.json`` (why a clip has no trace; never a trace); the
 ``.trace.json`` suffix keeps every clip id clear of ``source.json``.
 
 A trace is reused only when its ``provenance.content_hash`` matches the sha256 of the clip file (and,
@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,134 +27,15 @@ from mercli.atomic import write_json
 from mercli.clips import validate_clip_id
 from mercli.errors import DataError
 from mercli.failures import Failure, FailureLog
-from mercli.vocabulary import TRACE_MODALITIES
+from mercli.trace_model import trace_problems
 
 SOURCE_NAME = "source.json"
 TRACE_SUFFIX = ".trace.json"
 LABELS_SUFFIX = "+labels"
 
-_TEXT = {"type": "string", "minLength": 1}
-_CONFIDENCE = {"type": "number", "minimum": 0, "maximum": 1}
-_COUNT = {"type": "integer", "minimum": 0}
-
-#: What one modality shows. A modality missing from the clip (no face, no audio track, no words)
-#: has ``absent`` set to the reason, ``emotion`` and ``confidence`` null and no cues.
-MODALITY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["cues", "emotion", "confidence"],
-    "additionalProperties": False,
-    "properties": {
-        "cues": {"type": "array", "items": _TEXT},
-        "emotion": {**_TEXT, "type": ["string", "null"]},
-        "confidence": {**_CONFIDENCE, "type": ["number", "null"]},
-        "absent": {**_TEXT, "type": ["string", "null"]},
-    },
-}
-
-#: The trace of one clip, as a JSON-Schema subset (type, required, additionalProperties: false,
-#: properties, items, minimum, maximum, minLength, pattern, format: date-time) that
-#: :func:`validate_trace` checks by hand; ``minLength`` counts non-blank characters.
-TRACE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["clip", *TRACE_MODALITIES, "overall", "provenance"],
-    "additionalProperties": False,
-    "properties": {
-        "clip": _TEXT,
-        **{key: MODALITY_SCHEMA for key in TRACE_MODALITIES},
-        "overall": {
-            "type": "object",
-            "required": ["emotion", "confidence", "summary"],
-            "additionalProperties": False,
-            "properties": {"emotion": _TEXT, "confidence": _CONFIDENCE, "summary": _TEXT},
-        },
-        "provenance": {
-            "type": "object",
-            "required": ["reasoner", "model", "prompt_version", "label_conditioned", "usage", "cost_usd",
-                         "content_hash", "created"],
-            "additionalProperties": False,
-            "properties": {
-                "reasoner": _TEXT,
-                "model": _TEXT,
-                "prompt_version": _TEXT,
-                "label_conditioned": {"type": "boolean"},
-                "usage": {
-                    "type": "object",
-                    "required": ["input_tokens", "output_tokens"],
-                    "additionalProperties": False,
-                    "properties": {"input_tokens": _COUNT, "output_tokens": _COUNT},
-                },
-                "cost_usd": {"type": "number", "minimum": 0},
-                "content_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "created": {"type": "string", "format": "date-time"},
-                "features": {"type": "array", "items": _TEXT},
-            },
-        },
-    },
-}
-
-_JSON_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-    "null": lambda v: v is None,
-}
-
-
-def _schema_problems(value: Any, schema: dict[str, Any], where: str) -> list[str]:
-    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-    if not any(_JSON_TYPES[kind](value) for kind in kinds):
-        return [f"{where}: expected {' or '.join(kinds)}, got {json.dumps(value, default=repr)[:60]}"]
-    problems: list[str] = []
-    if isinstance(value, str):
-        if len(value.strip()) < schema.get("minLength", 0):
-            problems.append(f"{where}: must not be empty")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            problems.append(f"{where}: {value[:60]!r} does not match {schema['pattern']}")
-        if schema.get("format") == "date-time" and not _is_iso_time(value):
-            problems.append(f"{where}: {value[:60]!r} is not an ISO 8601 date and time")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
-            low, high = schema.get("minimum", "-inf"), schema.get("maximum", "inf")
-            problems.append(f"{where}: {value} is outside [{low}, {high}]")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            problems += _schema_problems(item, schema["items"], f"{where}[{index}]")
-    elif isinstance(value, dict):
-        properties = schema["properties"]
-        problems += [f"{where}: missing '{key}'" for key in schema["required"] if key not in value]
-        problems += [f"{where}: unknown key '{key}'" for key in value if key not in properties]
-        for key, item in value.items():
-            if key in properties:
-                problems += _schema_problems(item, properties[key], f"{where}.{key}")
-    return problems
-
-
-def _is_iso_time(text: str) -> bool:
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
 def validate_trace(document: Any) -> list[str]:
-    """Every problem of ``document`` against :data:`TRACE_SCHEMA` and the rule that a modality is
-    either observed (an emotion and a confidence) or absent (a reason, nothing else); empty when valid."""
-    problems = _schema_problems(document, TRACE_SCHEMA, "trace")
-    if problems:
-        return problems
-    for key in TRACE_MODALITIES:
-        modality = document[key]
-        if modality.get("absent") is not None:
-            if modality["emotion"] is not None or modality["confidence"] is not None or modality["cues"]:
-                problems.append(f"trace.{key}: absent, so emotion and confidence must be null and cues empty")
-        elif modality["emotion"] is None or modality["confidence"] is None:
-            problems.append(f"trace.{key}: an observed modality needs an emotion and a confidence "
-                            "(set 'absent' to the reason when the clip lacks it)")
-    return problems
+    """Every problem of ``document`` as a trace (:mod:`mercli.trace_model`); empty when valid."""
+    return trace_problems(document)
 
 
 def content_hash(path: Path) -> str:

@@ -24,6 +24,7 @@ from mer_plugins.reasoners.gemini import GeminiReasoner
 from mercli import plugins, prompts
 from mercli.contracts import AnswerRejected, ReasoningRequest, RetryableError, StopRun, Usage
 from mercli.errors import ConfigError
+from mercli.trace_model import answer_schema
 from mercli.media import probe
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -57,7 +58,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def request_for(path: Path, label: str | None = None) -> ReasoningRequest:
     return ReasoningRequest(clip_id=path.stem, path=path, prompt=prompts.instruction(CLASSES, label=label),
-                            answer_schema=prompts.answer_schema(CLASSES), classes=CLASSES, label=label)
+                            answer_schema=answer_schema(CLASSES), classes=CLASSES, label=label)
 
 
 @pytest.fixture

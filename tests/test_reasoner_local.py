@@ -19,7 +19,8 @@ from mer_plugins.encoders.fer_expression import CLASSES as FER_CLASSES
 from mer_plugins.reasoners.evidence import EGEMAPS_DIM, EGEMAPS_INDEX, measure, target_class
 from mer_plugins.reasoners.local import RULES_VERSION, LocalReasoner
 from mercli.contracts import AnswerRejected, Features, ReasoningRequest
-from mercli.prompts import PROMPT_VERSION, answer_schema
+from mercli.prompts import PROMPT_VERSION
+from mercli.trace_model import answer_schema
 from mercli.traces import validate_trace
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -92,7 +93,7 @@ def full_trace(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def schema_problems(value: Any, schema: dict[str, Any], where: str = "answer") -> list[str]:
-    """The JSON-schema keywords :func:`mercli.prompts.answer_schema` uses, checked by hand."""
+    """The JSON-schema keywords :func:`mercli.trace_model.answer_schema` uses, checked by hand."""
     if "anyOf" in schema:
         return [] if any(not schema_problems(value, option, where) for option in schema["anyOf"]) else [where]
     kinds = {"object": dict, "array": list, "string": str, "number": (int, float), "null": type(None)}

@@ -28,7 +28,8 @@ from mer_plugins.reasoners.openai_compatible import (LOCAL_PLACEHOLDER_KEY, Open
                                                      retry_after)
 from mercli.contracts import AnswerRejected, Features, ReasoningRequest, RetryableError, StopRun, Usage
 from mercli.errors import ConfigError
-from mercli.prompts import answer_schema, instruction
+from mercli.prompts import instruction
+from mercli.trace_model import answer_schema
 
 CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 KEY_ENV = "MER_TEST_OPENAI_KEY"

@@ -62,11 +62,11 @@ def test_every_modality_may_be_absent_and_an_observed_one_may_have_no_cues():
     (lambda d: d["visual"].update(cues=["smile", 3]), "trace.visual.cues[1]: expected string"),
     (lambda d: d["visual"].update(cues=[" "]), "trace.visual.cues[0]: must not be empty"),
     (lambda d: d["visual"].update(emotion=""), "trace.visual.emotion: must not be empty"),
-    (lambda d: d["visual"].update(confidence=1.5), "trace.visual.confidence: 1.5 is outside [0, 1]"),
+    (lambda d: d["visual"].update(confidence=1.5), "trace.visual.confidence: 1.5 is outside the range (at most 1)"),
     (lambda d: d["visual"].update(confidence=-0.1), "outside"),
-    (lambda d: d["visual"].update(confidence=float("nan")), "trace.visual.confidence: expected number or null"),
-    (lambda d: d["visual"].update(confidence="high"), "trace.visual.confidence: expected number or null"),
-    (lambda d: d["visual"].update(confidence=True), "trace.visual.confidence: expected number or null"),
+    (lambda d: d["visual"].update(confidence=float("nan")), "trace.visual.confidence: expected a finite number"),
+    (lambda d: d["visual"].update(confidence="high"), "trace.visual.confidence: expected number"),
+    (lambda d: d["visual"].update(confidence=True), "trace.visual.confidence: expected number"),
     (lambda d: d["visual"].update(emotion=None), "trace.visual: an observed modality needs an emotion"),
     (lambda d: d["acoustic"].update(emotion="neutral"), "trace.acoustic: absent, so emotion"),
     (lambda d: d["acoustic"].update(cues=["silence"]), "trace.acoustic: absent, so"),
@@ -256,3 +256,38 @@ def test_content_hash_is_the_sha256_of_the_file(tmp_path):
     assert content_hash(clip) == hashlib.sha256(payload).hexdigest()
     with pytest.raises(DataError, match=r"missing\.mp4: cannot read the clip"):
         content_hash(tmp_path / "missing.mp4")
+
+
+# --- one model, two uses ------------------------------------------------------------------------
+
+
+def test_the_schema_sent_to_reasoners_is_the_one_prompt_version_1_was_written_for():
+    """The schema comes from the trace model now; it must be the very document the hand-written
+    one was, or traces of one prompt version would answer two schemas."""
+    from mercli.trace_model import answer_schema
+
+    classes = ["neutral", "angry"]
+    emotion = {"type": "string", "enum": classes}
+    confidence = {"type": "number", "minimum": 0, "maximum": 1}
+    modality = {"type": "object", "additionalProperties": False,
+                "required": ["cues", "emotion", "confidence", "absent"],
+                "properties": {"cues": {"type": "array", "items": {"type": "string"}},
+                               "emotion": {"anyOf": [emotion, {"type": "null"}]},
+                               "confidence": {"anyOf": [confidence, {"type": "null"}]},
+                               "absent": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
+    overall = {"type": "object", "additionalProperties": False, "required": ["emotion", "confidence", "summary"],
+               "properties": {"emotion": emotion, "confidence": confidence, "summary": {"type": "string"}}}
+    assert answer_schema(classes) == {
+        "type": "object", "additionalProperties": False, "required": ["visual", "acoustic", "textual", "overall"],
+        "properties": {"visual": modality, "acoustic": modality, "textual": modality, "overall": overall}}
+
+
+def test_an_answer_is_checked_against_the_classes_and_a_stored_trace_is_not():
+    from mercli.trace_model import Answer, trace_problems
+    from mercli.vocabulary import TRACE_MODALITIES
+
+    assert list(Answer.model_fields) == [*TRACE_MODALITIES, "overall"]
+    document = edited(lambda d: d["overall"].update(emotion="bored"))
+    assert trace_problems(document) == []
+    assert trace_problems(document, ["neutral", "happy"]) == ["trace.overall.emotion: 'bored' is not one of "
+                                                              "'neutral' or 'happy'"]

@@ -84,7 +84,7 @@ def _field(message: Mapping[str, Any], name: str) -> Any:
 
 
 def sample_answer(classes: Sequence[str] = MER2024_CLASSES, emotion: str | None = None) -> dict[str, Any]:
-    """An answer that satisfies ``mercli.prompts.answer_schema(classes)``."""
+    """An answer that satisfies ``mercli.trace_model.answer_schema(classes)``."""
     emotion = emotion or classes[0]
     modality = {"cues": ["steady gaze", "even tone"], "emotion": emotion, "confidence": 0.7, "absent": None}
     return {

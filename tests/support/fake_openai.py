@@ -44,7 +44,7 @@ class ChatRequest(Recorded):
 
 
 def sample_answer(classes: Sequence[str] = MER2024_CLASSES) -> dict[str, Any]:
-    """An answer that satisfies :func:`mercli.prompts.answer_schema` and the trace rules."""
+    """An answer that satisfies :func:`mercli.trace_model.answer_schema` and the trace rules."""
     first = classes[0]
     observed = {"cues": ["a cue"], "emotion": first, "confidence": 0.7, "absent": None}
     return {"visual": observed, "acoustic": observed,
