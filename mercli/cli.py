@@ -6,7 +6,7 @@ import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import click
 
@@ -35,6 +35,8 @@ class App:
         self.overrides.update({k: v for k, v in settings.items() if v is not None})
         self.__dict__.pop("config", None)
 
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 JSON_REQUESTED = "mer.json"  # ctx.meta key: the subcommand was given --json
 
@@ -111,6 +113,28 @@ def note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     return value
 
 
+def setting_option(dotted: str, flag: str | None = None, metavar: str | None = None) -> Callable[[F], F]:
+    """The option that sets the core setting ``dotted`` (``extract.fps``) for one command. Its type,
+    help and allowed values come from the setting's declaration (``config.CORE_SECTIONS``), so each
+    is written once; the value joins the configuration as a command-line override and is checked
+    there with every other source. A list setting takes comma-separated names."""
+    table, key = dotted.split(".")
+    option = next(o for o in configuration.CORE_SECTIONS[table] if o.name == key)
+    name = flag or f"--{key.replace('_', '-')}"
+    allowed = f"; {option.allowed()}" if option.range or option.choices else ""
+    details = f"{option.help.rstrip('.')}{allowed} [default: {dotted}]."
+
+    def record(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            ctx.find_object(App).override({dotted: value.split(",") if option.kind is list else value})
+
+    if option.kind is bool:
+        return click.option(f"{name}/--no-{name[2:]}", default=None, expose_value=False, callback=record, help=details)
+    kind = str if option.kind is list else option.kind
+    return click.option(name, type=kind, metavar=metavar or ("NAMES" if option.kind is list else None),
+                        expose_value=False, callback=record, help=details)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=note_json,
                            help="Print one JSON document on stdout (an error too).")
 pass_app = click.make_pass_decorator(App)
@@ -119,20 +143,17 @@ pass_app = click.make_pass_decorator(App)
 @cli.command()
 @click.argument("clips_dir", type=click.Path(path_type=Path))
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file (its transcripts feed the text encoders).")
-@click.option("--encoders", help="Comma-separated encoder names [default: extract.encoders].")
-@click.option("--fps", type=float, help="Video frames sampled per second [default: extract.fps].")
-@click.option("--workers", type=int, help="Worker processes, 0 for one per CPU [default: extract.workers].")
+@setting_option("extract.encoders")
+@setting_option("extract.fps")
+@setting_option("extract.workers")
 @click.option("--shard", metavar="K/N", help="Process only shard K of N (SLURM arrays: --shard $((ID+1))/N).")
 @json_option
 @pass_app
-def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None, fps: float | None,
-            workers: int | None, shard: str | None, as_json: bool) -> None:
+def extract(app: App, clips_dir: Path, labels: Path | None, shard: str | None, as_json: bool) -> None:
     """Turn a folder of clips into feature sets; resumable, parallel and shardable."""
     from mercli.extract import Shard, extract_folder
     from mercli.reports import extract_table
 
-    app.override({"extract.fps": fps, "extract.workers": workers,
-                  "extract.encoders": encoders.split(",") if encoders else None})
     summary = extract_folder(app.config, app.workspace, clips_dir, labels, Shard.parse(shard) if shard else None)
     if as_json:
         emit_json(summary.to_json())
@@ -147,9 +168,9 @@ def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None
               help="Reasoner, and optionally its model, e.g. local, gemini, gemini:gemini-2.5-pro, openai:qwen2.5-vl "
                    "[default: reason.reasoner].")
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file (transcripts; labels only with --label-conditioned).")
-@click.option("--concurrency", type=int, help="Calls in flight at once [default: reason.concurrency].")
-@click.option("--rpm", type=float, help="Most calls started per minute [default: reason.requests_per_minute].")
-@click.option("--max-cost", type=float, metavar="USD", help="Stop before the estimated cost would pass USD [default: reason.max_cost; 0: no limit].")
+@setting_option("reason.concurrency")
+@setting_option("reason.requests_per_minute", "--rpm")
+@setting_option("reason.max_cost", metavar="USD")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clips, calls, tokens, cost) and call nothing.")
 @click.option("--retry-failed", is_flag=True, help="Ask again about clips whose last answer failed.")
 @click.option("--label-conditioned", is_flag=True,
@@ -158,9 +179,8 @@ def extract(app: App, clips_dir: Path, labels: Path | None, encoders: str | None
 @click.option("--no-embed", is_flag=True, help="Do not turn the traces into prior feature sets.")
 @json_option
 @pass_app
-def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | None, concurrency: int | None,
-           rpm: float | None, max_cost: float | None, dry_run: bool, retry_failed: bool, label_conditioned: bool,
-           no_embed: bool, as_json: bool) -> None:
+def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | None, dry_run: bool, retry_failed: bool,
+           label_conditioned: bool, no_embed: bool, as_json: bool) -> None:
     """Per-modality reasoning traces for every clip, cached by clip content; then prior feature sets."""
     from mercli.reason import reason_folder, parse_model
     from mercli.reports import reason_table
@@ -168,7 +188,6 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
     if model_spec:
         reasoner, model = parse_model(model_spec)
         app.override({"reason.reasoner": reasoner, f"reasoner.{reasoner}.model": model})
-    app.override({"reason.concurrency": concurrency, "reason.requests_per_minute": rpm, "reason.max_cost": max_cost})
     summary = reason_folder(app.config, app.workspace, clips_dir, labels=labels, label_conditioned=label_conditioned,
                             retry_failed=retry_failed, dry_run=dry_run, embed=not no_embed)
     if as_json:
@@ -183,32 +202,26 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
 
 @cli.command()
 @click.option("--labels", type=click.Path(path_type=Path), required=True, help="Labels file with the training clips.")
-@click.option("--loss", help="Training loss, e.g. ce, bcl, bdcl [default: train.loss].")
-@click.option("--features", help="Comma-separated feature-set folders [default: every set in features/].")
+@setting_option("train.loss")
+@setting_option("train.features")
 @click.option("--name", help="Run folder under runs/ [default: a timestamp and the loss].")
 @click.option("--group-column", help="Hold out whole groups for validation (speaker-independent), e.g. speaker.")
 @click.option("--folds", type=int, help="K-fold cross-validation (by group when --group-column is given).")
-@click.option("--epochs", type=int, help="Most epochs per fold [default: train.epochs].")
-@click.option("--batch-size", type=int, help="Clips per batch [default: train.batch_size].")
-@click.option("--lr", type=float, help="Peak learning rate [default: train.lr].")
-@click.option("--weight-decay", type=float, help="AdamW weight decay [default: train.weight_decay].")
-@click.option("--seed", type=int, help="Random seed [default: train.seed].")
-@click.option("--deterministic", is_flag=True, default=None, help="Deterministic kernels only.")
-@click.option("--priors/--no-priors", default=None, help="Inject prior feature sets (prior-*) [default: train.priors].")
+@setting_option("train.epochs")
+@setting_option("train.batch_size")
+@setting_option("train.lr")
+@setting_option("train.weight_decay")
+@setting_option("train.seed")
+@setting_option("train.deterministic")
+@setting_option("train.priors")
 @json_option
 @pass_app
-def train(app: App, labels: Path, loss: str | None, features: str | None, name: str | None, group_column: str | None,
-          folds: int | None, epochs: int | None, batch_size: int | None, lr: float | None, weight_decay: float | None,
-          seed: int | None, deterministic: bool | None, priors: bool | None, as_json: bool) -> None:
+def train(app: App, labels: Path, name: str | None, group_column: str | None, folds: int | None, as_json: bool) -> None:
     """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
     from mercli.console import fold_progress
     from mercli.reports import train_table
     from mercli.train import train as train_run
 
-    app.override({"train.loss": loss, "train.features": features.split(",") if features else None,
-                  "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-                  "train.weight_decay": weight_decay, "train.seed": seed, "train.deterministic": deterministic,
-                  "train.priors": priors})
     with fold_progress() as on_epoch:
         result = train_run(app.config, app.workspace, labels, name=name, group_column=group_column, folds=folds,
                            on_epoch=on_epoch)

@@ -176,3 +176,18 @@ def test_config_option_names_a_file_that_must_exist_and_that_init_writes(tmp_pat
     shown = run_mer("-c", str(tmp_path / "other.toml"), "-s", "data.dataset=2024", "config", "show", "--json",
                     cwd=tmp_path)
     assert json.loads(shown.stdout)["settings"]["data"]["dataset"]["value"] == "2024"
+
+
+def test_stage_options_take_their_type_help_and_range_from_the_settings_declarations():
+    """A setting's command-line option is generated from its declaration: changing the help or
+    the range in config.CORE_SECTIONS changes --help, and a value out of range is refused there."""
+    from click.testing import CliRunner
+
+    from mercli.cli import cli
+    from mercli.config import CORE_SECTIONS
+
+    fps = next(o for o in CORE_SECTIONS["extract"] if o.name == "fps")
+    shown = " ".join(CliRunner(env={"COLUMNS": "400"}).invoke(cli, ["extract", "--help"]).output.split())
+    assert f"--fps FLOAT {fps.help.rstrip('.')}; {fps.allowed()} [default: extract.fps]." in shown
+    outcome = CliRunner().invoke(cli, ["train", "--labels", "x.csv", "--epochs", "0"])
+    assert outcome.exit_code == 2 and "'epochs' must be an integer >= 1, got 0" in outcome.output
