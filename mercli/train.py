@@ -84,9 +84,11 @@ class RunResult:
     pseudo_labels: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        pseudo = None if self.pseudo_labels is None else {k: v for k, v in self.pseudo_labels.items() if k != "clip_ids"}
-        return {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds],
-                "excluded": self.excluded, "pseudo_labels": pseudo}
+        document = {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds],
+                    "excluded": self.excluded}
+        if self.pseudo_labels is not None:  # a run trained on labels alone keeps its document as it was
+            document["pseudo_labels"] = {k: v for k, v in self.pseudo_labels.items() if k != "clip_ids"}
+        return document
 
 
 # --- settings, device, seeds ------------------------------------------------------------------
