@@ -181,9 +181,18 @@ def lineage_clips(run: Path) -> set[str]:
     while current is not None and current.resolve() not in visited:
         visited.add(current.resolve())
         seen |= run_clips(current)
-        teacher = (_json(current / "config.json", "teacher").get("pseudo_labels") or {}).get("teacher")
-        current = Path(teacher["run"]) if teacher else None
+        current = _teacher_of(current)
     return seen
+
+
+def _teacher_of(run: Path) -> Path | None:
+    """The teacher of the pseudo-labels ``run`` trained on, if any."""
+    document = _json(run / "config.json", "teacher")
+    record = document.get("pseudo_labels") if isinstance(document, dict) else None
+    try:
+        return Path(record["teacher"]["run"]) if record else None
+    except (KeyError, TypeError):
+        raise DataError(f"{run / 'config.json'}: pseudo_labels does not name its teacher run") from None
 
 
 def pseudo_round(run_config: dict[str, Any]) -> int:

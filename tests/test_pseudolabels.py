@@ -296,6 +296,14 @@ def test_a_teacher_that_saw_a_test_clip_is_refused_even_rounds_later(setup, tmp_
         train(config(), setup.space, setup.labels, name="refused-later", pseudo_labels=later.out)
 
 
+def test_a_teacher_that_cannot_be_checked_is_refused(setup, tmp_path):
+    missing = tmp_path / "gone"
+    path = tmp_path / "orphan.csv"
+    path.write_text(f"name,discrete,confidence,teacher,round\n{setup.pool[0]},happy,0.9,{missing} (1 fold),1\n")
+    with pytest.raises(DataError, match=f"{missing / 'metrics.json'}: missing, so the clips teacher"):
+        train(config(), setup.space, setup.labels, name="orphan", pseudo_labels=path)
+
+
 BAD_FILES = {
     "unknown class": ("name,discrete,confidence,teacher,round\nclip001,bored,0.9,/r (1 fold),1\n",
                       ":2: class 'bored' is not one of neutral, angry, happy"),
