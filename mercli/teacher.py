@@ -36,7 +36,7 @@ from mercli.labels import map_label, read_labels
 from mercli.pseudolabels import Teacher, pseudo_clip_ids, pseudo_labels_csv, pseudo_round
 from mercli.runs import TrainedRun, load_run, resolve_run
 from mercli.traces import list_trace_stores
-from mercli.trainset import check_expected_inputs, choose_sets, clip_table, refuse_label_leaks
+from mercli.trainset import TrainingTable, check_expected_inputs, choose_sets, clip_table, refuse_label_leaks
 from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
 
@@ -165,6 +165,29 @@ def default_out(workspace: Workspace, run: Path, round_: int) -> Path:
     return workspace.root / "pseudolabels" / f"{run.name}-round{round_}.csv"
 
 
+def pool_table(workspace: Workspace, run: TrainedRun, clips: Sequence[str]) -> TrainingTable:
+    """The clips of ``clips`` with features in the sets ``run`` was trained on, checked as train checks them."""
+    sets = choose_sets(workspace.features, list(run.config["manifests"]))
+    check_expected_inputs(sets, run.config["manifests"], str(run.path / "config.json"))
+    table = clip_table(run.classes, sets, clips)
+    refuse_label_leaks(table, range(len(table.clip_ids)), "pseudo-labelled")
+    return table
+
+
+def agreement_factors(config: Config, workspace: Workspace, table: TrainingTable, names: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Which clips may be kept (all, unless agreement is required) and the factor on each clip's
+    confidence (1, or ``disagree_weight`` under agreement by weight), from ``agree_with``'s traces."""
+    settings = config.table("pseudolabel")
+    everyone = np.ones(len(names), dtype=bool)
+    if not settings["agree_with"]:
+        return everyone, np.ones(len(names))
+    agrees = agreement(names, table.clip_ids, trace_emotions(config, workspace, settings["agree_with"], table.clip_ids))
+    if settings["agreement"] == "require":
+        return agrees, np.ones(len(names))
+    return everyone, np.where(agrees, 1.0, settings["disagree_weight"])
+
+
 def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoint: str | None,
                 out: Path | None = None) -> PseudoLabelSummary:
     """Label the clips of ``clips_dir`` with the run ``checkpoint`` and write the ones kept."""
@@ -176,29 +199,20 @@ def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoin
     found = scan(clips_dir)
     own = labelled_clips(run)
     pool = [c.clip_id for c in found.clips if c.clip_id not in own]
-    sets = choose_sets(workspace.features, list(run.config["manifests"]))
-    check_expected_inputs(sets, run.config["manifests"], str(run.path / "config.json"))
-    table = clip_table(run.classes, sets, pool)
+    table = pool_table(workspace, run, pool)
     if not table.clip_ids:
         raise DataError(f"{clips_dir}: none of its {len(pool)} clips outside the run's own has features in "
-                        f"{', '.join(s.name for s in sets)}; run `mer extract` on it first")
-    indices = list(range(len(table.clip_ids)))
-    refuse_label_leaks(table, indices, "pseudo-labelled")
+                        f"{', '.join(s.name for s in table.sets)}; run `mer extract` on it first")
     train = config.table("train")
-    probabilities = ensemble_probabilities(run, table, indices, pick_device(train["device"]), train["batch_size"])
+    probabilities = ensemble_probabilities(run, table, range(len(table.clip_ids)), pick_device(train["device"]),
+                                           train["batch_size"])
     predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
     names = [run.classes[k] for k in predicted]
-    agrees = np.ones(len(names), dtype=bool)
-    if settings["agree_with"]:
-        agrees = agreement(names, table.clip_ids, trace_emotions(config, workspace, settings["agree_with"],
-                                                                 table.clip_ids))
-    requires = settings["agree_with"] and settings["agreement"] == "require"
-    kept = _keep(config, run, predicted, confidence, agrees if requires else np.ones(len(names), dtype=bool))
-    written = np.where(agrees, confidence, confidence * settings["disagree_weight"]) if settings["agree_with"] else confidence
-    teacher = Teacher(run.path.resolve(), len(run.folds))
-    round_ = pseudo_round(run.config) + 1
+    eligible, factors = agreement_factors(config, workspace, table, names)
+    kept = _keep(config, run, predicted, confidence, eligible)
+    teacher, round_ = Teacher(run.path.resolve(), len(run.folds)), pseudo_round(run.config) + 1
     target = out or default_out(workspace, run.path, round_)
-    rows = [(table.clip_ids[i], names[i], float(written[i])) for i in np.flatnonzero(kept)]
+    rows = [(table.clip_ids[i], names[i], float(confidence[i] * factors[i])) for i in np.flatnonzero(kept)]
     with writing(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         write_text(target, pseudo_labels_csv(rows, teacher, round_))
