@@ -25,7 +25,7 @@ from mercli.runs import load_run
 from mercli.teacher import class_quotas, class_thresholds, pseudolabel, select_by_quota, select_by_threshold
 from mercli.traces import TraceSource, TraceStore
 from mercli.train import predict_logits, train
-from mercli.trainset import clip_table
+from mercli.trainset import choose_sets, clip_table
 from mercli.workspace import Workspace
 from support.mer_process import error_document, mer_environment, one_error_line, run_mer
 from support.training import CLASSES, FAST, config, write_workspace
@@ -138,18 +138,12 @@ def test_the_pool_is_labelled_class_balanced_and_the_teachers_clips_are_skipped(
 
 def test_the_ensemble_is_the_mean_of_the_folds_calibrated_probabilities(setup):
     run = load_run(train(config(), setup.space, setup.labels, name="two-folds", folds=2).run)
-    table = clip_table(CLASSES, [s for s in _sets(setup)], setup.pool)
+    table = clip_table(CLASSES, choose_sets(setup.space.features, None), setup.pool)
     indices = list(range(len(table.clip_ids)))
     by_hand = np.mean([calibrated(predict_logits(f.model, table, indices, torch.device("cpu"), 7).numpy(), f.temperature)
                        for f in run.folds], axis=0)
     assert len(run.folds) == 2
     np.testing.assert_allclose(ensemble_probabilities(run, table, indices, torch.device("cpu"), 16), by_hand, rtol=1e-6)
-
-
-def _sets(setup):
-    from mercli.trainset import choose_sets
-
-    return choose_sets(setup.space.features, None)
 
 
 # --- agreement with a reasoner's traces ---------------------------------------------------------
@@ -323,7 +317,7 @@ def test_bad_pseudo_label_files_are_one_line_errors(case, tmp_path):
     path.write_text(text)
     with pytest.raises(DataError) as raised:
         read_pseudo_labels(path, config())
-    assert str(raised.value) == f"{path}{problem}" or str(raised.value).startswith(f"{path}{problem}")
+    assert str(raised.value).startswith(f"{path}{problem}") and "\n" not in str(raised.value)
 
 
 # --- the command line -------------------------------------------------------------------------
