@@ -97,7 +97,7 @@ def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, .
 def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, overrides: dict[str, Any]) -> None:
     """Multimodal video emotion recognition with reasoning priors.
 
-    Stages: extract -> reason -> train -> eval -> predict. Human output goes to stderr; with
+    Stages: extract -> reason -> train -> eval -> predict (and pseudolabel -> train for self-training). Human output goes to stderr; with
     --json, stdout carries exactly one JSON document (predict: one object per line), an error's
     too. Exit status: 0 all done, 1 finished but some items failed, 2 usage or configuration
     error, 130 interrupted.
@@ -214,9 +214,13 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
 @setting_option("train.seed")
 @setting_option("train.deterministic")
 @setting_option("train.priors")
+@click.option("--pseudo-labels", type=click.Path(path_type=Path),
+              help="Pseudo-label file (`mer pseudolabel`): its clips join the training folds only.")
+@setting_option("pseudolabel.weight", "--pseudo-weight")
 @json_option
 @pass_app
-def train(app: App, labels: Path, name: str | None, group_column: str | None, folds: int | None, as_json: bool) -> None:
+def train(app: App, labels: Path, name: str | None, group_column: str | None, folds: int | None,
+          pseudo_labels: Path | None, as_json: bool) -> None:
     """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
     from mercli.console import fold_progress
     from mercli.reports import train_table
@@ -224,7 +228,7 @@ def train(app: App, labels: Path, name: str | None, group_column: str | None, fo
 
     with fold_progress() as on_epoch:
         result = train_run(app.config, app.workspace, labels, name=name, group_column=group_column, folds=folds,
-                           on_epoch=on_epoch)
+                           pseudo_labels=pseudo_labels, on_epoch=on_epoch)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -262,6 +266,29 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
     else:
         for table in eval_tables(evaluation):
             stderr.print(table)
+
+
+@cli.command()
+@click.argument("clips_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", help="The teacher: a run name under runs/, or a run folder [default: the newest run].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pseudo-label file to write [default: pseudolabels/RUN-roundN.csv in the workspace].")
+@click.option("--agree-with", metavar="REASONER[:MODEL]",
+              help="Keep (or weigh) clips by agreement with this reasoner's traces [default: pseudolabel.agree_with].")
+@json_option
+@pass_app
+def pseudolabel(app: App, clips_dir: Path, checkpoint: str | None, out: Path | None, agree_with: str | None,
+                as_json: bool) -> None:
+    """Label unlabelled clips with a run's fold ensemble; keep a class-balanced, confident share."""
+    from mercli.reports import pseudolabel_table
+    from mercli.teacher import pseudolabel as label_pool
+
+    app.override({"pseudolabel.agree_with": agree_with})
+    summary = label_pool(app.config, app.workspace, clips_dir, checkpoint, out)
+    if as_json:
+        emit_json(summary.to_json())
+    else:
+        stderr.print(pseudolabel_table(summary))
 
 
 @cli.command()

@@ -108,6 +108,26 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("projection_dim", int, 64, "Width of the projection head used by contrastive losses.", AT_LEAST_ONE),
         Option("priors", bool, True, "Inject prior feature sets (prior-*) into their modality."),
     ),
+    "pseudolabel": (
+        Option("selection", str, "quota", "Which pseudo-labels to keep: quota (per-class shares of the pool "
+               "proportional to the labelled class prior) or threshold (per-class confidence thresholds).",
+               choices=("quota", "threshold")),
+        Option("fraction", float, 0.5, "quota: share of the pool kept, spread over the classes by the labelled prior.",
+               Range(0, 1, low_open=True)),
+        Option("min_confidence", float, 0.0, "quota: no clip below this confidence is kept, quota or not.",
+               Range(0, 1)),
+        Option("threshold", float, 0.9, "threshold: the confidence a clip needs, for classes not in thresholds.",
+               Range(0, 1)),
+        Option("thresholds", dict, {}, "threshold: per-class confidence thresholds, e.g. {sad = 0.6}."),
+        Option("agree_with", str, "", "Reasoner[:model] whose traces must agree with the teacher (empty: no rule)."),
+        Option("agreement", str, "require", "require: keep only clips whose trace's overall emotion agrees; "
+               "weight: keep them all, confidence times disagree_weight where it does not agree.",
+               choices=("require", "weight")),
+        Option("disagree_weight", float, 0.5, "weight: factor on the confidence of a clip its trace disagrees with "
+               "(or that has no trace).", Range(0, 1)),
+        Option("weight", float, 1.0, "mer train --pseudo-labels: a pseudo-labelled clip weighs this times its "
+               "confidence in the loss (a labelled clip weighs 1).", POSITIVE),
+    ),
 }
 
 #: Table prefixes whose sub-tables configure plug-ins, and the registry stage behind each.

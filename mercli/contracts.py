@@ -362,9 +362,15 @@ class Loss(Component):
     ``module(logits, embeddings, labels)`` that returns a scalar; ``embeddings`` are the
     L2-normalised projections (only contrastive losses use them), ``embedding_dim`` wide. Any
     parameters the loss owns (class prototypes) are created by ``build``, so the trainer can build
-    its optimizer over the network's and the loss's parameters straight away."""
+    its optimizer over the network's and the loss's parameters straight away.
+
+    A loss whose ``sample_weights`` is true also accepts ``module(logits, embeddings, labels, weights)``,
+    ``weights`` a ``(B,)`` tensor of non-negative per-clip weights (pseudo-labelled clips weigh
+    their confidence times ``--pseudo-weight``, labelled ones 1): each clip's term is multiplied by
+    its weight. Training with pseudo-labels refuses a loss that does not declare it."""
 
     uses_embeddings: ClassVar[bool] = False
+    sample_weights: ClassVar[bool] = False
 
     def build(self, class_counts: Sequence[int], embedding_dim: int) -> "torch.nn.Module":
         raise NotImplementedError

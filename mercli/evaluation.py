@@ -9,7 +9,10 @@ Two modes:
 * with a labels file, every fold model of every run predicts the chosen clips (by default the
   ``test`` split) and the prediction is the mean of their calibrated probabilities (per run, then
   over runs). Clips a run was trained or selected on are refused: a figure measured on them says
-  nothing about new clips.
+  nothing about new clips; so are the clips the teachers of its pseudo-labels saw.
+
+A run trained on pseudo-labels from a teacher that saw its validation clips has optimistic
+validation figures: ``notes`` says so, and the tables show it beside them.
 
 The clips are read through :func:`mercli.trainset.build_table`, the function train uses, so every
 check train makes on its inputs applies here too, and priors from traces whose reasoner saw the
@@ -33,6 +36,7 @@ from mercli.calibration import calibrated, expected_calibration_error
 from mercli.config import Config
 from mercli.errors import DataError
 from mercli.labels import read_labels
+from mercli.pseudolabels import lineage_clips, optimism_note
 from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
 from mercli.splits import SPLIT_NAMES
 from mercli.train import predict_logits, scores
@@ -103,6 +107,7 @@ class Evaluation:
     excluded: list[str]
     out: Path
     origins: list[tuple[str, int]] | None = None
+    notes: list[str] = field(default_factory=list)
     figures: dict[str, Any] = field(init=False)
     member_figures: list[dict[str, Any]] = field(init=False)
 
@@ -126,7 +131,7 @@ class Evaluation:
         mean, std = self.spread()
         return {**self.figures, "mode": self.mode, "source": self.source, "runs": [str(r) for r in self.runs],
                 "clips": len(self.clip_ids), "excluded": self.excluded, "folds": self.member_figures,
-                "mean": mean, "std": std, "out": str(self.out)}
+                "mean": mean, "std": std, "notes": self.notes, "out": str(self.out)}
 
 
 # --- which runs -------------------------------------------------------------------------------
@@ -191,9 +196,12 @@ def _split_name(name: str | None) -> str | None:
 
 
 def _seen_clips(runs: Sequence[TrainedRun]) -> set[str]:
-    """Every clip the runs were trained or selected on."""
+    """Every clip the runs, or the teachers of their pseudo-labels, were trained or selected on."""
     seen: set[str] = set()
     for run in runs:
+        teacher = (run.config.get("pseudo_labels") or {}).get("teacher")
+        if teacher:
+            seen |= lineage_clips(Path(teacher["run"]))
         for fold in run.folds:
             if fold.train_clip_ids is None:
                 raise DataError(f"{run.path / 'metrics.json'}: the run predates the record of its training clips, "
@@ -257,7 +265,8 @@ def evaluate(config: Config, workspace: Workspace, checkpoints: Sequence[str] = 
             "validation", "each fold's validation clips", classes, paths, members,
             [c for m in members for c in m.clip_ids], np.concatenate([m.labels for m in members]),
             np.concatenate([m.probabilities for m in members]), [], folder,
-            origins=[(m.run.name, m.fold) for m in members for _ in m.clip_ids])
+            origins=[(m.run.name, m.fold) for m in members for _ in m.clip_ids],
+            notes=[note for run in runs if (note := optimism_note(run.path, run.config))])
     else:
         members, excluded, source = _labels_members(config, workspace, runs, labels, split, allow_train_clips)
         per_run = [np.mean([m.probabilities for m in members if m.run == path], axis=0) for path in paths]

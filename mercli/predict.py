@@ -18,16 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import numpy as np
-
 import mercli.plugins as plugins
 import mercli.prompts as prompts
-from mercli.calibration import calibrated
 from mercli.chain import ClipEncoder, EncodedClip, as_stored, clip_failure
 from mercli.clips import Clip, clip_from_file, scan
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Features
 from mercli.costs import Budget, price_for
+from mercli.ensemble import ensemble_probabilities
 from mercli.errors import DataError, MerError, writing
 from mercli.extract import manifest_for, select_encoders
 from mercli.features import Manifest
@@ -36,7 +34,6 @@ from mercli.priors import embed_trace, embedder, label_conditioned, prior_manife
 from mercli.reason import ClipTask, HeldInputs, Pacing, ReasonRun
 from mercli.runs import TrainedRun
 from mercli.traces import TraceSource, TraceStore, content_hash
-from mercli.train import predict_logits
 from mercli.trainset import one_clip_table
 from mercli.vocabulary import MODALITIES
 from mercli.workspace import Workspace
@@ -156,8 +153,7 @@ class Predictor:
         if self.priors is not None:
             features.update(self.priors(clip, encoded, self.set_of))
         table = one_clip_table(self.run.classes, clip.clip_id, self.manifests, features)
-        probabilities = np.mean([calibrated(predict_logits(fold.model, table, [0], CPU, 1).numpy(), fold.temperature)
-                                 for fold in self.run.folds], axis=0)[0]
+        probabilities = ensemble_probabilities(self.run, table, [0], CPU, 1)[0]
         classes = self.run.classes
         return Prediction(str(clip.path), classes[int(probabilities.argmax())],
                           {c: round(float(p), 6) for c, p in zip(classes, probabilities)}, present,

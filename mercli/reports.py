@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mercli.extract import ExtractSummary
     from mercli.predict import Prediction
     from mercli.reason import ReasonSummary
+    from mercli.teacher import PseudoLabelSummary
     from mercli.train import RunResult
 
 
@@ -151,6 +152,15 @@ def train_table(result: "RunResult") -> Table:
                                             f"{made_by['encoder']} {made_by['encoder_version']}, "
                                             f"weights {made_by['weights'] or 'unrecorded'})"))
     table.add_row("priors", escape(result.priors_note))
+    pseudo = result.pseudo_labels
+    if pseudo is not None:
+        saw = pseudo["teacher_saw_validation"]
+        table.add_row("pseudo-labels", escape(
+            f"{pseudo['clips']} clips of {pseudo['path']} (round {pseudo['round']}, teacher {pseudo['teacher']['run']}, "
+            f"weight {pseudo['weight']:g} x confidence) in every fold's training clips"))
+        if saw["clips"]:
+            table.add_row("[yellow]optimistic[/]", escape(f"the teacher trained on {saw['clips']} of the {saw['of']} "
+                                                          "validation clips: the validation figures below are optimistic"))
     if result.excluded:
         shown = ", ".join(result.excluded[:10]) + (" ..." if len(result.excluded) > 10 else "")
         table.add_row("[yellow]excluded[/]", escape(f"{len(result.excluded)} labelled clips without features: {shown}"))
@@ -159,6 +169,25 @@ def train_table(result: "RunResult") -> Table:
                       f"{fold.macro_f1:.4f}, accuracy {fold.accuracy:.4f} ({fold.train_clips} train, "
                       f"{len(fold.val_clips)} val clips); temperature {fold.calibration.temperature:.2f}")
     table.add_row("[bold]best[/]", f"WAF {result.best['waf']:.4f}, macro-F1 {result.best['macro_f1']:.4f}")
+    return table
+
+
+def pseudolabel_table(summary: "PseudoLabelSummary") -> Table:
+    """Per class: clips the teacher predicted as it, kept and dropped; where the file went."""
+    document = summary.to_json()
+    table = Table(title=_plain(f"mer pseudolabel: round {summary.round}, teacher {summary.teacher.cell()}, "
+                               f"{summary.selection['selection']} selection"))
+    for column in ("class", "predicted", "kept", "dropped"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in document["classes"].items():
+        table.add_row(_plain(name), str(row["predicted"]), str(row["kept"]), str(row["dropped"]))
+    table.add_row("[bold]all[/]", str(document["pool"]), str(document["kept"]), str(document["dropped"]))
+    skipped = [f"{summary.teacher_clips} clips the teacher was trained on skipped"] if summary.teacher_clips else []
+    if summary.without_features:
+        skipped.append(f"{len(summary.without_features)} clips without features")
+    if summary.refused:
+        skipped.append(f"{len(summary.refused)} folder entries refused")
+    table.caption = _plain("; ".join([f"wrote {summary.out}", *skipped]))
     return table
 
 
@@ -179,9 +208,11 @@ def eval_summary_table(evaluation: "Evaluation") -> Table:
         table.add_row("mean ± std", "", "", *(f"{mean[k]:.4f} ± {std[k]:.4f}" for k in mean))
     overall = "pooled out-of-fold" if evaluation.mode == "validation" else "mean of the fold models"
     table.add_row(f"[bold]{overall}[/]", "", str(len(evaluation.clip_ids)), *_figures_row(evaluation.figures))
+    captions = [f"[yellow]{escape(note)}[/]" for note in evaluation.notes]
     if evaluation.excluded:
         shown = ", ".join(evaluation.excluded[:10]) + (" ..." if len(evaluation.excluded) > 10 else "")
-        table.caption = _plain(f"excluded: {len(evaluation.excluded)} labelled clips without features: {shown}")
+        captions.append(escape(f"excluded: {len(evaluation.excluded)} labelled clips without features: {shown}"))
+    table.caption = "\n".join(captions) or None
     return table
 
 

@@ -4,7 +4,9 @@ A run folder ``runs/<name>/`` holds ``model.safetensors`` (``model-fold<k>.safet
 under k-fold), ``config.json`` (class list, loss and its settings, train settings, the exact
 feature manifests used, the seed, how validation was chosen), ``history.json`` (per epoch: training
 loss, validation WAF and macro-F1), ``metrics.json`` (the selected epoch of every fold, the clips
-it was trained and selected on, and its ``temperature``) and ``curves.png``. The epoch kept is the
+it was trained and selected on, and its ``temperature``) and ``curves.png``. A run trained with
+pseudo-labels (``--pseudo-labels``, see mercli.pseudolabels) records the file, its sha256, its teacher
+and which clips it added to the training folds under ``pseudo_labels`` in config.json. The epoch kept is the
 one with the best validation WAF (weighted F1); test clips are never part of a fold. The temperature
 is fitted on the same validation clips once the epoch is chosen (see mercli.calibration), so that
 predicted probabilities mean what they say; runs without one load with T = 1. The folder is written
@@ -33,10 +35,12 @@ from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, InputSpec, ModelSettings, injected_priors
+import mercli.pseudolabels as pseudolabels
+from mercli.labels import read_labels
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
-from mercli.splits import Split, plan_splits
-from mercli.trainset import (TrainingTable, build_table, check_expected_inputs, collate, feature_statistics,
-                             refuse_label_leaks)
+from mercli.splits import SPLIT_NAMES, Split, plan_splits
+from mercli.trainset import (TrainingTable, build_table, check_expected_inputs, clip_table, collate,
+                             feature_statistics, refuse_label_leaks)
 from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
 
@@ -77,10 +81,14 @@ class RunResult:
     device: str
     seconds_per_epoch: float
     best: dict[str, Any] = field(default_factory=dict)
+    pseudo_labels: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds],
-                "excluded": self.excluded}
+        document = {"run": str(self.run), "best": self.best, "folds": [f.to_json() for f in self.folds],
+                    "excluded": self.excluded}
+        if self.pseudo_labels is not None:  # a run trained on labels alone keeps its document as it was
+            document["pseudo_labels"] = {k: v for k, v in self.pseudo_labels.items() if k != "clip_ids"}
+        return document
 
 
 # --- settings, device, seeds ------------------------------------------------------------------
@@ -168,7 +176,8 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 output = model(batch.values, batch.masks)
             embeddings = output.embeddings if loss_component.uses_embeddings else None
-            loss = loss_fn(output.logits, embeddings, batch.labels)
+            weighted = () if batch.weights is None else (batch.weights,)
+            loss = loss_fn(output.logits, embeddings, batch.labels, *weighted)
             if not torch.isfinite(loss):
                 raise DataError(f"fold {split.fold}, epoch {epoch}: the training loss is {loss.item()}; "
                                 "lower train.lr or check the features")
@@ -234,10 +243,35 @@ def plot_curves(folds: Sequence[FoldResult]) -> bytes:
     return buffer.getvalue()
 
 
+def with_pseudo_labels(config: Config, table: TrainingTable, splits: list[Split], labels: Path, pseudo_path: Path,
+                       loss_component: Any) -> tuple[TrainingTable, list[Split], dict[str, Any]]:
+    """``table`` with the pseudo-labelled clips of ``pseudo_path`` added to every fold's training
+    clips (never to validation or test), each weighing ``pseudolabel.weight`` times its confidence;
+    and the record config.json keeps of them. See mercli.pseudolabels for what is refused."""
+    if not loss_component.sample_weights:
+        raise ConfigError(f"[train] loss {loss_component.name!r} does not take per-clip weights, which "
+                          "pseudo-labelled clips need; choose another loss")
+    pseudo = pseudolabels.read_pseudo_labels(pseudo_path, config)
+    listed = read_labels(labels, config)
+    pseudolabels.refuse_labelled(pseudo, [c.clip_id for c in listed], labels)
+    test = [c.clip_id for c in listed if c.split and SPLIT_NAMES.get(c.split.lower()) == "test"]
+    seen = pseudolabels.refuse_test_leaks(pseudo, test)
+    weight = config.get("pseudolabel", "weight")
+    index = {c: i for i, c in enumerate(table.classes)}
+    extra = clip_table(table.classes, table.sets, pseudo.clip_ids, [index[label] for label in pseudo.labels],
+                       [weight * confidence for confidence in pseudo.confidences])
+    joined = table.joined(extra)
+    added = np.arange(len(table.clip_ids), len(joined.clip_ids))
+    validation = [table.clip_ids[i] for split in splits for i in split.val]
+    record = pseudolabels.provenance(pseudo, extra.clip_ids, weight, seen, validation)
+    return joined, [Split(s.fold, np.concatenate([s.train, added]), s.val) for s in splits], record
+
+
 def train(config: Config, workspace: Workspace, labels: Path, *, name: str | None = None,
-          group_column: str | None = None, folds: int | None = None,
+          group_column: str | None = None, folds: int | None = None, pseudo_labels: Path | None = None,
           on_epoch: EpochCallback | None = None) -> RunResult:
-    """Build the training table, train every fold and write the run folder."""
+    """Build the training table (with the pseudo-labelled clips of ``pseudo_labels`` in the
+    training folds), train every fold and write the run folder."""
     settings = checked_settings(config.table("train"))
     loss_component = plugins.build("losses", settings["loss"], config)
     table = build_table(config, workspace.features, labels, settings["features"] or None)
@@ -251,6 +285,9 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         refuse_label_leaks(table, split.val, "validation")
         if len(np.unique(table.labels[split.train])) < 2:
             raise DataError(f"fold {split.fold}: the training clips cover one class only; training needs two or more")
+    pseudo_record = None
+    if pseudo_labels is not None:
+        table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     check_writable(run)
     device = pick_device(settings["device"])
     with seeded(settings["seed"], settings["deterministic"]):
@@ -266,13 +303,15 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     }
     run_config = _run_config(table, settings, loss_component, used_priors,
                              _validation(settings, folds, group_column), labels, device)
+    if pseudo_record is not None:
+        run_config["pseudo_labels"] = pseudo_record
     write_run(run, RunFiles(weights={r.weights: r.state for r in results}, config=run_config,
                             history={"folds": [{"fold": r.fold, "epochs": r.history} for r in results]},
                             metrics={"best": best, "folds": [r.to_json() for r in results]},
                             curves=plot_curves(results)))
     epoch_seconds = [record["seconds"] for r in results for record in r.history]
     return RunResult(run, results, table.inputs, table.manifests(), priors_note, table.excluded, str(device),
-                     float(np.mean(epoch_seconds)), best)
+                     float(np.mean(epoch_seconds)), best, pseudo_record)
 
 
 def _validation(settings: dict[str, Any], folds: int | None, group_column: str | None) -> dict[str, Any]:

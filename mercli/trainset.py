@@ -49,6 +49,8 @@ class TrainingTable:
     values: dict[str, list[np.ndarray | None]]
     masks: dict[str, list[np.ndarray | None]]
     excluded: list[str]
+    #: Each clip's weight in the loss (pseudo-labelled clips: weight x confidence); ``None``: all 1.
+    weights: np.ndarray | None = None
 
     @property
     def inputs(self) -> list[InputSpec]:
@@ -61,6 +63,22 @@ class TrainingTable:
     def class_counts(self, indices: Sequence[int]) -> list[int]:
         counts = np.bincount(self.labels[np.asarray(indices, dtype=np.int64)], minlength=len(self.classes))
         return [int(c) for c in counts]
+
+    def joined(self, other: "TrainingTable") -> "TrainingTable":
+        """This table followed by the rows of ``other`` (same classes and sets); rows without a
+        weight weigh 1. The excluded clips stay this table's (labelled clips without features)."""
+        if other.classes != self.classes or [s.name for s in other.sets] != [s.name for s in self.sets]:
+            raise ValueError("only tables of the same classes and feature sets can be joined")
+        weights = np.concatenate([_weights_of(self), _weights_of(other)])
+        return TrainingTable(self.classes, self.clip_ids + other.clip_ids, np.concatenate([self.labels, other.labels]),
+                             self.speakers + other.speakers, self.splits + other.splits, self.sets,
+                             {n: self.values[n] + other.values[n] for n in self.values},
+                             {n: self.masks[n] + other.masks[n] for n in self.masks},
+                             self.excluded, weights)
+
+
+def _weights_of(table: TrainingTable) -> np.ndarray:
+    return np.ones(len(table.clip_ids), dtype=np.float32) if table.weights is None else table.weights
 
 
 def choose_sets(features_root: Path, names: Sequence[str] | None) -> list[FeatureSet]:
@@ -103,6 +121,37 @@ def read_clip(feature_set: FeatureSet, clip_id: str) -> tuple[np.ndarray | None,
     return features.values, features.mask
 
 
+def _read_rows(sets: Sequence[FeatureSet], clip_ids: Sequence[str]
+               ) -> tuple[list[int], dict[str, list[np.ndarray | None]], dict[str, list[np.ndarray | None]]]:
+    """The positions in ``clip_ids`` of the clips with at least one modality in ``sets``, and
+    their values and masks per set (``None`` where a set has nothing for the clip)."""
+    values: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
+    masks: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
+    kept = []
+    stored = {s.name: set(s.clip_ids()) for s in sets}
+    for position, clip_id in enumerate(clip_ids):
+        read = {s.name: read_clip(s, clip_id) if clip_id in stored[s.name] else (None, None) for s in sets}
+        if all(read[s.name][0] is None for s in sets if not is_prior(s.manifest.encoder)):
+            continue
+        kept.append(position)
+        for name, (clip_values, clip_mask) in read.items():
+            values[name].append(clip_values)
+            masks[name].append(clip_mask)
+    return kept, values, masks
+
+
+def _others(clip_ids: Sequence[str], positions: Sequence[int]) -> list[str]:
+    """The clips of ``clip_ids`` not at ``positions``, in order."""
+    kept = set(positions)
+    return [clip for position, clip in enumerate(clip_ids) if position not in kept]
+
+
+def check_sets(features_root: Path, sets: Sequence[FeatureSet]) -> None:
+    """Refuse a choice of sets with no modality: priors only inform a modality's stream."""
+    if all(is_prior(s.manifest.encoder) for s in sets):
+        raise DataError(f"{features_root}: only prior feature sets were chosen; training needs at least one modality")
+
+
 def build_table(config: Config, features_root: Path, labels_path: Path,
                 feature_names: Sequence[str] | None = None) -> TrainingTable:
     """Join the labels of ``labels_path`` with the chosen feature sets; see the module docstring
@@ -114,21 +163,9 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
     if not labelled:
         raise DataError(f"{labels_path}: no labelled rows")
     sets = choose_sets(features_root, feature_names)
-    if all(is_prior(s.manifest.encoder) for s in sets):
-        raise DataError(f"{features_root}: only prior feature sets were chosen; training needs at least one modality")
-    values: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
-    masks: dict[str, list[np.ndarray | None]] = {s.name: [] for s in sets}
-    kept, excluded = [], []
-    stored = {s.name: set(s.clip_ids()) for s in sets}
-    for clip in labelled:
-        read = {s.name: read_clip(s, clip.clip_id) if clip.clip_id in stored[s.name] else (None, None) for s in sets}
-        if all(read[s.name][0] is None for s in sets if not is_prior(s.manifest.encoder)):
-            excluded.append(clip.clip_id)
-            continue
-        kept.append(clip)
-        for name, (clip_values, clip_mask) in read.items():
-            values[name].append(clip_values)
-            masks[name].append(clip_mask)
+    check_sets(features_root, sets)
+    positions, values, masks = _read_rows(sets, [c.clip_id for c in labelled])
+    kept = [labelled[p] for p in positions]
     if not kept:
         raise DataError(f"{labels_path}: none of its {len(labelled)} labelled clips has features in "
                         f"{', '.join(s.name for s in sets)}")
@@ -142,7 +179,7 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
         sets=sets,
         values=values,
         masks=masks,
-        excluded=excluded,
+        excluded=_others([c.clip_id for c in labelled], positions),
     )
     present = Counter(classes[i] for i in table.labels)
     if len(present) < 2:
@@ -161,6 +198,21 @@ def one_clip_table(classes: list[str], clip_id: str, manifests: Mapping[str, Man
     held = {name: features.get(name, Features(None, absent="not made")) for name in manifests}
     return TrainingTable(classes, [clip_id], np.zeros(1, dtype=np.int64), [None], [None], sets,
                          {name: [f.values] for name, f in held.items()}, {name: [f.mask] for name, f in held.items()}, [])
+
+
+def clip_table(classes: Sequence[str], sets: Sequence[FeatureSet], clip_ids: Sequence[str],
+               labels: Sequence[int] | None = None, weights: Sequence[float] | None = None) -> TrainingTable:
+    """The clips of ``clip_ids`` that have features in ``sets`` (unlabelled clips get class 0, and
+    are only for predicting); the others are listed as excluded."""
+    positions, values, masks = _read_rows(sets, clip_ids)
+    chosen = np.asarray(positions, dtype=np.int64)
+    kept = [clip_ids[p] for p in positions]
+    return TrainingTable(
+        classes=list(classes), clip_ids=kept,
+        labels=np.zeros(len(kept), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)[chosen],
+        speakers=[None] * len(kept), splits=[None] * len(kept), sets=list(sets), values=values, masks=masks,
+        excluded=_others(clip_ids, positions),
+        weights=None if weights is None else np.asarray(weights, dtype=np.float32)[chosen])
 
 
 def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) -> None:
@@ -200,15 +252,18 @@ def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str
 @dataclass
 class Batch:
     """Tensors of one batch, per feature set: ``values`` ``(B, dim)`` or ``(B, T, dim)`` padded to the
-    longest clip, ``mask`` ``(B,)`` (the clip has the modality) or ``(B, T)`` (real frames)."""
+    longest clip, ``mask`` ``(B,)`` (the clip has the modality) or ``(B, T)`` (real frames);
+    ``weights`` ``(B,)``, each clip's weight in the loss, or ``None`` when every clip weighs 1."""
 
     values: dict[str, Any]
     masks: dict[str, Any]
     labels: Any
+    weights: Any = None
 
     def to(self, device: Any) -> "Batch":
         return Batch({k: v.to(device) for k, v in self.values.items()},
-                     {k: v.to(device) for k, v in self.masks.items()}, self.labels.to(device))
+                     {k: v.to(device) for k, v in self.masks.items()}, self.labels.to(device),
+                     None if self.weights is None else self.weights.to(device))
 
 
 def collate(table: TrainingTable, indices: Sequence[int]) -> Batch:
@@ -236,5 +291,6 @@ def collate(table: TrainingTable, indices: Sequence[int]) -> Batch:
                 if row is not None:
                     stacked[j], mask[j] = row, True
         values[name], masks[name] = torch.from_numpy(stacked), torch.from_numpy(mask)
-    labels = torch.from_numpy(table.labels[np.asarray(indices, dtype=np.int64)])
-    return Batch(values, masks, labels)
+    chosen = np.asarray(indices, dtype=np.int64)
+    weights = None if table.weights is None else torch.from_numpy(table.weights[chosen])
+    return Batch(values, masks, torch.from_numpy(table.labels[chosen]), weights)

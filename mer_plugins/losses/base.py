@@ -17,7 +17,10 @@ from mercli.plugin_api import ConfigError, DataError, Loss
 class CheckedLoss(Loss):
     """A loss that checks the class counts and the embedding width it is built from, and names
     itself as its table (``[loss.NAME]``) when it refuses its settings (their ranges are declared
-    with its options and checked as the configuration loads)."""
+    with its options and checked as the configuration loads). Every built-in loss weighs clips
+    by the per-sample weights it is given."""
+
+    sample_weights = True
 
     def reject(self, problem: str) -> NoReturn:
         raise ConfigError(f"[loss.{self.name}] {problem}")

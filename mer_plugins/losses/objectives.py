@@ -24,19 +24,28 @@ def _at_least_float32(tensor: Tensor) -> Tensor:
 
 
 class Float32Loss(nn.Module):
-    """Calls :meth:`compute` outside autocast, on inputs promoted to float32 at least."""
+    """Calls :meth:`compute` outside autocast, on inputs promoted to float32 at least. ``weights``
+    (``(B,)``, optional) multiplies each clip's term; ``None`` is the unweighted loss, exactly."""
 
-    def forward(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor,
+                weights: Tensor | None = None) -> Tensor:
         with torch.autocast(device_type=logits.device.type, enabled=False):
             embeddings = None if embeddings is None else _at_least_float32(embeddings)
-            return self.compute(_at_least_float32(logits), embeddings, labels)
+            weights = None if weights is None else _at_least_float32(weights)
+            return self.compute(_at_least_float32(logits), embeddings, labels, weights)
 
-    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor,
+                weights: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
 
+def _weighted(per_sample: Tensor, weights: Tensor | None) -> Tensor:
+    return per_sample if weights is None else per_sample * weights
+
+
 class ClassificationLoss(Float32Loss):
-    """mean_i  w_{y_i} * (1 - p_i)^gamma * CE_smoothed(logits_i + offset, y_i).
+    """mean_i  s_i * w_{y_i} * (1 - p_i)^gamma * CE_smoothed(logits_i + offset, y_i), s_i the clip's
+    sample weight (1 without weights).
 
     With no offset, no weights, no smoothing and gamma = 0 this is plain cross-entropy; the plug-ins
     choose which of the knobs they expose.
@@ -58,7 +67,8 @@ class ClassificationLoss(Float32Loss):
         self.register_buffer("logit_offset", _vector(logit_offset, num_classes, 0.0), persistent=False)
         self.register_buffer("class_weights", _vector(class_weights, num_classes, 1.0), persistent=False)
 
-    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor,
+                weights: Tensor | None = None) -> Tensor:
         log_probs = F.log_softmax(logits + self.logit_offset, dim=1)
         true_class = -log_probs.gather(1, labels[:, None]).squeeze(1)
         per_sample = (1.0 - self.label_smoothing) * true_class - self.label_smoothing * log_probs.mean(dim=1)
@@ -66,7 +76,7 @@ class ClassificationLoss(Float32Loss):
             # 1 - p_y, floored so that (.)^gamma keeps a finite gradient for gamma < 1 when p_y -> 1.
             miss = (-torch.expm1(-true_class)).clamp_min(1e-12)
             per_sample = miss**self.gamma * per_sample
-        return (self.class_weights[labels] * per_sample).mean()
+        return _weighted(self.class_weights[labels] * per_sample, weights).mean()
 
 
 def _vector(values: Sequence[float] | None, size: int, fill: float) -> Tensor:
@@ -96,6 +106,7 @@ def contrastive_term(
     temperature: float,
     prototypes: Tensor | None = None,
     class_averaging: bool = False,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """The supervised contrastive term shared by supcon, bcl and bdcl.
 
@@ -106,8 +117,9 @@ def contrastive_term(
         D_i = sum_{a in A(i)} exp(z_i.z_a / t)                                  (SupCon)
         D_i = sum_k 1/|A_k(i)| sum_{a in A_k(i)} exp(z_i.z_a / t)   over the classes k present in A(i)
                                                                   (class_averaging, BCL)
-    The term is the mean of l_i over anchors that have a positive; an anchor without one (alone in
-    its class, no prototypes) has no defined l_i and is left out, and with none left the term is 0.
+    The term is the mean of l_i (times anchor i's sample weight, when ``weights`` are given) over
+    anchors that have a positive; an anchor without one (alone in its class, no prototypes) has no
+    defined l_i and is left out, and with none left the term is 0.
     """
     points = z if prototypes is None else torch.cat([z, prototypes])
     point_labels = labels if prototypes is None else torch.cat([labels, torch.arange(num_classes, device=z.device)])
@@ -119,6 +131,7 @@ def contrastive_term(
     has_positive = positives.any(dim=1)
     if not has_positive.any():
         return z.sum() * 0.0  # keeps the graph (and zero gradients) without a NaN from 0/0
+    anchor_weights = None if weights is None else weights[has_positive]
     anchors = z[has_positive]
     same_class, is_self, positives = same_class[has_positive], is_self[has_positive], positives[has_positive]
 
@@ -130,13 +143,14 @@ def contrastive_term(
         log_terms = similarity - others_in_class.clamp_min(1).to(similarity.dtype).log()
     log_denominator = torch.logsumexp(log_terms.masked_fill(is_self, float("-inf")), dim=1)
     positive_mean = (similarity * positives).sum(dim=1) / positives.sum(dim=1)
-    return (log_denominator - positive_mean).mean()
+    return _weighted(log_denominator - positive_mean, anchor_weights).mean()
 
 
-def intra_class_term(z: Tensor, labels: Tensor, prototypes: Tensor) -> Tensor:
-    """Mean over the classes present in the batch of the mean of 1 - z_i.c_{y_i} over that class's
-    samples: every class present weighs the same, however many samples it has in the batch."""
-    distance = 1.0 - (z * prototypes[labels]).sum(dim=1)
+def intra_class_term(z: Tensor, labels: Tensor, prototypes: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean over the classes present in the batch of the mean of 1 - z_i.c_{y_i} (times sample i's
+    weight, when given) over that class's samples: every class present weighs the same, however
+    many samples it has in the batch."""
+    distance = _weighted(1.0 - (z * prototypes[labels]).sum(dim=1), weights)
     members = F.one_hot(labels, prototypes.shape[0]).to(z.dtype)  # (B, K); a sum, not a scatter: deterministic on CUDA
     count = members.sum(dim=0)
     present = count > 0
@@ -175,15 +189,16 @@ class ContrastiveLoss(Float32Loss):
         self.classification = ClassificationLoss(num_classes, logit_offset=logit_offset)
         self.prototypes = ClassPrototypes(num_classes, embedding_dim) if prototypes else None
 
-    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor) -> Tensor:
+    def compute(self, logits: Tensor, embeddings: Tensor | None, labels: Tensor,
+                weights: Tensor | None = None) -> Tensor:
         if embeddings is None:
             raise ValueError("a contrastive loss needs the embeddings (the projection head's output)")
         z = F.normalize(embeddings, dim=1)
         centres = None if self.prototypes is None else self.prototypes(z)
-        total = self.classification.compute(logits, None, labels) + self.lambda_inter * contrastive_term(
+        total = self.classification.compute(logits, None, labels, weights) + self.lambda_inter * contrastive_term(
             z, labels, self.num_classes, temperature=self.temperature,
-            prototypes=centres, class_averaging=self.class_averaging,
+            prototypes=centres, class_averaging=self.class_averaging, weights=weights,
         )
         if self.lambda_intra:
-            total = total + self.lambda_intra * intra_class_term(z, labels, centres)
+            total = total + self.lambda_intra * intra_class_term(z, labels, centres, weights)
         return total
