@@ -252,6 +252,26 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write [default: RUN/report.html; several runs: reports/A-vs-B.html].")
+@click.option("--gallery", type=int, help="Clips shown per run, worst mistakes first [default: report.gallery].")
+@json_option
+@pass_app
+def report(app: App, runs: tuple[str, ...], out: Path | None, gallery: int | None, as_json: bool) -> None:
+    """Write one self-contained HTML page comparing runs (names under runs/ or run folders)."""
+    from mercli.report_html import write_report
+
+    app.override({"report.gallery": gallery})
+    result = write_report(app.config, app.workspace, runs, out)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        stderr.print(f"report of {', '.join(run.name for run in result.runs)}: {result.out}", markup=False, highlight=False,
+                     soft_wrap=True)
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--checkpoint", help="Run name under runs/, or a run folder [default: the newest run].")
 @click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),

@@ -108,6 +108,10 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("projection_dim", int, 64, "Width of the projection head used by contrastive losses.", AT_LEAST_ONE),
         Option("priors", bool, True, "Inject prior feature sets (prior-*) into their modality."),
     ),
+    "report": (
+        Option("gallery", int, 24, "Clips shown per run in the gallery of `mer report`, worst mistakes first.",
+               NON_NEGATIVE),
+    ),
 }
 
 #: Table prefixes whose sub-tables configure plug-ins, and the registry stage behind each.

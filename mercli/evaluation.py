@@ -35,6 +35,7 @@ from mercli.calibration import ECE_BINS, calibrated, expected_calibration_error,
 from mercli.config import Config
 from mercli.errors import DataError
 from mercli.labels import read_labels
+from mercli.plots import confusion_png
 from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
 from mercli.splits import SPLIT_NAMES
 from mercli.train import predict_logits, scores
@@ -311,33 +312,6 @@ def predictions_csv(evaluation: Evaluation) -> str:
         rows.append([clip, *origin, classes[label], classes[int(probabilities.argmax())],
                      *(f"{p:.6f}" for p in probabilities)])
     return _csv(rows)
-
-
-def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
-    """The confusion matrix as a PNG: rows true class, columns predicted, counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(confusion)
-    size = 1.5 + 0.7 * len(classes)
-    figure = Figure(figsize=(size + 1, size))
-    axes = figure.subplots()
-    image = axes.imshow(counts, cmap="Blues")
-    figure.colorbar(image, ax=axes)
-    ticks = range(len(classes))
-    axes.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=classes)
-    axes.set(xlabel="predicted", ylabel="true", title=title)
-    threshold = counts.max() / 2 if counts.size else 0
-    for (row, column), count in np.ndenumerate(counts):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > threshold else "black", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 def write_outputs(evaluation: Evaluation) -> None:
