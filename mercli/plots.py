@@ -100,16 +100,16 @@ def per_class_png(classes: Sequence[str], f1: dict[str, Sequence[float]]) -> byt
 def reliability_png(before: Sequence[dict[str, float]], after: Sequence[dict[str, float]],
                     ece_before: float, ece_after: float, title: str) -> bytes:
     """Reliability diagrams before and after temperature scaling, side by side: per confidence bin
-    (eval's ``reliability`` bins) the accuracy as a bar and the mean confidence as a dot; a
-    calibrated model's bars reach the diagonal."""
+    (eval's ``reliability`` bins) the accuracy as a bar and the mean confidence as a mark; a
+    calibrated model's bars reach their marks."""
     figure = new_figure(9, 3.8)
     for axes, bins, name, ece in zip(figure.subplots(1, 2), (before, after), ("before (T = 1)", "after temperature scaling"),
                                      (ece_before, ece_after)):
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfect calibration")
         axes.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], [b["upper"] - b["lower"] for b in bins],
                  align="edge", edgecolor="black", linewidth=0.5, alpha=0.8, label="accuracy")
-        axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="darkred",
-                  markersize=4, label="mean confidence")
+        axes.plot([(b["lower"] + b["upper"]) / 2 for b in bins], [b["confidence"] for b in bins], "_", color="darkred",
+                  markersize=12, markeredgewidth=2, label="mean confidence")
         axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
                  title=f"{title}: {name}, ECE {ece:.4f}")
         axes.title.set_fontsize("small")

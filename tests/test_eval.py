@@ -29,22 +29,9 @@ from mercli.runs import load_model, load_run, resolve_run
 from mercli.train import predict_logits, train
 from mercli.trainset import build_table
 from mercli.workspace import Workspace
-from support.training import CLASSES, config, manifest, write_workspace
+from support.training import CLASSES, config, manifest, noisy_labels_with_a_mixed_test_split, write_workspace
 
 import torch
-
-
-def noisy_labels_with_a_mixed_test_split(labels: Path) -> None:
-    """Make every 7th clip a test clip (so the test split holds every class), and give every 5th
-    other clip the next class: noise that the fold models cannot learn, so they make mistakes."""
-    lines = labels.read_text().splitlines()
-    for number in range(1, len(lines)):
-        clip, label, speaker, split = lines[number].split(",")
-        split = "test" if number % 7 == 1 else "val" if split == "val" else "train"
-        if split != "test" and number % 5 == 0:
-            label = CLASSES[(CLASSES.index(label) + 1) % len(CLASSES)]
-        lines[number] = ",".join((clip, label, speaker, split))
-    labels.write_text("\n".join(lines) + "\n")
 
 
 def clips_of(labels: Path, split: str) -> list[str]:
