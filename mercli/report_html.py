@@ -162,6 +162,9 @@ def _check_evaluation(document: Any, path: Path, classes: Sequence[str]) -> None
     for part in ("mean", "std", "per_class"):
         if not isinstance(document.get(part), dict):
             raise DataError(f"{_inside(where, part)}: not an object")
+    _check_scores(document["mean"], FIGURES, _inside(where, "mean"))
+    spread = {k: v for k, v in document["std"].items() if v is not None}  # None: one fold model, no spread
+    _check_scores(spread, [k for k in FIGURES if k in spread], _inside(where, "std"))
     if document.get("classes") != list(classes):
         raise DataError(f"{_inside(where, 'classes')}: {document.get('classes')!r} are not the run's classes "
                         f"{list(classes)!r}")
@@ -171,8 +174,20 @@ def _check_evaluation(document: Any, path: Path, classes: Sequence[str]) -> None
         raise DataError(f"{_inside(where, 'confusion')}: not a {len(classes)} x {len(classes)} matrix")
     for name in classes:
         _check_scores(document["per_class"].get(name), ("f1",), _inside(where, f"per_class.{name}"))
+    if "reliability" in document:
+        _check_reliability(document["reliability"], _inside(where, "reliability"))
     if "robustness" in document:
         _check_robustness(document["robustness"], _inside(where, "robustness"))
+
+
+def _check_reliability(section: Any, where: str) -> None:
+    _check_scores(section, ("ece_before", "ece_after"), where)
+    for moment in ("before", "after"):
+        bins = section.get(moment)
+        if not isinstance(bins, list):
+            raise DataError(f"{where}.{moment}: not a list of bins")
+        for number, one in enumerate(bins):
+            _check_scores(one, ("lower", "upper", "share", "confidence", "accuracy"), f"{where}.{moment}[{number}]")
 
 
 def _read_predictions(path: Path, classes: Sequence[str]) -> list[Prediction]:
@@ -396,13 +411,16 @@ def _per_class_section(runs: Sequence[RunData]) -> str:
             f"</div><table>{head}{rows}</table>")
 
 
-def _per_run_images(runs: Sequence[RunData], title: str, draw, note: str = "") -> str:
-    """A section with one image per run that ``draw(run)`` gives bytes for (``None``: nothing)."""
+def _per_run_images(runs: Sequence[RunData], title: str, draw, note: str = "", lacking: str = "") -> str:
+    """A section with one image per run that ``draw(run)`` gives bytes for (``None``: nothing;
+    ``lacking``, if given, says why, naming those runs)."""
     images = [(run, draw(run)) for run in runs]
     shown = "".join(_image(png, "image/png", f"{title}: {run.name}") for run, png in images if png is not None)
-    if not shown:
+    without = [run.name for run, png in images if png is None]
+    missing = f"<p class='note'>{_e(', '.join(without))}: {_e(lacking)}</p>" if lacking and without else ""
+    if not shown and not missing:
         return ""
-    return f"<h2>{_e(title)}</h2>{note}<div class='figures'>{shown}</div>"
+    return f"<h2>{_e(title)}</h2>{note if shown else ''}{missing}<div class='figures'>{shown}</div>"
 
 
 def _confusion(run: RunData) -> bytes | None:
@@ -528,7 +546,8 @@ def render(workspace: Workspace, runs: Sequence[RunData], gallery: int, count: G
         f"<h1>mer report: {_e(names)}</h1><p class='note'>Written {created} by mer {__version__}.</p>",
         _settings_section(runs), _figures_section(runs), _per_class_section(runs),
         _per_run_images(runs, "Confusion matrices", _confusion),
-        _per_run_images(runs, "Calibration", _reliability, calibration_note),
+        _per_run_images(runs, "Calibration", _reliability, calibration_note,
+                        "no reliability bins; `mer eval` records them (again, for an evaluation written before)"),
         _per_run_images(runs, "Training curves", _curves),
         _robustness_section(runs),
         _gallery_section(workspace, runs, gallery, count),

@@ -296,6 +296,10 @@ def broken_robustness(level: dict) -> dict:
      "robustness.audio-noise.clean.waf: None is not a number"),
     (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "eval" / "metrics.json").write_text("{"))),
      "eval/metrics.json: unreadable"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: edit_evaluation(run, lambda d: d["mean"].update(uar="x")))),
+     "eval/metrics.json: mean.uar: 'x' is not a number"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: edit_evaluation(run, lambda d: d["reliability"]["after"][0].pop(
+        "accuracy")))), "eval/metrics.json: reliability.after[0].accuracy: None is not a number"),
 ])
 def test_what_is_not_a_run_is_one_line_and_exit_2_and_the_old_page_stays(space, tmp_path, make, message):
     (tmp_path / "stray.txt").write_text("not a run")
@@ -307,6 +311,22 @@ def test_what_is_not_a_run_is_one_line_and_exit_2_and_the_old_page_stays(space, 
     assert message in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1, outcome.stderr
     assert "Traceback" not in outcome.output and outcome.stdout == ""
     assert out.read_text() == "the earlier page" and sorted(p.name for p in out.parent.iterdir()) == ["page.html"]
+
+
+def edit_evaluation(run: Path, change) -> None:
+    path = run / "eval" / "metrics.json"
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def test_an_evaluation_without_reliability_bins_says_how_to_get_them(space, tmp_path):
+    run = copy_run(space, tmp_path, lambda run: edit_evaluation(run, lambda d: d.pop("reliability")))
+    write_report(report_config(), space, [str(run), "cv-seed1"], tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    calibration = text[text.index("<h2>Calibration</h2>"):text.index("<h2>Training curves</h2>")]
+    assert "copy: no reliability bins; `mer eval` records them" in calibration
+    assert [image["alt"] for image in Page(calibration).images] == ["Calibration: cv-seed1"]
 
 
 def copy_run(workspace: Workspace, tmp_path: Path, damage) -> Path:
