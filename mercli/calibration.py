@@ -55,7 +55,8 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
 
     Written here because scikit-learn has no ECE; tests check it against a hand computation.
     """
-    return float(sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in reliability(labels, probabilities, bins)))
+    bins_seen = reliability(labels, probabilities, bins)
+    return float(sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in bins_seen))
 
 
 @dataclass(frozen=True)

@@ -103,8 +103,8 @@ def reliability_png(before: Sequence[dict[str, float]], after: Sequence[dict[str
     (eval's ``reliability`` bins) the accuracy as a bar and the mean confidence as a mark; a
     calibrated model's bars reach their marks."""
     figure = new_figure(9, 3.8)
-    for axes, bins, name, ece in zip(figure.subplots(1, 2), (before, after), ("before (T = 1)", "after temperature scaling"),
-                                     (ece_before, ece_after)):
+    moments = (("before (T = 1)", before, ece_before), ("after temperature scaling", after, ece_after))
+    for axes, (name, bins, ece) in zip(figure.subplots(1, 2), moments):
         axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="perfect calibration")
         axes.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], [b["upper"] - b["lower"] for b in bins],
                  align="edge", edgecolor="black", linewidth=0.5, alpha=0.8, label="accuracy")

@@ -338,7 +338,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
   word-break: break-word; }
 .bar { background: #4a7fb5; height: .55em; display: inline-block; vertical-align: middle; }
 .probs td { border: none; padding: 0 .3em; font-size: .8em; }
-.cues { font-size: .8em; } .cues ul { margin: 0; padding-left: 1.1em; }
+.cues { font-size: .8em; max-height: 14em; overflow: auto; } .cues ul { margin: 0; padding-left: 1.1em; }
 """
 
 
@@ -365,7 +365,8 @@ def _settings_section(runs: Sequence[RunData]) -> str:
 
     head = "<tr><th>setting</th>" + "".join(f"<th>{_e(run.name)}</th>" for run in runs) + "</tr>"
     if len(runs) == 1:
-        return f"<h2>Settings</h2><table>{head}{rows(differ)}</table>"
+        return (f"<h2>Settings</h2><details><summary>{len(differ)} settings of the run</summary>"
+                f"<table>{head}{rows(differ)}</table></details>")
     shared = (f"<details><summary>{len(same)} settings the runs share</summary><table>{head}{rows(same)}</table>"
               "</details>") if same else ""
     body = rows(differ) or f'<tr><td colspan="{len(runs) + 1}">no setting differs</td></tr>'
@@ -405,10 +406,10 @@ def _per_class_section(runs: Sequence[RunData]) -> str:
           if run.classes == classes}
     head = "<tr><th>run</th>" + "".join(f"<th>{_e(c)}</th>" for c in classes) + "</tr>"
     rows = "".join(f"<tr><td>{_e(name)}</td>" + "".join(
-        f'<td class="num" data-run="{_e(name)}" data-class="{_e(c)}">{_number(v)}</td>' for c, v in zip(classes, values))
-        + "</tr>" for name, values in f1.items())
-    return (f"<h2>F1 per class</h2><div class='figures'>{_image(per_class_png(classes, f1), 'image/png', 'F1 per class')}"
-            f"</div><table>{head}{rows}</table>")
+        f'<td class="num" data-run="{_e(name)}" data-class="{_e(c)}">{_number(v)}</td>'
+        for c, v in zip(classes, values)) + "</tr>" for name, values in f1.items())
+    plot = _image(per_class_png(classes, f1), "image/png", "F1 per class")
+    return f"<h2>F1 per class</h2><div class='figures'>{plot}</div><table>{head}{rows}</table>"
 
 
 def _per_run_images(runs: Sequence[RunData], title: str, draw, note: str = "", lacking: str = "") -> str:
@@ -511,7 +512,8 @@ def _gallery_section(workspace: Workspace, runs: Sequence[RunData], size: int, c
         cards = []
         for prediction in gallery_order(run.predictions)[:size]:
             path = files.paths.get(prediction.clip)
-            jpeg, reason = thumbnail(path, prediction.clip) if path is not None else (None, files.missing(prediction.clip))
+            jpeg, reason = (thumbnail(path, prediction.clip) if path is not None
+                            else (None, files.missing(prediction.clip)))
             picture = (_image(jpeg, "image/jpeg", prediction.clip) if jpeg is not None
                        else f"<div class='placeholder'>{_e(reason)}</div>")
             trace, problem = _trace(store, prediction.clip)
