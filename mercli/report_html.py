@@ -129,7 +129,7 @@ def _inside(where: str, key: str) -> str:
 def _check_scores(value: Any, keys: Iterable[str], where: str) -> None:
     """Every one of ``keys`` in ``value`` is a finite number; else a DataError naming the key."""
     if not isinstance(value, dict):
-        raise DataError(f"{where}: not an object")
+        raise DataError(f"{where.rstrip(':')}: not an object")
     for key in keys:
         if not _is_number(value.get(key)):
             raise DataError(f"{_inside(where, key)}: {value.get(key)!r} is not a number")
@@ -197,11 +197,15 @@ def _read_predictions(path: Path, classes: Sequence[str]) -> list[Prediction]:
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
-        return [Prediction(row["clip"], row["label"], row["predicted"],
-                           {name: float(row[f"p_{name}"]) for name in classes},
-                           f"fold {row['fold']}" if row.get("fold") else "") for row in rows]
+        predictions = [Prediction(row["clip"], row["label"], row["predicted"],
+                                  {name: float(row[f"p_{name}"]) for name in classes},
+                                  f"fold {row['fold']}" if row.get("fold") else "") for row in rows]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as problem:
         raise DataError(f"{path}: not eval's predictions ({one_line(problem)})") from None
+    strange = [p.clip for p in predictions if p.label not in classes or p.predicted not in classes]
+    if strange:
+        raise DataError(f"{path}: clip {strange[0]} has a label or prediction outside the run's classes")
+    return predictions
 
 
 def load_run_data(workspace: Workspace, reference: str) -> RunData:
@@ -214,13 +218,16 @@ def load_run_data(workspace: Workspace, reference: str) -> RunData:
     if not isinstance(config, dict) or not isinstance(config.get("classes"), list):
         raise DataError(f"{path / CONFIG}: not a run configuration (no list of classes)")
     trained = _read_json(path / METRICS)
-    history = _read_json(path / HISTORY).get("folds", []) if (path / HISTORY).is_file() else []
+    history = _read_json(path / HISTORY) if (path / HISTORY).is_file() else {}
+    for name, document in ((METRICS, trained), (HISTORY, history)):
+        if not isinstance(document, dict) or not isinstance(document.get("folds", []), list):
+            raise DataError(f"{path / name}: not what `mer train` writes (no list of folds)")
     evaluation = None
     if (path / "eval" / METRICS).is_file():
         evaluation = _read_json(path / "eval" / METRICS)
         _check_evaluation(evaluation, path / "eval" / METRICS, config["classes"])
     predictions = _read_predictions(path / "eval" / "predictions.csv", config["classes"])
-    return RunData(path.name, path, config, trained, history, evaluation, predictions)
+    return RunData(path.name, path, config, trained, history.get("folds", []), evaluation, predictions)
 
 
 # --- settings ---------------------------------------------------------------------------------

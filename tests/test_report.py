@@ -300,6 +300,11 @@ def broken_robustness(level: dict) -> dict:
      "eval/metrics.json: mean.uar: 'x' is not a number"),
     (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: edit_evaluation(run, lambda d: d["reliability"]["after"][0].pop(
         "accuracy")))), "eval/metrics.json: reliability.after[0].accuracy: None is not a number"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "eval" / "predictions.csv").write_text(
+        "clip,label,predicted,p_neutral,p_angry,p_happy\nx,sad,happy,0.1,0.2,0.7\n"))),
+     "predictions.csv: clip x has a label or prediction outside the run's classes"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "metrics.json").write_text("[]"))),
+     "copy/metrics.json: not what `mer train` writes"),
 ])
 def test_what_is_not_a_run_is_one_line_and_exit_2_and_the_old_page_stays(space, tmp_path, make, message):
     (tmp_path / "stray.txt").write_text("not a run")
