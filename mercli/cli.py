@@ -267,8 +267,8 @@ def report(app: App, runs: tuple[str, ...], out: Path | None, gallery: int | Non
     if as_json:
         emit_json(result.to_json())
     else:
-        stderr.print(f"report of {', '.join(run.name for run in result.runs)}: {result.out}", markup=False, highlight=False,
-                     soft_wrap=True)
+        names = ", ".join(run.name for run in result.runs)
+        stderr.print(f"report of {names}: {result.out}", markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()

@@ -77,7 +77,7 @@ def curves_png(curves: Sequence[Curve], title: str = "") -> bytes:
     for axes in (loss_axes, waf_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_axes.set(title=f"{title}: training loss" if title else "training loss", xlabel="epoch")
-    waf_axes.set(title="validation WAF", xlabel="epoch", ylim=(0, 1))
+    waf_axes.set(title="validation WAF", xlabel="epoch", ylim=(0, 1.05))  # a WAF of 1 stays off the frame
     waf_axes.legend(fontsize="small")
     return png(figure)
 
