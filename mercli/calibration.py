@@ -35,21 +35,28 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-scaled[np.arange(len(labels)), np.asarray(labels)].mean())
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE: the gap between confidence (the top probability) and accuracy, averaged over ``bins``
-    equal-width confidence bins ``((i-1)/bins, i/bins]`` weighted by the share of clips in each.
-
-    Written here because scikit-learn has no ECE; tests check it against a hand computation.
-    """
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """What a reliability diagram shows: per non-empty confidence bin ``((i-1)/bins, i/bins]``
+    (the confidence being the top probability) its edges, its share of the clips, and the mean
+    confidence and accuracy of its clips."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
     which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    gap = 0.0
-    for b in np.unique(which):
-        members = which == b
-        gap += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(gap)
+    return [{"lower": b / bins, "upper": (b + 1) / bins, "share": float((which == b).mean()),
+             "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+            for b in np.unique(which).tolist()]
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE: the gap between confidence (the top probability) and accuracy, averaged over ``bins``
+    equal-width confidence bins ``((i-1)/bins, i/bins]`` weighted by the share of clips in each
+    (the bins of :func:`reliability`).
+
+    Written here because scikit-learn has no ECE; tests check it against a hand computation.
+    """
+    bins_seen = reliability(labels, probabilities, bins)
+    return float(sum(b["share"] * abs(b["accuracy"] - b["confidence"]) for b in bins_seen))
 
 
 @dataclass(frozen=True)

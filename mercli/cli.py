@@ -292,6 +292,25 @@ def pseudolabel(app: App, clips_dir: Path, checkpoint: str | None, out: Path | N
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML file to write [default: RUN/report.html; several runs: reports/A-vs-B.html].")
+@setting_option("report.gallery")
+@json_option
+@pass_app
+def report(app: App, runs: tuple[str, ...], out: Path | None, as_json: bool) -> None:
+    """Write one self-contained HTML page comparing runs (names under runs/ or run folders)."""
+    from mercli.report_html import write_report
+
+    result = write_report(app.config, app.workspace, runs, out)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        names = ", ".join(run.name for run in result.runs)
+        stderr.print(f"report of {names}: {result.out}", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--checkpoint", help="Run name under runs/, or a run folder [default: the newest run].")
 @click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),

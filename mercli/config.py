@@ -128,6 +128,10 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("weight", float, 1.0, "mer train --pseudo-labels: a pseudo-labelled clip weighs this times its "
                "confidence in the loss (a labelled clip weighs 1).", POSITIVE),
     ),
+    "report": (
+        Option("gallery", int, 24, "Clips shown per run in the gallery of `mer report`, worst mistakes first.",
+               NON_NEGATIVE),
+    ),
 }
 
 #: Table prefixes whose sub-tables configure plug-ins, and the registry stage behind each.

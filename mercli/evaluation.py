@@ -17,7 +17,9 @@ validation figures: ``notes`` says so, and the tables show it beside them.
 The clips are read through :func:`mercli.trainset.build_table`, the function train uses, so every
 check train makes on its inputs applies here too, and priors from traces whose reasoner saw the
 label are refused for every clip evaluated. The outputs go to ``RUN/eval/`` (or ``--out``):
-``metrics.json``, ``predictions.csv`` and ``confusion.png``.
+``metrics.json``, ``predictions.csv`` and ``confusion.png``. Since the calibrated probabilities
+alone cannot show what temperature scaling did, ``metrics.json`` also holds ``reliability``: the
+reliability-diagram bins of the same predictions before (T = 1) and after calibration.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from mercli.atomic import write_bytes, write_json, write_text
-from mercli.calibration import calibrated, expected_calibration_error
+from mercli.calibration import ECE_BINS, calibrated, expected_calibration_error, reliability
 from mercli.config import Config
 from mercli.errors import DataError
 from mercli.labels import read_labels
 from mercli.pseudolabels import lineage_clips, optimism_note
+from mercli.plots import confusion_png
 from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
 from mercli.splits import SPLIT_NAMES
 from mercli.train import predict_logits, scores
@@ -80,7 +83,8 @@ def metrics(y_true: Sequence[int], probabilities: np.ndarray, classes: Sequence[
 
 @dataclass
 class MemberPredictions:
-    """One fold model's calibrated probabilities on the clips it was asked about."""
+    """One fold model's calibrated probabilities on the clips it was asked about, and the
+    uncalibrated ones (T = 1) they came from."""
 
     run: Path
     fold: int
@@ -88,13 +92,15 @@ class MemberPredictions:
     clip_ids: list[str]
     labels: np.ndarray
     probabilities: np.ndarray
+    uncalibrated: np.ndarray
 
 
 @dataclass
 class Evaluation:
     """What was evaluated and the figures. ``clip_ids``/``labels``/``probabilities`` are the
     pooled out-of-fold predictions (validation mode; ``origins`` says which run and fold made each
-    row) or the fold-averaged ones (labels mode)."""
+    row) or the fold-averaged ones (labels mode); ``uncalibrated`` are the same predictions at
+    T = 1; ``labels_file`` is the labels file of labels mode (validation mode: each run's own)."""
 
     mode: str
     source: str
@@ -104,10 +110,12 @@ class Evaluation:
     clip_ids: list[str]
     labels: np.ndarray
     probabilities: np.ndarray
+    uncalibrated: np.ndarray
     excluded: list[str]
     out: Path
     origins: list[tuple[str, int]] | None = None
     notes: list[str] = field(default_factory=list)
+    labels_file: Path | None = None
     figures: dict[str, Any] = field(init=False)
     member_figures: list[dict[str, Any]] = field(init=False)
 
@@ -118,6 +126,15 @@ class Evaluation:
              **{k: v for k, v in metrics(m.labels, m.probabilities, self.classes).items() if k != "classes"}}
             for m in self.members
         ]
+
+    def reliability(self) -> dict[str, Any]:
+        """The reliability-diagram bins (see :func:`mercli.calibration.reliability`) and the ECE
+        of the predictions before and after temperature scaling."""
+        return {"bins": ECE_BINS,
+                "before": reliability(self.labels, self.uncalibrated),
+                "after": reliability(self.labels, self.probabilities),
+                "ece_before": expected_calibration_error(self.labels, self.uncalibrated),
+                "ece_after": self.figures["ece"]}
 
     def spread(self) -> tuple[dict[str, float], dict[str, float | None]]:
         """Mean and sample standard deviation of each figure over the fold models (``None`` with
@@ -131,7 +148,8 @@ class Evaluation:
         mean, std = self.spread()
         return {**self.figures, "mode": self.mode, "source": self.source, "runs": [str(r) for r in self.runs],
                 "clips": len(self.clip_ids), "excluded": self.excluded, "folds": self.member_figures,
-                "mean": mean, "std": std, "notes": self.notes, "out": str(self.out)}
+                "mean": mean, "std": std, "notes": self.notes, "reliability": self.reliability(), "out": str(self.out),
+                "labels_file": None if self.labels_file is None else str(self.labels_file)}
 
 
 # --- which runs -------------------------------------------------------------------------------
@@ -166,7 +184,8 @@ def _predict(run: TrainedRun, fold: TrainedFold, table: TrainingTable, indices: 
     device = pick_device(settings["device"])
     logits = predict_logits(fold.model.to(device), table, indices, device, settings["batch_size"]).numpy()
     return MemberPredictions(run.path, fold.fold, fold.temperature, [table.clip_ids[i] for i in indices],
-                             table.labels[np.asarray(indices, dtype=np.int64)], calibrated(logits, fold.temperature))
+                             table.labels[np.asarray(indices, dtype=np.int64)], calibrated(logits, fold.temperature),
+                             calibrated(logits))
 
 
 def _validation_members(config: Config, workspace: Workspace, runs: Sequence[TrainedRun]) -> list[MemberPredictions]:
@@ -238,6 +257,12 @@ def _labels_members(config: Config, workspace: Workspace, runs: Sequence[Trained
     return members, excluded, f"{labels} ({rows})"
 
 
+def _run_mean(members: Sequence[MemberPredictions], runs: Sequence[Path], kind: str) -> np.ndarray:
+    """The mean over runs of each run's mean over its fold models of ``kind`` (``probabilities``
+    or ``uncalibrated``), so that a run of many folds weighs as much as a run of few."""
+    return np.mean([np.mean([getattr(m, kind) for m in members if m.run == run], axis=0) for run in runs], axis=0)
+
+
 # --- the run of the command -------------------------------------------------------------------
 
 
@@ -264,14 +289,14 @@ def evaluate(config: Config, workspace: Workspace, checkpoints: Sequence[str] = 
         evaluation = Evaluation(
             "validation", "each fold's validation clips", classes, paths, members,
             [c for m in members for c in m.clip_ids], np.concatenate([m.labels for m in members]),
-            np.concatenate([m.probabilities for m in members]), [], folder,
-            origins=[(m.run.name, m.fold) for m in members for _ in m.clip_ids],
+            *(np.concatenate([getattr(m, kind) for m in members]) for kind in ("probabilities", "uncalibrated")),
+            [], folder, origins=[(m.run.name, m.fold) for m in members for _ in m.clip_ids],
             notes=[note for run in runs if (note := optimism_note(run.path, run.config))])
     else:
         members, excluded, source = _labels_members(config, workspace, runs, labels, split, allow_train_clips)
-        per_run = [np.mean([m.probabilities for m in members if m.run == path], axis=0) for path in paths]
         evaluation = Evaluation("labels", source, classes, paths, members, members[0].clip_ids, members[0].labels,
-                                np.mean(per_run, axis=0), excluded, folder)
+                                *(_run_mean(members, paths, kind) for kind in ("probabilities", "uncalibrated")),
+                                excluded, folder, labels_file=labels.resolve())
     write_outputs(evaluation)
     return evaluation
 
@@ -296,33 +321,6 @@ def predictions_csv(evaluation: Evaluation) -> str:
         rows.append([clip, *origin, classes[label], classes[int(probabilities.argmax())],
                      *(f"{p:.6f}" for p in probabilities)])
     return _csv(rows)
-
-
-def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> bytes:
-    """The confusion matrix as a PNG: rows true class, columns predicted, counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(confusion)
-    size = 1.5 + 0.7 * len(classes)
-    figure = Figure(figsize=(size + 1, size))
-    axes = figure.subplots()
-    image = axes.imshow(counts, cmap="Blues")
-    figure.colorbar(image, ax=axes)
-    ticks = range(len(classes))
-    axes.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=classes)
-    axes.set(xlabel="predicted", ylabel="true", title=title)
-    threshold = counts.max() / 2 if counts.size else 0
-    for (row, column), count in np.ndenumerate(counts):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > threshold else "black", fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 def write_outputs(evaluation: Evaluation) -> None:

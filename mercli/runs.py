@@ -182,9 +182,10 @@ def write_run(run: Path, files: RunFiles) -> None:
 # --- finding and loading a run ----------------------------------------------------------------
 
 
-def resolve_run(workspace: Workspace, checkpoint: str | None) -> Path:
+def resolve_run(workspace: Workspace, checkpoint: str | None, given_as: str = "--checkpoint ") -> Path:
     """A run folder from ``--checkpoint``: a run name under ``runs/``, a folder, or (``None``) the
-    run whose config.json was written last. Staging folders are never runs."""
+    run whose config.json was written last. Staging folders are never runs. ``given_as`` is how
+    an error names the option (empty for an argument)."""
     if checkpoint is None:
         written = [path.parent for path in workspace.runs.glob(f"*/{CONFIG}") if not path.parent.name.startswith(".")]
         if not written:
@@ -194,7 +195,7 @@ def resolve_run(workspace: Workspace, checkpoint: str | None) -> Path:
     candidates = [given] if len(given.parts) > 1 or given.is_absolute() else [workspace.runs / checkpoint, given]
     found = next((c for c in candidates if c.is_dir()), None)
     if found is None:
-        raise DataError(f"--checkpoint {checkpoint}: no such run folder (looked in {', '.join(map(str, candidates))})")
+        raise DataError(f"{given_as}{checkpoint}: no such run folder (looked in {', '.join(map(str, candidates))})")
     if _is_staging(found.resolve()):
         raise DataError(f"{found}: the staging folder of an unfinished `mer train`, not a run")
     return found

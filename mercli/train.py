@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import math
 import os
 import random
@@ -37,6 +36,7 @@ from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, InputSpec, ModelSettings, injected_priors
 import mercli.pseudolabels as pseudolabels
 from mercli.labels import read_labels
+from mercli.plots import Curve, curves_png
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
 from mercli.splits import SPLIT_NAMES, Split, plan_splits
 from mercli.trainset import (TrainingTable, build_table, check_expected_inputs, clip_table, collate,
@@ -219,28 +219,7 @@ def run_name(name: str | None, loss: str) -> str:
 
 def plot_curves(folds: Sequence[FoldResult]) -> bytes:
     """Training loss and validation WAF per epoch of every fold, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(9, 3.5))
-    loss_axes, waf_axes = figure.subplots(1, 2)
-    for result in folds:
-        epochs = [r["epoch"] for r in result.history]
-        loss_axes.plot(epochs, [r["train_loss"] for r in result.history], label=f"fold {result.fold}")
-        waf_axes.plot(epochs, [r["val_waf"] for r in result.history], label=f"fold {result.fold}")
-        waf_axes.axvline(result.best_epoch, linestyle=":", linewidth=0.8)
-    for axes in (loss_axes, waf_axes):
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_axes.set(title="training loss", xlabel="epoch")
-    waf_axes.set(title="validation WAF", xlabel="epoch", ylim=(0, 1))
-    waf_axes.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return curves_png([Curve(f"fold {result.fold}", result.history, result.best_epoch) for result in folds])
 
 
 def with_pseudo_labels(config: Config, table: TrainingTable, splits: list[Split], labels: Path, pseudo_path: Path,

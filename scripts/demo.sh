@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on sample data, from a fresh machine: set up, fetch twelve labelled CREMA-D clips,
-# check the machine, list the plug-ins, then run the pipeline on the clips.
+# check the machine, list the plug-ins, then run the pipeline on the clips and write its report.
 # Everything it writes lies under demo/ (ignored by git); running it again reuses what is done.
 set -euo pipefail
 
@@ -31,3 +31,7 @@ TOML
 "$mer" -w "$WORKSPACE" predict "$CLIPS"/1001_DFA_HAP_XX.flv "$CLIPS"/1001_DFA_SAD_XX.flv
 # Twelve clips are far too few to learn six emotions: the report shows the machinery, not a model.
 "$mer" -w "$WORKSPACE" eval --checkpoint demo-bdcl
+
+# ---- REPORT: one HTML page of the run (figures, plots, the clips with their cues), viewable offline
+"$mer" -w "$WORKSPACE" report demo-bdcl
+echo "report: $(realpath "$WORKSPACE/runs/demo-bdcl/report.html")"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up mer on a Debian machine: the Debian packages it needs (ffmpeg), a virtual environment in
-# .venv, torch, and mer itself (editable, with its test extras). Safe to run again: what is already
-# in place is kept. Works as root or, for apt-get, through sudo.
+# .venv, torch, mer itself (editable, with its test extras) and, for the tests that open `mer report`
+# pages in a browser, headless Chromium (a failure there is only a warning: those tests are then
+# skipped). Safe to run again: what is already in place is kept. Works as root or, for apt-get,
+# through sudo.
 #
 # torch: the CPU build torch==2.13.0 (an unpinned torch pulls a CUDA build of several GB); on a
 # machine where nvidia-smi works, the default (CUDA) build instead.
@@ -73,9 +75,23 @@ install_torch() {
     .venv/bin/python -m pip install "$requirement"
 }
 
+install_test_browser() {
+    if command -v chromium >/dev/null 2>&1; then
+        log "chromium (report tests): already installed"
+        return
+    fi
+    log "chromium (report tests): installing"
+    # In a subshell, so that as_root's exit (no root, no sudo) ends only this step.
+    if ! (as_root apt-get update && as_root env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y --no-install-recommends chromium fonts-dejavu-core); then
+        log "chromium could not be installed: the tests that open reports in a browser will be skipped"
+    fi
+}
+
 install_debian_packages
 create_environment
 install_torch  # before mer, so that mer's own 'torch>=...' is already satisfied by this build
 log "mer: installing the project (editable) with its test extras"
 .venv/bin/python -m pip install -e '.[test]'
+install_test_browser
 log "done: .venv/bin/mer doctor checks the result"

@@ -7,7 +7,7 @@ import pytest
 from scipy.special import softmax
 
 from mercli.calibration import (calibrated, expected_calibration_error, fit_temperature,
-                                negative_log_likelihood)
+                                negative_log_likelihood, reliability)
 
 
 def test_ece_matches_a_hand_computation():
@@ -21,6 +21,16 @@ def test_ece_matches_a_hand_computation():
     one_bin = abs(2 / 4 - (0.9 + 0.8 + 0.88 + 0.5) / 4)
     assert expected_calibration_error(labels, probabilities, bins=1) == pytest.approx(one_bin)
     assert expected_calibration_error(np.array([1, 0]), np.eye(2)[[1, 0]]) == 0.0
+
+
+def test_reliability_bins_match_a_hand_computation():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.88, 0.12], [0.5, 0.5]])  # as above
+    labels = np.array([0, 0, 1, 0])
+    assert reliability(labels, probabilities) == [
+        {"lower": 7 / 15, "upper": 8 / 15, "share": 0.25, "confidence": 0.5, "accuracy": 1.0},
+        {"lower": 11 / 15, "upper": 12 / 15, "share": 0.25, "confidence": 0.8, "accuracy": 0.0},
+        {"lower": 13 / 15, "upper": 14 / 15, "share": 0.5, "confidence": pytest.approx(0.89), "accuracy": 0.5},
+    ]
 
 
 def test_calibrated_is_the_softmax_of_scaled_logits():

@@ -151,7 +151,7 @@ def test_usage_errors_exit_2(tmp_path, args):
 def test_help_and_version(tmp_path):
     result = run_mer("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("extract", "doctor", "plugins", "init", "config"):
+    for command in ("extract", "report", "doctor", "plugins", "init", "config"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
     assert run_mer("--version", cwd=tmp_path).stdout == f"mer, version {__version__}\n"
 

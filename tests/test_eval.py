@@ -19,7 +19,7 @@ from scipy.special import softmax
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from mercli.calibration import expected_calibration_error
+from mercli.calibration import expected_calibration_error, reliability
 from mercli.cli import cli
 from mercli.contracts import Features
 from mercli.errors import DataError
@@ -29,22 +29,9 @@ from mercli.runs import load_model, load_run, resolve_run
 from mercli.train import predict_logits, train
 from mercli.trainset import build_table
 from mercli.workspace import Workspace
-from support.training import CLASSES, config, manifest, write_workspace
+from support.training import CLASSES, config, manifest, noisy_labels_with_a_mixed_test_split, write_workspace
 
 import torch
-
-
-def noisy_labels_with_a_mixed_test_split(labels: Path) -> None:
-    """Make every 7th clip a test clip (so the test split holds every class), and give every 5th
-    other clip the next class: noise that the fold models cannot learn, so they make mistakes."""
-    lines = labels.read_text().splitlines()
-    for number in range(1, len(lines)):
-        clip, label, speaker, split = lines[number].split(",")
-        split = "test" if number % 7 == 1 else "val" if split == "val" else "train"
-        if split != "test" and number % 5 == 0:
-            label = CLASSES[(CLASSES.index(label) + 1) % len(CLASSES)]
-        lines[number] = ",".join((clip, label, speaker, split))
-    labels.write_text("\n".join(lines) + "\n")
 
 
 def clips_of(labels: Path, split: str) -> list[str]:
@@ -177,6 +164,40 @@ def test_train_fits_temperatures_and_eval_applies_them(space):
         expected = softmax(logits / fold["temperature"], axis=1)
         written = np.array([[float(rows[c][f"p_{k}"]) for k in CLASSES] for c in fold["val_clips"]])
         assert np.allclose(written, expected, atol=2e-6)
+
+
+def assert_same_bins(reported: list[dict], expected: list[dict]) -> None:
+    assert [(b["lower"], b["upper"]) for b in reported] == [(b["lower"], b["upper"]) for b in expected]
+    for mine, theirs in zip(reported, expected):
+        assert mine == pytest.approx(theirs, abs=1e-6)  # the logits are float32
+
+
+def test_the_reliability_diagram_is_recorded_before_and_after_calibration(space, tmp_path):
+    """metrics.json holds the bins of the pooled predictions at T = 1 and at each fold's T, so
+    that a report can show what temperature scaling did; both recomputed here from the logits."""
+    workspace, labels = space
+    table = build_table(config(), workspace.features, labels)
+    run = load_run(workspace.runs / "cv")
+    position = {clip: i for i, clip in enumerate(table.clip_ids)}
+    pooled = {"before": [], "after": []}
+    for fold in run.folds:
+        logits = predict_logits(fold.model, table, [position[c] for c in fold.val_clips], torch.device("cpu"), 8).numpy()
+        pooled["before"].append(softmax(logits, axis=1))
+        pooled["after"].append(softmax(logits / fold.temperature, axis=1))
+    y_true = np.concatenate([table.labels[[position[c] for c in f.val_clips]] for f in run.folds])
+    document = evaluate(config(), workspace, ["cv"], out=tmp_path / "val").to_json()["reliability"]
+    for moment in ("before", "after"):
+        assert_same_bins(document[moment], reliability(y_true, np.concatenate(pooled[moment])))
+    assert document["ece_before"] == pytest.approx(expected_calibration_error(y_true, np.concatenate(pooled["before"])))
+    assert document["ece_before"] != pytest.approx(document["ece_after"])  # the temperatures changed something
+
+    test_clips = [position[c] for c in clips_of(labels, "test")]
+    logits = [predict_logits(f.model, table, test_clips, torch.device("cpu"), 8).numpy() for f in run.folds]
+    held_out = evaluate(config(), workspace, ["cv"], labels=labels, out=tmp_path / "test").to_json()
+    assert_same_bins(held_out["reliability"]["before"],
+                     reliability(table.labels[test_clips], np.mean([softmax(z, axis=1) for z in logits], axis=0)))
+    assert held_out["labels_file"] == str(labels.resolve())
+    assert json.loads((tmp_path / "test" / "metrics.json").read_text())["reliability"] == held_out["reliability"]
 
 
 def test_a_run_without_temperatures_or_training_clips_loads_with_t_1(space, tmp_path):

@@ -317,6 +317,7 @@ JSON_ERRORS = {
     "train: no such labels file": (["train", "--labels", "{tmp}/nowhere.csv"], "nowhere.csv"),
     "eval: no run": (["eval"], "runs"),
     "predict: no run": (["predict", "{tmp}/clip.mp4"], "runs"),
+    "report: not a run": (["report", "{tmp}"], "not a run folder"),
     "reason: no such reasoner": (["reason", "{tmp}", "--model", "nosuch"], "nosuch"),
     "a usage error": (["extract", "{tmp}", "--workers", "many"], "'many' is not a valid integer"),
 }
