@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, TypeVar
 
 from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option
-from mercli.errors import ConfigError
+from mercli.errors import ConfigError, DataError
 from mercli.vocabulary import LEVELS, one_line, pick_device
 from mer_plugins.encoders.model_files import transformers_identity
 
@@ -118,7 +118,17 @@ def load(folder: ModelFolder, processor: Callable[[Path], Any], device: str, hal
     logging.disable_progress_bar()  # a per-load bar would break the extract stage's own progress display
     where = pick_device(device)
     dtype = torch.float16 if half and where.type == "cuda" else torch.float32
-    model = folder.model_class.from_pretrained(folder.path, local_files_only=True, dtype=dtype)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # its load report lists the weights of a CLIP folder's text half, unused
+    try:
+        model, report = folder.model_class.from_pretrained(folder.path, local_files_only=True, dtype=dtype,
+                                                           output_loading_info=True)
+    finally:
+        logging.set_verbosity(verbosity)
+    if report["missing_keys"]:  # transformers would run them with random values
+        missing = sorted(report["missing_keys"])
+        raise DataError(f"{folder.path}: incomplete weights: {len(missing)} tensors missing ({', '.join(missing[:3])}"
+                        f"{', ...' if len(missing) > 3 else ''})")
     return LoadedModel(model.to(where).eval(), processor(folder.path), where, dtype)
 
 
