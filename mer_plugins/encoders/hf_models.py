@@ -15,10 +15,11 @@ alone and in a batch agree to float precision.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence, TypeVar
 
 from mercli.contracts import AT_LEAST_ONE, Check, DecodedClip, Encoder, Features, Option
 from mercli.errors import ConfigError, DataError
@@ -69,7 +70,8 @@ def open_folder(key: str, setting: str | None, inputs: tuple[str, ...], what: st
     model_class, config = _reader(config, inputs)
     if model_class is None:
         raise refuse(f"a '{config.model_type}' model does not read {what} (wrong kind of model for this encoder)")
-    _quiet(lambda: processor(path), refuse, f"incomplete model folder: its {what} processor does not load")
+    with quiet_transformers():  # without torchvision, image processors warn that they fall back to PIL
+        _quiet(lambda: processor(path), refuse, f"incomplete model folder: its {what} processor does not load")
     return ModelFolder(path, config.model_type, model_class, int(config.hidden_size), int(config.num_hidden_layers))
 
 
@@ -99,6 +101,21 @@ def _quiet(load: Callable[[], T], refuse: Callable[[str], ConfigError], problem:
         raise refuse(f"{problem} ({type(error).__name__}: {one_line(error, 200)})") from None
 
 
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings and progress bars held back while a folder loads: they would break the
+    extract stage's progress display, and what matters in them is raised as an error here."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 @dataclass
 class LoadedModel:
     """A model on its device, in the precision it runs at, with its processor."""
@@ -113,23 +130,18 @@ class LoadedModel:
 def load(folder: ModelFolder, processor: Callable[[Path], Any], device: str, half: bool) -> LoadedModel:
     """One model per folder, device and precision per process, whichever encoder asks."""
     import torch
-    from transformers.utils import logging
 
-    logging.disable_progress_bar()  # a per-load bar would break the extract stage's own progress display
     where = pick_device(device)
     dtype = torch.float16 if half and where.type == "cuda" else torch.float32
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()  # its load report lists the weights of a CLIP folder's text half, unused
-    try:
+    with quiet_transformers():  # its load report lists the weights of a CLIP folder's text half, unused
         model, report = folder.model_class.from_pretrained(folder.path, local_files_only=True, dtype=dtype,
                                                            output_loading_info=True)
-    finally:
-        logging.set_verbosity(verbosity)
+        prepare = processor(folder.path)
     if report["missing_keys"]:  # transformers would run them with random values
         missing = sorted(report["missing_keys"])
         raise DataError(f"{folder.path}: incomplete weights: {len(missing)} tensors missing ({', '.join(missing[:3])}"
                         f"{', ...' if len(missing) > 3 else ''})")
-    return LoadedModel(model.to(where).eval(), processor(folder.path), where, dtype)
+    return LoadedModel(model.to(where).eval(), prepare, where, dtype)
 
 
 def batches(lengths: Sequence[int], size: int, equal_only: bool = False) -> list[list[int]]:
