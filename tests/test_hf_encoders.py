@@ -41,9 +41,11 @@ def _save(folder: Path, model, processor) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, str]:
     """Tiny model folders by kind: speech models with each way of treating padding, Whisper, image
-    models (a CLIP vision tower, a whole CLIP model) and a text model."""
+    models (a CLIP vision tower, a whole CLIP model), and models hf-audio does not run (a log-mel
+    speech model other than Whisper, a text model)."""
     from transformers import (BertConfig, BertModel, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig,
-                              CLIPVisionModel, HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
+                              CLIPVisionModel, HubertConfig, HubertModel, Speech2TextConfig,
+                              Speech2TextFeatureExtractor, Speech2TextModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
                               Wav2Vec2Model, WhisperConfig, WhisperFeatureExtractor, WhisperModel)
 
     root = tmp_path_factory.mktemp("models")
@@ -66,6 +68,9 @@ def models(tmp_path_factory) -> dict[str, str]:
         "clip": _save(root / "clip", CLIPModel(CLIPConfig(
             text_config=dict(SMALL, vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1),
             vision_config=vision, projection_dim=8)), images),
+        "speech2text": _save(root / "speech2text", Speech2TextModel(Speech2TextConfig(
+            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, conv_channels=32)), Speech2TextFeatureExtractor()),
         "bert": _save(root / "bert", BertModel(BertConfig(**SMALL, vocab_size=64)),
                       transformers.BertTokenizerFast(vocab_file=_vocab(root))),
     }
@@ -313,6 +318,12 @@ def test_an_incomplete_folder_is_refused(models, tmp_path, missing, problem):
 def test_a_folder_of_the_wrong_kind_of_model_is_refused(models, encoder, kind, reads):
     with pytest.raises(ConfigError, match=f"^encoder.{encoder.name}.model: .*{kind}: .* does not read {reads}"):
         encoder(model=models[kind])
+
+
+def test_log_mel_models_other_than_whisper_are_refused(models):
+    """Speech2Text reads log-mel features of any length, not Whisper's 30 s windows."""
+    with pytest.raises(ConfigError, match="^encoder.hf-audio.model: .*'speech_to_text' model reads log-mel"):
+        HfAudioEncoder(model=models["speech2text"])
 
 
 def test_missing_weights_are_an_error_not_random_values(models, tmp_path):

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from mercli.contracts import POSITIVE, DecodedClip, Features, Option
+from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
 from mer_plugins.encoders.audio_input import absent_audio_reason, clip_audio
 from mer_plugins.encoders.hf_models import LoadedModel, TransformersEncoder, batches, pooled
@@ -65,9 +66,14 @@ class HfAudioEncoder(TransformersEncoder):
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         if self.settings["model"]:
-            self._check_layers()
+            self._check_model()
 
-    def _check_layers(self) -> None:
+    def _check_model(self) -> None:
+        """What the folder check cannot see: log-mel models other than Whisper take inputs of other
+        lengths than its 30 s windows; the chosen layers must exist."""
+        if self.folder.model_class.main_input_name == "input_features" and self.folder.model_type != "whisper":
+            raise ConfigError(f"encoder.{self.name}.model: {self.folder.path}: a '{self.folder.model_type}' model "
+                              "reads log-mel features; of such models only Whisper's encoder is supported")
         states = self.folder.layers + 1
         layers = self.settings["layers"]
         wrong = [k for k in layers if not -states <= k < states]
@@ -79,13 +85,13 @@ class HfAudioEncoder(TransformersEncoder):
 
     @property
     def whisper(self) -> bool:
-        return self.folder.model_class.main_input_name == "input_features"
+        return self.folder.model_type == "whisper"
 
     def chunk_samples(self, sample_rate: int) -> int:
         seconds = self.settings["chunk_seconds"]
         return max(1, round(sample_rate * (min(seconds, WHISPER_WINDOW_SECONDS) if self.whisper else seconds)))
 
-    def encode_batch(self, clips: list[DecodedClip]) -> list[Features]:  # type: ignore[override]
+    def encode_batch(self, clips: Sequence[DecodedClip]) -> list[Features]:
         results: list[Features | None] = [None] * len(clips)
         owners: list[int] = []  # the clip of each chunk, chunks in clip order
         chunks: list[np.ndarray] = []

@@ -19,7 +19,7 @@ A clip without a face in any frame is absent (``"no face in any frame"``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -91,7 +91,7 @@ class HfVisionEncoder(TransformersEncoder, FaceTrackEncoder):
                  for index in np.flatnonzero(track.present)]
         return track.present.copy(), crops
 
-    def encode_batch(self, clips: list[DecodedClip]) -> list[Features]:  # type: ignore[override]
+    def encode_batch(self, clips: Sequence[DecodedClip]) -> list[Features]:
         results: list[Features | None] = [None] * len(clips)
         owners: list[int] = []
         images: list[np.ndarray] = []
