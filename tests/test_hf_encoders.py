@@ -157,16 +157,25 @@ def test_clips_without_audio_are_absent_in_a_batch(models):
 
 
 def test_a_long_clip_is_encoded_in_chunks(models):
-    """Each chunk is prepared and encoded on its own; the clip's frames are the chunks' frames."""
-    encoder = HfAudioEncoder(model=models["wav2vec2"], level="frame", chunk_seconds=0.5, batch_size=3)
-    clip = speech("long", 1.7)
-    pieces = [speech(f"p{n}", 0, 0) for n in range(4)]
-    for n, piece in enumerate(pieces):
-        piece.audio = clip.audio[n * 8000:(n + 1) * 8000]
+    """Each chunk is prepared and encoded on its own; the clip's frames are the chunks' frames. A
+    2.5 s clip in chunks of at most 1 s is three chunks of 0.83 s, not two of 1 s and one of 0.5 s."""
+    encoder = HfAudioEncoder(model=models["wav2vec2"], level="frame", chunk_seconds=1, batch_size=2)
+    clip = speech("long", 2.5)
+    pieces = [speech(f"p{n}", 0) for n in range(3)]
+    for piece, audio in zip(pieces, np.array_split(clip.audio, 3)):
+        piece.audio = audio
     expected = np.concatenate([HfAudioEncoder(model=models["wav2vec2"], level="frame").encode(p).values for p in pieces])
     chunked = encoder.encode(clip)
-    assert chunked.values.shape == expected.shape == (24 * 3 + 9, 32)
+    assert chunked.values.shape == expected.shape == (3 * 41, 32)
     np.testing.assert_allclose(chunked.values, expected, atol=1e-5)
+
+
+def test_audio_too_short_for_the_model_is_absent(models):
+    encoder = HfAudioEncoder(model=models["wav2vec2"])
+    assert encoder.shortest == 400
+    short, enough = encoder.encode_batch([speech("short", 399 / RATE), speech("enough", 400 / RATE)])
+    assert short.values is None and short.absent == "audio too short for the model (399 samples, 400 needed)"
+    assert enough.values.shape == (32,)
 
 
 def test_whisper_chunks_are_at_most_its_30_second_window(models):

@@ -2,7 +2,7 @@
 or Whisper's encoder) read from a local folder, such as the Chinese HuBERT-large of the MER2024
 baselines.
 
-The audio is cut into chunks of at most ``chunk_seconds`` (Whisper: at most its 30 s window), each
+The audio is cut into equal chunks of at most ``chunk_seconds`` (Whisper: at most its 30 s window), each
 prepared by the folder's feature extractor on its own (its normalisation included) and run through
 the model; chunks of every clip of a batch share forward passes. ``layers`` picks the hidden states:
 ``[-1]`` the last, ``[k]`` layer k (0 is the input to the first transformer layer), several: their
@@ -19,13 +19,14 @@ and batch only chunks of one length; Whisper's inputs are all 30 s.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from mercli.contracts import POSITIVE, DecodedClip, Features, Option
+from mercli.contracts import AT_LEAST_ONE, DecodedClip, Features, Option
 from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
 from mer_plugins.encoders.audio_input import absent_audio_reason, clip_audio
@@ -60,7 +61,7 @@ class HfAudioEncoder(TransformersEncoder):
         Option("layers", list, [-1], "Hidden states to use: [-1] the last layer, [k] layer k (0: the input of "
                "the first transformer layer), several: their mean."),
         Option("chunk_seconds", float, 30.0, "Longest piece of audio per forward pass; longer clips are cut "
-               "(Whisper: at most its 30 s window).", POSITIVE),
+               "into equal pieces (Whisper: at most its 30 s window).", AT_LEAST_ONE),
     )
 
     def __init__(self, **settings: Any) -> None:
@@ -89,19 +90,38 @@ class HfAudioEncoder(TransformersEncoder):
 
     def chunk_samples(self, sample_rate: int) -> int:
         seconds = self.settings["chunk_seconds"]
-        return max(1, round(sample_rate * (min(seconds, WHISPER_WINDOW_SECONDS) if self.whisper else seconds)))
+        return round(sample_rate * (min(seconds, WHISPER_WINDOW_SECONDS) if self.whisper else seconds))
+
+    @functools.cached_property
+    def shortest(self) -> int:
+        """Samples the model needs for one frame: the receptive field of a wav2vec2-style model's
+        convolutions (400, 25 ms, for the usual ones); Whisper pads any audio to its window."""
+        config = self.loaded().model.config
+        field, step = 1, 1
+        for kernel, stride in zip(getattr(config, "conv_kernel", ()), getattr(config, "conv_stride", ())):
+            field, step = field + (kernel - 1) * step, step * stride
+        return 1 if self.whisper else field
+
+    def chunks(self, clip: DecodedClip) -> "list[np.ndarray] | Features":
+        """The clip's audio in equal chunks of at most ``chunk_seconds`` (no short tail that would
+        hold too little for the model), or the absent result when there is nothing to encode."""
+        audio = clip_audio(clip, self.name, self.loaded().processor.sampling_rate)
+        if audio is None:
+            return Features(values=None, absent=absent_audio_reason(clip))
+        if len(audio) < self.shortest:
+            return Features(values=None, absent=f"audio too short for the model ({len(audio)} samples, "
+                                                f"{self.shortest} needed)")
+        return np.array_split(audio, math.ceil(len(audio) / self.chunk_samples(clip.sample_rate)))
 
     def encode_batch(self, clips: Sequence[DecodedClip]) -> list[Features]:
         results: list[Features | None] = [None] * len(clips)
         owners: list[int] = []  # the clip of each chunk, chunks in clip order
         chunks: list[np.ndarray] = []
         for number, clip in enumerate(clips):
-            audio = clip_audio(clip, self.name, self.loaded().processor.sampling_rate)
-            if audio is None:
-                results[number] = Features(values=None, absent=absent_audio_reason(clip))
+            pieces = self.chunks(clip)
+            if isinstance(pieces, Features):
+                results[number] = pieces
                 continue
-            size = self.chunk_samples(clip.sample_rate)
-            pieces = [audio[start:start + size] for start in range(0, len(audio), size)]
             chunks += pieces
             owners += [number] * len(pieces)
         frames = self.run(chunks)
