@@ -413,3 +413,23 @@ def test_mer_extract_with_a_missing_folder_stops_before_any_clip(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"error: encoder.hf-audio.model: {tmp_path / 'nowhere'}: no such folder"
     assert not (tmp_path / "features").exists() or not any((tmp_path / "features").iterdir())
+
+
+@pytest.mark.slow
+def test_face_input_on_a_real_clip_shares_the_face_track(models, shared_data):
+    """On a CREMA-D video the face that face-landmarks tracks is the one hf-vision embeds, found once."""
+    from mercli.media import decode
+    from mer_plugins.encoders.face_crops import aligned_rgb_crop
+    from mer_plugins.encoders.face_landmarks import FaceLandmarksEncoder
+
+    path = shared_data / "crema-d" / "1001_DFA_ANG_XX.flv"
+    clip = decode(path, path.stem, fps=2.0, audio=False)
+    landmarks = FaceLandmarksEncoder().encode(clip)
+    encoder = HfVisionEncoder(model=models["clip-vision"], level="frame")
+    frames = encoder.encode(clip)
+    assert [key for key in clip.derived if key.startswith("face-track")] == [encoder.tracker.derived_key]
+    assert frames.mask.tolist() == landmarks.mask.tolist() and frames.mask.any()
+    track = clip.derived[encoder.tracker.derived_key]
+    first = int(np.flatnonzero(track.present)[0])
+    crop = aligned_rgb_crop(clip.frames[first], track.landmarks[first], 224)
+    assert crop.shape == (224, 224, 3) and 40 < crop.mean() < 220, "a lit face, not the black outside of the frame"
