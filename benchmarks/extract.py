@@ -1,7 +1,8 @@
 """Speed and memory of ``mer extract`` with the default encoders, against the issue's floor of
-2 s of video per wall second per worker.
+2 s of video per wall second per worker; with ``--hf``, the speed of the transformers encoders.
 
     .venv/bin/python benchmarks/extract.py [--repeat N] [--workers 1 2] [--threads N] [--clips DIR ...]
+    .venv/bin/python benchmarks/extract.py --hf [--full] [--clips DIR ...]
 
 Datasets: ../shared/data/crema-d and ../shared/data/mer2023, or the folders given with ``--clips``
 (repeatable; ``DIR/labels.csv`` is passed as ``--labels`` when it exists). For each dataset and
@@ -42,6 +43,18 @@ on this machine:
 Before timing, one untimed run warms the page cache, so the first measured run does not pay for
 reading the model files from disk. With ``--repeat N`` every run is made N times; wall times are
 the median, memory the largest.
+
+**Transformers encoders (``--hf``).** ``hf-audio`` and ``hf-vision`` (``input = "frame"``) run on
+model folders this script writes with random weights (speed does not depend on the values): a small
+configuration of each kind, and with ``--full`` the full-size HuBERT-large (1024-d, 24 layers,
+16 heads, 4096 wide, layer-normalised convolutions) and CLIP ViT-L/14 vision tower (1024-d, 24
+layers, 14-pixel patches, 224-pixel images). Every clip is decoded once, timed (one process, as
+one ``mer extract`` worker decodes); then the clips go through ``encode_batch`` at each batch size
+of a doubling ladder until the rate stops rising by 5% (or memory runs out), and the best is kept.
+Rates are seconds of media per second of model time, and clips per second; on CUDA (half precision)
+the peak GPU memory is reported. The bottleneck is whichever of one decoding worker and the model
+handles fewer seconds of media per second. ``input = "face"`` adds the face tracking, which the
+default encoders' breakdown times as ``face-landmarks``.
 """
 
 from __future__ import annotations
@@ -316,6 +329,124 @@ def breakdown(folder: Path, labels: Path | None, media: Media, console: Console)
     console.print(table)
 
 
+# --- the transformers encoders (--hf) -------------------------------------------------------------
+
+GROWTH = 1.05  # a larger batch is kept only when it is this much faster
+
+
+def hf_folders(root: Path, full: bool) -> list[tuple[str, str, Path]]:
+    """(encoder, label, folder) of random-weight model folders written under ``root``."""
+    import torch
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, HubertConfig, HubertModel,
+                              Wav2Vec2FeatureExtractor)
+
+    torch.manual_seed(0)
+    speech = {"small HuBERT (256-d, 4 layers)": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                                      intermediate_size=1024)}
+    vision = {"small ViT (256-d, 4 layers, patch 16)": dict(hidden_size=256, num_hidden_layers=4,
+                                                            num_attention_heads=4, intermediate_size=1024,
+                                                            patch_size=16)}
+    if full:
+        speech["HuBERT-large (1024-d, 24 layers)"] = dict(hidden_size=1024, num_hidden_layers=24,
+                                                           num_attention_heads=16, intermediate_size=4096)
+        vision["CLIP ViT-L/14 vision (1024-d, 24 layers)"] = dict(hidden_size=1024, num_hidden_layers=24,
+                                                                   num_attention_heads=16, intermediate_size=4096,
+                                                                   patch_size=14)
+    folders = []
+    for number, (label, size) in enumerate(speech.items()):
+        folder = root / f"speech{number}"
+        HubertModel(HubertConfig(**size, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+                    ).save_pretrained(folder)
+        Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+        folders.append(("hf-audio", label, folder))
+    for number, (label, size) in enumerate(vision.items()):
+        folder = root / f"vision{number}"
+        CLIPVisionModel(CLIPVisionConfig(**size, image_size=224)).save_pretrained(folder)
+        CLIPImageProcessor().save_pretrained(folder)
+        folders.append(("hf-vision", label, folder))
+    return folders
+
+
+def decoded_clips(datasets: list[Path], modality: str, config: configuration.Config) -> tuple[list, float]:
+    """Every clip of ``datasets`` with the ``modality`` stream ``hf-*`` reads, and the decoding seconds."""
+    clips = [clip for folder in datasets for clip in discover(folder)]
+    start = time.perf_counter()
+    decoded = [decode(c.path, c.clip_id, fps=config.get("extract", "fps"), sample_rate=config.get("extract", "sample_rate"),
+                      video=modality == "visual", audio=modality == "audio") for c in clips]
+    seconds = time.perf_counter() - start
+    return [d for d in decoded if modality not in d.absent], seconds
+
+
+def model_seconds(encoder, clips: list) -> float:
+    """Seconds of model time for ``clips`` through ``encode_batch`` (CUDA work waited for)."""
+    import torch
+
+    start = time.perf_counter()
+    encoder.encode_batch(clips)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def best_batch(encoder_class, folder: Path, device: str, clips: list, ladder: list[int]) -> tuple[int, float]:
+    """The batch size of ``ladder`` with the shortest model time over ``clips``, and that time."""
+    import torch
+
+    best: tuple[int, float] | None = None
+    for size in ladder:
+        encoder = encoder_class(model=str(folder), device=device, half=device == "cuda", batch_size=size,
+                                **({"input": "frame"} if encoder_class.name == "hf-vision" else {}))
+        try:
+            encoder.encode_batch(clips[:1])  # loads the model, warms the kernels
+            seconds = model_seconds(encoder, clips)
+        except torch.cuda.OutOfMemoryError:
+            break
+        if best is not None and best[1] / seconds < GROWTH:
+            break
+        best = (size, seconds) if best is None or seconds < best[1] else best
+    if best is None:
+        sys.exit(f"{folder}: even a batch of {ladder[0]} does not fit in GPU memory")
+    return best
+
+
+def hf_benchmark(datasets: list[Path], full: bool, console: Console) -> None:
+    import torch
+
+    from mer_plugins.encoders.hf_audio import HfAudioEncoder
+    from mer_plugins.encoders.hf_vision import HfVisionEncoder
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = configuration.load(None, environ={})
+    ladder = [1, 2, 4, 8, 16, 32, 64, 128] if device == "cuda" else [1, 2, 4, 8]
+    table = Table(title=f"transformers encoders on {device}"
+                        f"{' (' + torch.cuda.get_device_name() + ', float16)' if device == 'cuda' else ', float32'}"
+                        f", {os.cpu_count()} CPUs; clips of {', '.join(d.name for d in datasets)}")
+    for column in ("encoder", "model (random weights)", "batch", "clips", "media s", "decode s (1 worker)",
+                   "model s", "clips/s (model)", "media s/s (model)", "media s/s (decode)", "bottleneck",
+                   "GPU peak MiB"):
+        table.add_column(column, justify="left" if column in ("encoder", "model (random weights)", "bottleneck")
+                         else "right")
+    decoded = {}
+    with tempfile.TemporaryDirectory(prefix="mer-bench-hf-") as scratch:
+        for name, label, folder in hf_folders(Path(scratch), full):
+            encoder_class = HfAudioEncoder if name == "hf-audio" else HfVisionEncoder
+            modality = encoder_class.modality
+            if modality not in decoded:
+                decoded[modality] = decoded_clips(datasets, modality, config)
+            clips, decode_seconds = decoded[modality]
+            media = sum(clip.duration for clip in clips)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            size, seconds = best_batch(encoder_class, folder, device, clips, ladder)
+            model_rate, decode_rate = media / seconds, media / decode_seconds
+            memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}" if device == "cuda" else "n/a"
+            table.add_row(name, label, str(size), str(len(clips)), f"{media:.1f}", f"{decode_seconds:.2f}",
+                          f"{seconds:.2f}", f"{len(clips) / seconds:.2f}", f"{model_rate:.1f}", f"{decode_rate:.1f}",
+                          "model" if model_rate < decode_rate else "decoding", memory)
+            console.print(f"measured {name} {label}: batch {size}, {model_rate:.1f} s of media per s")
+    console.print(table)
+
+
 # --- the report ---------------------------------------------------------------------------------
 
 
@@ -338,6 +469,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="threads of the in-process breakdown (1: as each of 2 workers on 2 CPUs) "
                              "[default: torch's, as 1 worker]")
+    parser.add_argument("--hf", action="store_true",
+                        help="measure hf-audio and hf-vision on random-weight models instead of the default encoders")
+    parser.add_argument("--full", action="store_true",
+                        help="with --hf: also the full-size HuBERT-large and CLIP ViT-L/14 configurations")
     arguments = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mer extract does, before torch or CTranslate2 load
     if arguments.threads:
@@ -346,6 +481,9 @@ def main() -> None:
         torch.set_num_threads(arguments.threads)
     datasets = datasets_of(arguments)
     console = Console() if Console().is_terminal else Console(width=200)
+    if arguments.hf:
+        hf_benchmark(datasets, arguments.full, console)
+        return
     encoders = configuration.load(None, environ={}).get("extract", "encoders")
     console.print(f"mer extract, default encoders ({', '.join(encoders)}); {os.cpu_count()} CPUs, "
                   f"Python {sys.version.split()[0]}, repeat {arguments.repeat}, breakdown threads "

@@ -229,12 +229,15 @@ class Encoder(Component):
     """Turns a decoded clip into the features of one modality.
 
     ``dim`` is the output width; an encoder whose width depends on its settings (a model path)
-    overrides it as a property. ``weights_identity`` names the exact weights (a file hash, a model
-    id and revision) so that the feature store never mixes features from two models.
+    overrides it as a property. ``level`` is declared on the class (what ``mer plugins`` shows); an
+    encoder whose level is one of its settings declares its default there and sets the instance's
+    own in ``__init__``, since manifests and shape checks read it from the instance.
+    ``weights_identity`` names the exact weights (a file hash, a model id and revision) so that the
+    feature store never mixes features from two models.
     """
 
     modality: ClassVar[Modality]
-    level: ClassVar[Level]
+    level: Level
     dim: int
 
     def weights_identity(self) -> str:
@@ -242,6 +245,11 @@ class Encoder(Component):
 
     def encode(self, clip: DecodedClip) -> Features:
         raise NotImplementedError
+
+    def encode_batch(self, clips: Sequence[DecodedClip]) -> list[Features]:
+        """The features of each of ``clips``, in order. An encoder whose model gains from seeing
+        several clips at once (a GPU) overrides it; the result must equal ``encode`` per clip."""
+        return [self.encode(clip) for clip in clips]
 
 
 class Transcriber(Component):

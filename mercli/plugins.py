@@ -39,6 +39,8 @@ BUILTINS: dict[str, str] = {
     "encoder-whisper": "mer_plugins.encoders.whisper",
     "encoder-egemaps": "mer_plugins.encoders.egemaps",
     "encoder-text-embedding": "mer_plugins.encoders.text_embedding",
+    "encoder-hf-audio": "mer_plugins.encoders.hf_audio",
+    "encoder-hf-vision": "mer_plugins.encoders.hf_vision",
     "reasoner-local": "mer_plugins.reasoners.local",
     "reasoner-gemini": "mer_plugins.reasoners.gemini",
     "reasoner-openai": "mer_plugins.reasoners.openai_compatible",

@@ -17,6 +17,9 @@ from mercli.plugin_api import ConfigError
 
 #: (path, size, mtime) of every file hashed -> digest; hashing a large checkpoint once per process is enough.
 _digests: dict[tuple[tuple[str, int, int], ...], str] = {}
+#: Files of a transformers model folder that decide what it computes; READMEs and the like do not
+#: enter its identity.
+TRANSFORMERS_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model"}
 
 
 def packaged_model_dir(package: str, distribution: str) -> Path:
@@ -58,3 +61,10 @@ def folder_files(folder: Path) -> list[Path]:
     """The files directly in ``folder``, sorted, hidden ones (``.gitattributes``) left out: what a
     loader reads from a model folder (sub-folders hold other formats or other libraries' settings)."""
     return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def transformers_identity(folder: Path) -> str:
+    """Names the weights and processing of a transformers model folder by the hash of the files
+    that decide them: two folders share an identity only when they compute the same thing."""
+    files = [f for f in folder_files(folder) if f.suffix in TRANSFORMERS_SUFFIXES]
+    return f"transformers:{sha256_of(files)}"

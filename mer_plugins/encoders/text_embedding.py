@@ -21,15 +21,13 @@ import numpy as np
 
 from mercli.plugin_api import (AT_LEAST_ONE, Check, ConfigError, DecodedClip, Encoder, Features, Option, hookimpl,
                                pick_device)
-from mer_plugins.encoders.model_files import folder_files, packaged_model_dir, sha256_of, unloadable
+from mer_plugins.encoders.model_files import packaged_model_dir, transformers_identity, unloadable
 
 if TYPE_CHECKING:
     import torch
 
 BUNDLED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_NAMES = {BUNDLED_MODEL, "all-MiniLM-L6-v2"}
-#: Files that decide what a model computes; READMEs and the like do not enter its identity.
-IDENTITY_SUFFIXES = {".json", ".safetensors", ".bin", ".txt", ".model"}
 
 
 def resolve_model(model: str) -> Path:
@@ -142,8 +140,7 @@ class TextEmbeddingEncoder(Encoder):
         return int(AutoConfig.from_pretrained(self.folder, local_files_only=True).hidden_size)
 
     def weights_identity(self) -> str:
-        files = [f for f in folder_files(self.folder) if f.suffix in IDENTITY_SUFFIXES]
-        return f"transformers:{sha256_of(files)}"
+        return transformers_identity(self.folder)
 
     def checks(self) -> list[Check]:
         try:
