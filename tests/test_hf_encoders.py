@@ -121,7 +121,7 @@ def test_audio_levels_and_shapes(models, kind, frames_per_second):
 
 
 def test_level_is_a_setting_the_manifest_and_shape_check_read(models):
-    from mercli.extract import check_shape
+    from mercli.chain import check_shape
 
     encoder = HfAudioEncoder(model=models["wav2vec2"], level="frame")
     assert encoder.level == "frame" and HfAudioEncoder.level == "utterance" and encoder.dim == 32
