@@ -48,3 +48,16 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, document: Any) -> None:
     write_text(path, json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: Path, missing: str = "missing") -> Any:
+    """The JSON document at ``path``; a file that is absent (``missing`` says what that means) or
+    unreadable is a :class:`~mercli.errors.DataError` naming it."""
+    from mercli.errors import DataError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as problem:
+        raise DataError(f"{path}: unreadable ({problem})") from None

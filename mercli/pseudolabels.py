@@ -19,13 +19,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mercli.atomic import read_json
 from mercli.clips import validate_clip_id
 from mercli.config import Config
 from mercli.errors import DataError
@@ -151,18 +151,9 @@ def read_pseudo_labels(path: Path, config: Config) -> PseudoLabels:
 # --- what a run was trained on, round after round ---------------------------------------------
 
 
-def _json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing, so the {what} cannot be checked") from None
-    except (OSError, UnicodeDecodeError, ValueError) as problem:
-        raise DataError(f"{path}: unreadable ({problem})") from None
-
-
 def run_clips(run: Path) -> set[str]:
     """Every clip ``run`` trained or selected on (its pseudo-labelled clips included)."""
-    metrics = _json(run / "metrics.json", f"clips teacher {run} trained on")
+    metrics = read_json(run / "metrics.json", f"missing, so the clips teacher {run} trained on cannot be checked")
     seen: set[str] = set()
     for fold in metrics.get("folds", []) if isinstance(metrics, dict) else []:
         if fold.get("train_clip_ids") is None:
@@ -187,7 +178,7 @@ def lineage_clips(run: Path) -> set[str]:
 
 def _teacher_of(run: Path) -> Path | None:
     """The teacher of the pseudo-labels ``run`` trained on, if any."""
-    document = _json(run / "config.json", "teacher")
+    document = read_json(run / "config.json", "missing, so the teacher cannot be checked")
     record = document.get("pseudo_labels") if isinstance(document, dict) else None
     try:
         return Path(record["teacher"]["run"]) if record else None

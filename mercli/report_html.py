@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mercli import __version__
-from mercli.atomic import write_text
+from mercli.atomic import read_json, write_text
 from mercli.clips import scan
 from mercli.config import Config
 from mercli.errors import DataError
@@ -106,15 +106,6 @@ class RunData:
     @property
     def robustness(self) -> dict[str, Any] | None:
         return (self.evaluation or {}).get("robustness")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as problem:
-        raise DataError(f"{path}: unreadable ({one_line(problem)})") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -214,17 +205,17 @@ def load_run_data(workspace: Workspace, reference: str) -> RunData:
     path = resolve_run(workspace, reference, given_as="")
     if not (path / CONFIG).is_file():
         raise DataError(f"{path}: not a run folder (it has no {CONFIG}; `mer train` writes runs)")
-    config = _read_json(path / CONFIG)
+    config = read_json(path / CONFIG)
     if not isinstance(config, dict) or not isinstance(config.get("classes"), list):
         raise DataError(f"{path / CONFIG}: not a run configuration (no list of classes)")
-    trained = _read_json(path / METRICS)
-    history = _read_json(path / HISTORY) if (path / HISTORY).is_file() else {}
+    trained = read_json(path / METRICS)
+    history = read_json(path / HISTORY) if (path / HISTORY).is_file() else {}
     for name, document in ((METRICS, trained), (HISTORY, history)):
         if not isinstance(document, dict) or not isinstance(document.get("folds", []), list):
             raise DataError(f"{path / name}: not what `mer train` writes (no list of folds)")
     evaluation = None
     if (path / "eval" / METRICS).is_file():
-        evaluation = _read_json(path / "eval" / METRICS)
+        evaluation = read_json(path / "eval" / METRICS)
         _check_evaluation(evaluation, path / "eval" / METRICS, config["classes"])
     predictions = _read_predictions(path / "eval" / "predictions.csv", config["classes"])
     return RunData(path.name, path, config, trained, history.get("folds", []), evaluation, predictions)

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import torch
 
-from mercli.atomic import hidden_twin, write_bytes, write_json
+from mercli.atomic import hidden_twin, read_json, write_bytes, write_json
 from mercli.errors import DataError
 from mercli.model import FusionNetwork, InputSpec, ModelSettings
 from mercli.workspace import Workspace
@@ -236,15 +236,6 @@ class TrainedRun:
         return list(self.config["classes"])
 
 
-def _read_run_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing, so {path.parent} is not a complete training run") from None
-    except (OSError, UnicodeDecodeError, ValueError) as problem:
-        raise DataError(f"{path}: unreadable ({problem})") from None
-
-
 def _check_config(path: Path, run_config: Any) -> None:
     """What loading needs of config.json: classes, train settings, the inputs of the network, and
     a manifest for every input (predict rebuilds the encoders from them, eval reads their sets)."""
@@ -265,7 +256,8 @@ def _run_documents(run: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A run's config.json and the fold records of its metrics.json, checked for what loading needs."""
     if not run.is_dir():
         raise DataError(f"{run}: no such run folder")
-    run_config, metrics = _read_run_json(run / CONFIG), _read_run_json(run / METRICS)
+    incomplete = f"missing, so {run} is not a complete training run"
+    run_config, metrics = read_json(run / CONFIG, incomplete), read_json(run / METRICS, incomplete)
     _check_config(run / CONFIG, run_config)
     folds = metrics.get("folds") if isinstance(metrics, dict) else None
     if not folds or not all(isinstance(f, dict) and {"fold", "weights", "val_clips"} <= set(f) for f in folds):

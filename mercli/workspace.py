@@ -2,17 +2,15 @@
 
 Layout: ``mer.toml`` (optional), ``features/`` (one folder per feature set), ``transcripts/``
 (speech recognised by the extract stage), ``reasoning/`` (one folder per reasoner and model),
-``runs/`` (one folder per training run), ``.scratch/`` (temporary work of running commands).
+``runs/`` (one folder per training run).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mercli.config import CONFIG_NAME
-from mercli.errors import writing
 
 
 @dataclass(frozen=True)
