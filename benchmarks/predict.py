@@ -3,15 +3,18 @@
 Trains a small run first (extract with the default encoders, local priors, bdcl, 2 folds) on a
 labelled folder, then times, in separate processes: ``mer predict ONE_CLIP`` (cold: interpreter
 start, imports, model loading, one clip) and ``mer predict FOLDER --json`` (the per-clip
-``seconds`` of every clip after the first, models already loaded).
+``seconds`` of every clip after the first, models already loaded). With ``--reference PYTHONPATH``
+the same commands also run on another version of mer (a checkout of an older commit, first on
+the path), interleaved with this one, so that both are measured under the same load.
 
-    .venv/bin/python benchmarks/predict.py [--clips ../shared/data/crema-d] [--repeat 3]
+    .venv/bin/python benchmarks/predict.py [--clips ../shared/data/crema-d] [--repeat 3] [--reference DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -26,9 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 VIDEO = {".mp4", ".flv", ".avi", ".mkv", ".mov", ".webm"}
 
 
-def mer(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+def mer(workspace: Path, *args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "mercli", "-w", str(workspace), *args]
-    return subprocess.run(command, capture_output=True, text=True, check=True)
+    environment = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+    return subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
+
+
+def measure(workspace: Path, one: Path, videos: list[Path], pythonpath: str | None
+            ) -> tuple[float, list[float], float]:
+    """(cold whole-process seconds of one clip, warm per-clip seconds, folder wall seconds)."""
+    started = time.perf_counter()
+    mer(workspace, "predict", str(one), pythonpath=pythonpath)
+    cold = time.perf_counter() - started
+    started = time.perf_counter()
+    output = mer(workspace, "predict", *map(str, videos), "--json", pythonpath=pythonpath).stdout
+    folder_wall = time.perf_counter() - started
+    return cold, [json.loads(line)["seconds"] for line in output.splitlines()[1:]], folder_wall
 
 
 def duration(path: Path) -> float:
@@ -40,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "data" / "crema-d")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reference", help="PYTHONPATH of another mer version to time in the same run")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         workspace = Path(folder) / "ws"
@@ -52,22 +69,20 @@ def main() -> None:
         mer(workspace, "train", "--labels", str(clips), "--folds", "2", "--epochs", "5", "--name", "bench")
         videos = sorted(p for p in clips.iterdir() if p.suffix.lower() in VIDEO)
         one = videos[0]
-        cold = []
-        for _ in range(arguments.repeat):
-            started = time.perf_counter()
-            mer(workspace, "predict", str(one))
-            cold.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        lines = [json.loads(line) for line in mer(workspace, "predict", *map(str, videos), "--json").stdout.splitlines()]
-        folder_wall = time.perf_counter() - started
+        versions = {"this": None, **({"reference": arguments.reference} if arguments.reference else {})}
+        results: dict[str, tuple[list[float], list[float], float]] = {name: ([], [], 0.0) for name in versions}
+        for _ in range(arguments.repeat):  # interleaved: both versions see the same load
+            for name, pythonpath in versions.items():
+                cold, warm, wall = measure(workspace, one, videos, pythonpath)
+                results[name] = (results[name][0] + [cold], results[name][1] + warm, max(results[name][2], wall))
         one_seconds, others_seconds = duration(one), statistics.mean(map(duration, videos[1:]))
-    warm = [line["seconds"] for line in lines[1:]]
-    print(f"{'measure':<34} {'clips':>5} {'clip s':>7} {'seconds':>8}")
-    print(f"{'cold: one clip, whole process':<34} {1:>5} {one_seconds:>7.2f} {statistics.median(cold):>8.2f}"
-          f"   (median of {arguments.repeat}: {', '.join(f'{c:.2f}' for c in cold)})")
-    print(f"{'warm: per clip in a folder':<34} {len(warm):>5} {others_seconds:>7.2f} "
-          f"{statistics.median(warm):>8.2f}   (max {max(warm):.2f})")
-    print(f"{'folder: whole process':<34} {len(videos):>5} {'':>7} {folder_wall:>8.2f}")
+    print(f"{'version':<10} {'measure':<34} {'clips':>5} {'clip s':>7} {'seconds':>8}")
+    for name, (cold, warm, wall) in results.items():
+        print(f"{name:<10} {'cold: one clip, whole process':<34} {1:>5} {one_seconds:>7.2f} {statistics.median(cold):>8.2f}"
+              f"   (median of {len(cold)}: {', '.join(f'{c:.2f}' for c in cold)})")
+        print(f"{name:<10} {'warm: per clip in a folder':<34} {len(warm):>5} {others_seconds:>7.2f} "
+              f"{statistics.median(warm):>8.2f}   (max {max(warm):.2f})")
+        print(f"{name:<10} {'folder: whole process (slowest)':<34} {len(videos):>5} {'':>7} {wall:>8.2f}")
 
 
 if __name__ == "__main__":
