@@ -121,14 +121,32 @@ def manifest_for(encoder: Encoder, config: Config, transcriber: Transcriber | No
     )
 
 
-def prepare(config: Config, features_root: Path, transcripts_root: Path, label_transcripts: dict[str, str],
-            encoder_names: list[str] | None = None) -> ExtractJob:
-    """Build the encoders once to learn their identities, and create their feature sets."""
+@dataclass
+class EncoderSetup:
+    """The selected encoders, built; the recogniser their text needs (``None`` when no text encoder
+    is selected); and the manifest of each encoder's feature set under this configuration."""
+
+    encoders: list[Encoder]
+    transcriber: Transcriber | None
+    manifests: dict[str, Manifest]
+
+
+def build_encoders(config: Config, encoder_names: list[str] | None = None) -> EncoderSetup:
+    """Build the encoders named in ``encoder_names`` (default: ``extract.encoders``) and learn the
+    identity of what each writes."""
     encoders = select_encoders(config, encoder_names)
     needs_text = any(e.modality == "text" for e in encoders)
     transcriber_name = config.get("extract", "transcriber") if needs_text else None
     transcriber = plugins.build("transcribers", transcriber_name, config) if transcriber_name else None
-    manifests = {e.name: manifest_for(e, config, transcriber) for e in encoders}
+    return EncoderSetup(encoders, transcriber, {e.name: manifest_for(e, config, transcriber) for e in encoders})
+
+
+def prepare(config: Config, features_root: Path, transcripts_root: Path, label_transcripts: dict[str, str],
+            encoder_names: list[str] | None = None) -> ExtractJob:
+    """Build the encoders once to learn their identities, and create their feature sets."""
+    setup = build_encoders(config, encoder_names)
+    manifests = setup.manifests
+    transcriber_name = setup.transcriber.name if setup.transcriber else None
     with writing(features_root):
         for manifest in manifests.values():
             FeatureSet.open(features_root, manifest)

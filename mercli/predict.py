@@ -27,7 +27,7 @@ from mercli.contracts import DecodedClip, Features
 from mercli.costs import Budget, price_for
 from mercli.ensemble import ensemble_probabilities
 from mercli.errors import DataError, MerError, writing
-from mercli.extract import manifest_for, select_encoders
+from mercli.extract import build_encoders
 from mercli.features import Manifest
 from mercli.model import InputSpec, ModelSettings, injected_priors
 from mercli.priors import embed_trace, embedder, label_conditioned, prior_manifests
@@ -114,24 +114,22 @@ class Predictor:
         self.modalities = {name: manifests[name].modality for name in modality_sets}
         self.config = config.with_overrides(extraction_overrides([manifests[name] for name in modality_sets]))
         self.encode = self._encoder(set(modality_sets))
+        self.set_of = {name: manifest.set_name for name, manifest in self.encode.manifests.items()}
         # Label-conditioned priors cannot be made for a new clip (it has no label): they stay absent.
         remade = [manifests[name] for name in used_priors if not label_conditioned(manifests[name])]
         self.priors = TracePriors(self.config, workspace, remade, run.path) if remade else None
 
     def _encoder(self, wanted: set[str]) -> ClipEncoder:
         """The run's encoders, rebuilt from its manifests; they must give the very same sets."""
-        encoders = select_encoders(self.config)
-        transcriber_name = self.config.get("extract", "transcriber") if any(e.modality == "text" for e in encoders) else None
-        transcriber = plugins.build("transcribers", transcriber_name, self.config) if transcriber_name else None
-        made = {e.name: manifest_for(e, self.config, transcriber) for e in encoders}
-        _check_reproduced({m.set_name for m in made.values()}, wanted, self.run.path)
-        self.set_of = {name: manifest.set_name for name, manifest in made.items()}
+        setup = build_encoders(self.config)
+        transcriber = setup.transcriber
+        _check_reproduced({m.set_name for m in setup.manifests.values()}, wanted, self.run.path)
 
         def transcript(clip: DecodedClip) -> str | None:
             return None if transcriber is None or "audio" in clip.absent else transcriber.transcribe(clip)
 
-        return ClipEncoder(encoders, made, self.config.get("extract", "fps"), self.config.get("extract", "sample_rate"),
-                           transcript, transcriber_name)
+        return ClipEncoder(setup.encoders, setup.manifests, self.config.get("extract", "fps"),
+                           self.config.get("extract", "sample_rate"), transcript, transcriber and transcriber.name)
 
     def predict_all(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """A prediction (or the reason there is none) for every clip under ``paths``, in order."""

@@ -5,10 +5,7 @@ and bad checkpoints give one-line errors while the other files are still predict
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
