@@ -150,7 +150,7 @@ _WORDS = {"dict_type": "expected object", "model_type": "expected object", "mode
 
 
 def _described(problem: dict[str, Any]) -> str:
-    path = [part for part in problem["loc"] if not (isinstance(part, str) and part.startswith(("literal[", "str")))]
+    path = list(problem["loc"])
     where = "trace" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)
     kind = problem["type"]
     if kind in ("missing", "extra_forbidden") and path:
