@@ -99,6 +99,9 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
                Range(0, 2**32 - 1)),
         Option("deterministic", bool, False, "Deterministic kernels only (slower on GPU, identical reruns)."),
         Option("device", str, "auto", "auto (cuda, then mps, then cpu), or a torch device such as cuda:1."),
+        Option("fold_workers", int, 0, "Folds trained side by side on a CPU, each in its own process (1: one "
+               "after the other; 0: as many as the folds and CPUs allow, once the training is long enough to "
+               "repay starting the processes).", NON_NEGATIVE),
         Option("val_fraction", float, 0.2, "Share of groups held out for validation with --group-column.", OPEN_UNIT),
         Option("width", int, 128, "Width d of every token of the fusion network.", AT_LEAST_ONE),
         Option("layers", int, 2, "Transformer layers of the fusion.", AT_LEAST_ONE),

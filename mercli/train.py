@@ -34,12 +34,13 @@ from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, InputSpec, ModelSettings, injected_priors
+from mercli.parallel_folds import fold_workers, train_side_by_side
 import mercli.pseudolabels as pseudolabels
 from mercli.labels import read_labels
 from mercli.plots import Curve, curves_png
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
 from mercli.splits import SPLIT_NAMES, Split, plan_splits
-from mercli.trainset import (TrainingTable, build_table, check_expected_inputs, clip_table, collate,
+from mercli.trainset import (TableTensors, TrainingTable, build_table, check_expected_inputs, clip_table,
                              feature_statistics, refuse_label_leaks)
 from mercli.vocabulary import pick_device
 from mercli.workspace import Workspace
@@ -133,13 +134,20 @@ def scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
-def predict_logits(model: FusionNetwork, table: TrainingTable, indices: Sequence[int], device: torch.device,
-                   batch_size: int) -> torch.Tensor:
+#: Clips per batch when only predicting (validation, evaluation): no gradients are kept, so
+#: batches can be larger than the training ones, and fewer calls cost less time.
+PREDICT_BATCH = 512
+
+
+def predict_logits(model: FusionNetwork, source: TrainingTable | TableTensors, indices: Sequence[int],
+                   device: torch.device, batch_size: int = PREDICT_BATCH) -> torch.Tensor:
+    """The logits of the clips at ``indices``, on the CPU."""
+    tensors = source if isinstance(source, TableTensors) else TableTensors(source, device)
     model.eval()
     outputs = []
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
-            batch = collate(table, indices[start:start + batch_size]).to(device)
+            batch = tensors.batch(indices[start:start + batch_size])
             outputs.append(model(batch.values, batch.masks).logits.float().cpu())
     return torch.cat(outputs)
 
@@ -153,9 +161,11 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
     model = FusionNetwork(table.inputs, len(table.classes), ModelSettings.from_table(settings))
     model.standardise_with(feature_statistics(table, split.train))
     model.to(device)
+    tensors = TableTensors(table, device)
     loss_fn = loss_component.build(table.class_counts(split.train), settings["projection_dim"]).to(device)
+    # One fused kernel for all parameters instead of a few small calls per parameter tensor.
     optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=settings["lr"],
-                                  weight_decay=settings["weight_decay"])
+                                  weight_decay=settings["weight_decay"], fused=True)
     batch_size, epochs = settings["batch_size"], settings["epochs"]
     total_steps = epochs * math.ceil(len(split.train) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -172,7 +182,7 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
         order = split.train[torch.randperm(len(split.train), generator=generator).numpy()]
         total, seen = 0.0, 0
         for start in range(0, len(order), batch_size):
-            batch = collate(table, order[start:start + batch_size]).to(device)
+            batch = tensors.batch(order[start:start + batch_size])
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
                 output = model(batch.values, batch.masks)
             embeddings = output.embeddings if loss_component.uses_embeddings else None
@@ -188,7 +198,7 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
             schedule.step()
             total += loss.item() * len(batch.labels)
             seen += len(batch.labels)
-        predicted = predict_logits(model, table, split.val, device, batch_size).argmax(dim=1).numpy()
+        predicted = predict_logits(model, tensors, split.val, device).argmax(dim=1).numpy()
         record = {"epoch": epoch, "train_loss": total / seen, **{f"val_{k}": v for k, v in scores(val_labels, predicted).items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         history.append(record)
@@ -200,10 +210,23 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
         elif settings["patience"] and epoch - best["epoch"] >= settings["patience"]:
             break
     model.load_state_dict(best["state"])
-    calibration = fit_temperature(predict_logits(model, table, split.val, device, batch_size).numpy(), val_labels)
+    calibration = fit_temperature(predict_logits(model, tensors, split.val, device).numpy(), val_labels)
     return FoldResult(split.fold, best["epoch"], best["waf"], best["macro_f1"], best["accuracy"], history,
                       best["state"], len(split.train), [table.clip_ids[i] for i in split.val],
                       [table.clip_ids[i] for i in split.train], calibration)
+
+
+def fold_trainer(table: TrainingTable, settings: dict[str, Any], config: Config, device: str
+                 ) -> Callable[[Split, EpochCallback | None], FoldResult]:
+    """Train one fold of ``table`` seeded as the run's settings say, in this process or a worker's
+    (:mod:`mercli.parallel_folds`)."""
+    loss_component = plugins.build("losses", settings["loss"], config)
+
+    def train_one(split: Split, on_epoch: EpochCallback | None) -> FoldResult:
+        with seeded(settings["seed"], settings["deterministic"]):
+            return train_fold(table, split, settings, loss_component, torch.device(device), on_epoch)
+
+    return train_one
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -269,8 +292,12 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     check_writable(run)
     device = pick_device(settings["device"])
-    with seeded(settings["seed"], settings["deterministic"]):
-        results = [train_fold(table, split, settings, loss_component, device, on_epoch) for split in splits]
+    workers = fold_workers(settings["fold_workers"], device, len(splits), len(table.clip_ids), settings["epochs"])
+    if workers > 1:
+        results = train_side_by_side(fold_trainer, (table, settings, config, str(device)), splits, workers, on_epoch)
+    else:
+        trainer = fold_trainer(table, settings, config, str(device))
+        results = [trainer(split, on_epoch) for split in splits]
     used_priors = [p.name for p in injected_priors(table.inputs, ModelSettings.from_table(settings))]
     priors_note = _priors_note(table.inputs, used_priors, settings["priors"])
     for result in results:

@@ -233,7 +233,8 @@ def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) 
 
 def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str, tuple[Any, Any]]:
     """Per set, the mean and standard deviation of every feature over the real measurements of the
-    clips at ``indices`` (a feature that never varies gets a scale of 1)."""
+    clips at ``indices`` (a feature that never varies gets a scale of 1). The rows stay float32;
+    only the sums are float64, so that a large table costs no second copy in double precision."""
     import torch
 
     statistics = {}
@@ -242,8 +243,9 @@ def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str
                 for v, m in [(table.values[feature_set.name][i], table.masks[feature_set.name][i])] if v is not None]
         if not rows:
             continue
-        stacked = np.concatenate([np.atleast_2d(r) for r in rows]).astype(np.float64)
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0)
+        stacked = np.concatenate([np.atleast_2d(r) for r in rows])
+        mean = stacked.mean(axis=0, dtype=np.float64)
+        std = np.sqrt(np.square(stacked - mean.astype(np.float32), dtype=np.float64).mean(axis=0))
         std[std < 1e-8] = 1.0
         statistics[feature_set.name] = (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
     return statistics
@@ -266,31 +268,69 @@ class Batch:
                      None if self.weights is None else self.weights.to(device))
 
 
+def _stack(table: TrainingTable, feature_set: FeatureSet, indices: Sequence[int]) -> tuple[Any, Any]:
+    """One set's values and mask for the clips at ``indices``: absent clips are zeros with a False
+    mask, a frame-level set is padded to the longest of these clips."""
+    import torch
+
+    name, dim = feature_set.name, feature_set.manifest.dim
+    rows = [table.values[name][i] for i in indices]
+    if feature_set.frame_level:
+        row_masks = [table.masks[name][i] for i in indices]
+        longest = max((len(r) for r in rows if r is not None), default=1)
+        stacked = np.zeros((len(rows), longest, dim), dtype=np.float32)
+        mask = np.zeros((len(rows), longest), dtype=bool)
+        for j, (row, row_mask) in enumerate(zip(rows, row_masks)):
+            if row is not None:
+                stacked[j, : len(row)] = row
+                mask[j, : len(row)] = row_mask
+    else:
+        stacked = np.zeros((len(rows), dim), dtype=np.float32)
+        mask = np.zeros(len(rows), dtype=bool)
+        for j, row in enumerate(rows):
+            if row is not None:
+                stacked[j], mask[j] = row, True
+    return torch.from_numpy(stacked), torch.from_numpy(mask)
+
+
 def collate(table: TrainingTable, indices: Sequence[int]) -> Batch:
-    """Stack the clips at ``indices``; absent clips are zeros with a False mask, frame-level sets
-    are padded per batch to the longest clip."""
+    """Stack the clips at ``indices`` (see :func:`_stack`)."""
     import torch
 
     values, masks = {}, {}
     for feature_set in table.sets:
-        name, dim = feature_set.name, feature_set.manifest.dim
-        rows = [table.values[name][i] for i in indices]
-        row_masks = [table.masks[name][i] for i in indices]
-        if feature_set.frame_level:
-            longest = max((len(r) for r in rows if r is not None), default=1)
-            stacked = np.zeros((len(rows), longest, dim), dtype=np.float32)
-            mask = np.zeros((len(rows), longest), dtype=bool)
-            for j, (row, row_mask) in enumerate(zip(rows, row_masks)):
-                if row is not None:
-                    stacked[j, : len(row)] = row
-                    mask[j, : len(row)] = row_mask
-        else:
-            stacked = np.zeros((len(rows), dim), dtype=np.float32)
-            mask = np.zeros(len(rows), dtype=bool)
-            for j, row in enumerate(rows):
-                if row is not None:
-                    stacked[j], mask[j] = row, True
-        values[name], masks[name] = torch.from_numpy(stacked), torch.from_numpy(mask)
+        values[feature_set.name], masks[feature_set.name] = _stack(table, feature_set, indices)
     chosen = np.asarray(indices, dtype=np.int64)
     weights = None if table.weights is None else torch.from_numpy(table.weights[chosen])
     return Batch(values, masks, torch.from_numpy(table.labels[chosen]), weights)
+
+
+class TableTensors:
+    """A table's utterance-level sets, labels and weights stacked once on ``device``, so that a
+    batch is an index into them rather than a loop over clips; frame-level sets are stacked per
+    batch (padded to that batch's longest clip), as one padding for the whole table could be many
+    times larger. A batch holds exactly what :func:`collate` makes of the same clips."""
+
+    def __init__(self, table: TrainingTable, device: Any) -> None:
+        import torch
+
+        self.table, self.device = table, device
+        everything = range(len(table.clip_ids))
+        self.stacked = {s.name: tuple(t.to(device) for t in _stack(table, s, everything))
+                        for s in table.sets if not s.frame_level}
+        self.labels = torch.from_numpy(table.labels).to(device)
+        self.weights = None if table.weights is None else torch.from_numpy(table.weights).to(device)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        import torch
+
+        chosen = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)
+        values, masks = {}, {}
+        for feature_set in self.table.sets:
+            name = feature_set.name
+            if name in self.stacked:
+                values[name], masks[name] = (t.index_select(0, chosen) for t in self.stacked[name])
+            else:
+                values[name], masks[name] = (t.to(self.device) for t in _stack(self.table, feature_set, indices))
+        weights = None if self.weights is None else self.weights.index_select(0, chosen)
+        return Batch(values, masks, self.labels.index_select(0, chosen), weights)
