@@ -1,0 +1,77 @@
+"""The fast training path: a table's tensors built once (TableTensors) and folds trained side by
+side in worker processes give what the per-clip path and one-fold-after-another give."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mercli.parallel_folds import PARALLEL_WORK, fold_workers
+from mercli.resources import threads_per_worker
+from mercli.train import train
+from mercli.trainset import TableTensors, build_table, collate
+from mercli.workspace import Workspace
+from support.training import config, write_workspace
+
+
+@pytest.fixture
+def table(tmp_path):
+    labels = write_workspace(tmp_path)
+    built = build_table(config(), Workspace(tmp_path).features, labels)
+    built.weights = np.linspace(0.5, 1.5, len(built.clip_ids), dtype=np.float32)  # as pseudo-labels make them
+    return built
+
+
+def test_a_batch_of_the_stacked_table_equals_the_per_clip_collation(table):
+    tensors = TableTensors(table, torch.device("cpu"))
+    frame_sets = [s.name for s in table.sets if s.frame_level]
+    assert frame_sets and len(tensors.stacked) == len(table.sets) - len(frame_sets)
+    for indices in ([0, 1, 2], [5, 0, 9, 3], list(range(len(table.clip_ids)))[::-3]):
+        fast, slow = tensors.batch(indices), collate(table, indices)
+        assert fast.values.keys() == slow.values.keys()
+        for name in slow.values:
+            assert torch.equal(fast.values[name], slow.values[name]), name
+            assert torch.equal(fast.masks[name], slow.masks[name]), name
+        assert torch.equal(fast.labels, slow.labels) and torch.equal(fast.weights, slow.weights)
+    absent = next(name for name in slow.masks if not slow.masks[name].all())
+    assert not tensors.batch([0]).masks[absent].all()  # clip000 lacks the audio set: masked, not filled
+
+
+def _run(tmp_path, name, workers):
+    labels = write_workspace(tmp_path)
+    records = []
+    result = train(config(**{"train.deterministic": True, "train.fold_workers": workers}), Workspace(tmp_path), labels,
+                   name=name, folds=3, on_epoch=lambda fold, epoch, *rest: records.append((fold, epoch)))
+    return result, json.loads((result.run / "metrics.json").read_text()), records
+
+
+@pytest.mark.slow
+def test_folds_side_by_side_give_the_folds_trained_one_after_another(tmp_path):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))  # what each worker runs on, so both paths add in the same order
+    try:
+        alone, alone_metrics, _ = _run(tmp_path / "a", "alone", 1)
+    finally:
+        torch.set_num_threads(previous)
+    together, together_metrics, records = _run(tmp_path / "b", "together", 2)
+    assert [f.fold for f in together.folds] == [1, 2, 3]
+    for a, b in zip(alone_metrics["folds"], together_metrics["folds"]):
+        assert a["best_epoch"] == b["best_epoch"] and a["val_clips"] == b["val_clips"]
+        for key in ("waf", "macro_f1", "accuracy", "temperature"):
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for a, b in zip(alone.folds, together.folds):
+        assert all(torch.allclose(a.state[k], b.state[k], atol=1e-5) for k in a.state)
+    epochs = config().get("train", "epochs")
+    assert sorted(records) == [(fold, epoch) for fold in (1, 2, 3) for epoch in range(1, epochs + 1)]
+
+
+def test_folds_run_side_by_side_only_where_it_pays():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fold_workers(0, cpu, 5, 100, 10) == 1  # too short to repay the workers' start
+    assert fold_workers(0, cpu, 5, PARALLEL_WORK, 1) >= 1
+    assert fold_workers(0, cuda, 5, PARALLEL_WORK, 10) == 1
+    assert fold_workers(3, cpu, 1, PARALLEL_WORK, 10) == 1  # one fold: nothing to share
+    assert fold_workers(8, cpu, 5, 10, 1) == 5  # asked for: never more than the folds
