@@ -213,6 +213,7 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
 @setting_option("train.weight_decay")
 @setting_option("train.seed")
 @setting_option("train.deterministic")
+@setting_option("train.fold_workers")
 @setting_option("train.priors")
 @click.option("--pseudo-labels", type=click.Path(path_type=Path),
               help="Pseudo-label file (`mer pseudolabel`): its clips join the training folds only.")

@@ -352,3 +352,41 @@ def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "error: interrupted" in stderr
     assert json.loads(stdout) == {"error": "interrupted", "exit_code": 130}
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to see the worker processes")
+def test_ctrl_c_while_folds_train_side_by_side_leaves_no_run_and_no_worker(tmp_path):
+    from support.training import write_workspace
+
+    labels = write_workspace(tmp_path / "ws")
+    process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "train", "--labels",
+                                str(labels), "--folds", "3", "--fold-workers", "2", "--epochs", "100000",
+                                "--name", "cut", "--json"], cwd=tmp_path, env=mer_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = _children(process.pid)
+    time.sleep(3)  # the workers are training by now
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert json.loads(stdout) == {"error": "interrupted", "exit_code": 130}
+    assert not (tmp_path / "ws" / "runs" / "cut").exists()
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
