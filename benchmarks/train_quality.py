@@ -6,7 +6,8 @@ default audio functionals). For each seed, two speakers are the test set (never 
 and ``mer train --group-column speaker`` holds out further speakers for early stopping; the scores
 are on the test speakers. Prints mean ± std of WAF, macro-F1 and the F1 of the two smallest classes.
 
-    .venv/bin/python benchmarks/train_quality.py [--seeds 5] [--workspace DIR]
+    .venv/bin/python benchmarks/train_quality.py [--seeds 5] [--workspace DIR] [--losses ce,bcl,bdcl]
+        [--set train.batch_size=64 ...]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import tempfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +65,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workspace", type=Path, help="reuse a workspace (features are extracted once)")
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every run, e.g. train.batch_size=64 (TOML value)")
     arguments = parser.parse_args()
+    losses = arguments.losses.split(",")
+    settings = {key: tomllib.loads(f"v = {value}")["v"] for key, value in (s.split("=", 1) for s in arguments.set)}
     root = arguments.workspace or Path(tempfile.mkdtemp(prefix="mer-quality-"))
     space = Workspace(root)
     overrides = {"data.classes": CLASSES, "extract.encoders": ["egemaps"], "train.device": "cpu"}
     config = load(None, environ={}, overrides=overrides)
     extract_folder(config, space, EMODB / "wav", EMODB / "labels.csv", None)
     speakers = sorted({row["speaker"] for row in csv.DictReader((EMODB / "labels.csv").open(encoding="utf-8"))})
-    results: dict[str, list[list[float]]] = {name: [] for name in [*LOSSES, "linear SVM"]}
+    results: dict[str, list[list[float]]] = {name: [] for name in [*losses, "linear SVM"]}
     for seed in range(arguments.seeds):
         test_speakers = set(np.random.default_rng(seed).choice(speakers, size=2, replace=False).tolist())
         labels = root / f"labels-seed{seed}.csv"
@@ -80,8 +87,8 @@ def main() -> None:
         train_part = np.array([i for i, split in enumerate(table.splits) if split != "test"])
         counts = np.bincount(table.labels[train_part], minlength=len(CLASSES))
         smallest = [int(k) for k in np.argsort(counts)[:2]]
-        for loss in LOSSES:
-            seeded = load(None, environ={}, overrides={**overrides, "train.seed": seed, "train.loss": loss})
+        for loss in losses:
+            seeded = load(None, environ={}, overrides={**overrides, **settings, "train.seed": seed, "train.loss": loss})
             run = train(seeded, space, labels, name=f"{loss}-seed{seed}", group_column="speaker").run
             model, _ = load_model(run)
             predicted = predict_logits(model, table, test, torch.device("cpu"), 256).argmax(dim=1).numpy()
@@ -89,7 +96,8 @@ def main() -> None:
         values = np.stack([table.values[table.sets[0].name][i] for i in range(len(table.clip_ids))])
         results["linear SVM"].append(scores(table.labels[test], svm_predictions(values, table.labels, train_part, test),
                                             smallest))
-    print(f"emodb-dev, eGeMAPS, 2 test speakers per seed, {arguments.seeds} seeds (mean ± std)")
+    print(f"emodb-dev, eGeMAPS, 2 test speakers per seed, {arguments.seeds} seeds (mean ± std)"
+          + (f"; {', '.join(arguments.set)}" if arguments.set else ""))
     print(f"{'model':<11} {'WAF':>13} {'macro-F1':>13} {'F1 smallest':>13} {'F1 2nd small':>13}")
     for name, rows in results.items():
         table_rows = np.array(rows)

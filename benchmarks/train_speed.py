@@ -16,7 +16,7 @@ process, and the ratio of the reference's median time to each. On CUDA (``--devi
 use mixed precision.
 
     .venv/bin/python benchmarks/train_speed.py [--clips 5000] [--folds 5] [--epochs 10] [--repeat 3]
-        [--losses ce,bdcl] [--reference-hidden 256] [--device cpu] [--workspace DIR]
+        [--losses ce,bdcl] [--reference-hidden 256] [--device cpu] [--workspace DIR] [--also NAME=PYTHONPATH]
 """
 
 from __future__ import annotations
@@ -68,23 +68,27 @@ def write_table(root: Path, clips: int, seed: int = 0) -> Path:
 class Contender:
     name: str
     command: list[str]
+    run: str | None = None  # mer's run folder, where its WAF is read; None: the JSON line it prints
+    pythonpath: str | None = None
     seconds: list[float] = field(default_factory=list)
     waf: list[float] = field(default_factory=list)
     peak_mib: list[float] = field(default_factory=list)
 
 
-def run_once(contender: Contender, workspace: Path, run_name: str) -> None:
+def run_once(contender: Contender, workspace: Path) -> None:
     """Time one whole process; read its WAF from its run folder (mer) or its JSON line (reference)."""
     started = time.perf_counter()
-    process = subprocess.Popen(contender.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    environment = {**os.environ, **({"PYTHONPATH": contender.pythonpath} if contender.pythonpath else {})}
+    process = subprocess.Popen(contender.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env=environment)
     output = process.stdout.read() if process.stdout else ""
     _pid, status, usage = os.wait4(process.pid, 0)
     contender.seconds.append(time.perf_counter() - started)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"error: {' '.join(contender.command)} failed (exit {os.waitstatus_to_exitcode(status)})")
     contender.peak_mib.append(usage.ru_maxrss / 1024)
-    if contender.name.startswith("mer"):
-        metrics = json.loads((workspace / "runs" / run_name / "metrics.json").read_text(encoding="utf-8"))
+    if contender.run is not None:
+        metrics = json.loads((workspace / "runs" / contender.run / "metrics.json").read_text(encoding="utf-8"))
         contender.waf.append(metrics["best"]["waf"])
     else:
         contender.waf.append(json.loads(output.strip().splitlines()[-1])["waf"])
@@ -95,9 +99,11 @@ def contenders(arguments: argparse.Namespace, workspace: Path, labels: Path) -> 
     reference = Contender(f"reference h{arguments.reference_hidden}",
                           [sys.executable, str(BENCHMARKS / "baseline_attention.py"), str(workspace), str(labels),
                            *common, "--hidden", str(arguments.reference_hidden), "--device", arguments.device])
-    mer = [Contender(f"mer {loss}", [sys.executable, "-m", "mercli", "-w", str(workspace), "train", "--labels",
-                                     str(labels), "--loss", loss, "--name", f"speed-{loss}", *common])
-           for loss in arguments.losses.split(",")]
+    versions = [("mer", None), *(tuple(pair.split("=", 1)) for pair in arguments.also)]
+    mer = [Contender(f"{version} {loss}", [sys.executable, "-m", "mercli", "-w", str(workspace), "train", "--labels",
+                                           str(labels), "--loss", loss, "--name", f"speed-{version}-{loss}", *common],
+                     f"speed-{version}-{loss}", pythonpath)
+           for version, pythonpath in versions for loss in arguments.losses.split(",")]
     return [reference, *mer]
 
 
@@ -111,6 +117,8 @@ def main() -> None:
     parser.add_argument("--reference-hidden", type=int, default=256)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (mer: MER_TRAIN_DEVICE)")
     parser.add_argument("--workspace", type=Path, help="Where to write the table [default: a temporary folder].")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=PYTHONPATH",
+                        help="Time another mer checkout too (e.g. before=../old), in the same interleaved runs.")
     arguments = parser.parse_args()
     os.environ["MER_TRAIN_DEVICE"] = arguments.device
     with tempfile.TemporaryDirectory(prefix="mer-train-speed-") as scratch:
@@ -119,7 +127,7 @@ def main() -> None:
         racers = contenders(arguments, workspace, labels)
         for _ in range(arguments.repeat):
             for contender in racers:
-                run_once(contender, workspace, f"speed-{contender.name.split()[-1]}")
+                run_once(contender, workspace)
     samples = arguments.clips * (arguments.folds - 1) / arguments.folds * arguments.epochs * arguments.folds
     reference = statistics.median(racers[0].seconds)
     print(f"{arguments.clips} clips, {arguments.folds} folds x {arguments.epochs} epochs on {arguments.device}, "
