@@ -111,13 +111,13 @@ def parse_specs(specs: Sequence[str]) -> list[Corruption]:
 def _items(spec: str) -> list[str]:
     """``spec`` cut into one string per corruption, its levels joined by commas."""
     items: list[str] = []
-    for token in (t for part in re.split(r"[;\s]+", spec) for t in part.split(",")):
+    for token in (t for part in re.split(r"[;\s]+", spec.strip("; \t\n")) for t in part.split(",")):
+        if not token:
+            raise ConfigError(f"--corrupt '{spec}': an empty item")
         if items and ":" not in token and not items[-1].startswith(DROP + ":"):
             items[-1] += "," + token
-        elif token:
-            items.append(token)
         else:
-            raise ConfigError(f"--corrupt '{spec}': an empty item")
+            items.append(token)
     return items
 
 
@@ -385,7 +385,8 @@ class Robustness:
         labels_files = [evaluation.labels_file] if evaluation.labels_file else list(
             dict.fromkeys(Path(str(c["labels"])) for c in configs))
         evaluated = list(dict.fromkeys(evaluation.clip_ids))
-        clips = EvaluatedClips.find(self.config, labels_files, evaluated)
+        clips = (EvaluatedClips.find(self.config, labels_files, evaluated)
+                 if any(c.kind != DROP for c in self.corruptions) else EvaluatedClips({}, {}, {}))
         section = {}
         for corruption in self.corruptions:
             levels, failed = [], []
