@@ -194,19 +194,20 @@ def corrupt_clip(recipe: Recipe, clip: Clip, folder: Path, others: Sequence[Clip
     from mercli.media import probe
 
     info = probe(clip.path)
-    audio = recipe.corruption.modality == "audio"
-    target = folder / f"{clip.clip_id}{'.mkv' if info.has_video else '.wav'}"
-    if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        if audio and info.has_audio:
-            _noisy(recipe, clip, target, others, info.has_video)
-        elif not audio and info.has_video:
-            _ffmpeg(clip.path, target, ["-map", "0:v:0", "-map", "0:a:0?", "-vf", _video_filter(recipe, clip, info),
-                                        "-fps_mode", "vfr", *VIDEO_CODEC, "-c:a", "pcm_f32le"])
-        else:  # nothing the corruption can reach: the copy is the clip
-            target = target.with_suffix(clip.path.suffix.lower())
-            with replacing(target, "wb") as handle, clip.path.open("rb") as source:
-                shutil.copyfileobj(source, handle)
+    reached = info.has_audio if recipe.corruption.modality == "audio" else info.has_video
+    suffix = (".mkv" if info.has_video else ".wav") if reached else clip.path.suffix.lower()
+    target = folder / f"{clip.clip_id}{suffix}"
+    if target.exists():
+        return Clip(clip.clip_id, target, clip.kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not reached:  # nothing the corruption can reach (no audio track, no picture): the copy is the clip
+        with replacing(target, "wb") as handle, clip.path.open("rb") as source:
+            shutil.copyfileobj(source, handle)
+    elif recipe.corruption.modality == "audio":
+        _noisy(recipe, clip, target, others, info.has_video)
+    else:
+        _ffmpeg(clip.path, target, ["-map", "0:v:0", "-map", "0:a:0?", "-vf", _video_filter(recipe, clip, info),
+                                    "-fps_mode", "vfr", *VIDEO_CODEC, "-c:a", "pcm_f32le"])
     return Clip(clip.clip_id, target, clip.kind)
 
 
@@ -214,10 +215,9 @@ VIDEO_CODEC = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt
 
 
 def _video_filter(recipe: Recipe, clip: Clip, info: Any) -> str:
-    level = recipe.corruption.kind, recipe.level
-    if level[0] == "video-blur":
+    if recipe.corruption.kind == "video-blur":
         return f"gblur=sigma={recipe.level}"
-    if level[0] == "video-lowres":
+    if recipe.corruption.kind == "video-lowres":
         return (f"scale=trunc(iw*{recipe.level}/2)*2:trunc(ih*{recipe.level}/2)*2:flags=area,"
                 f"scale={info.width}:{info.height}:flags=bilinear")
     # frame-drop: the first frame stays; each other one goes with probability rate, from ffmpeg's
@@ -323,7 +323,7 @@ class LevelOutcome:
             for name, source in self.replaced.items():
                 if name not in values:
                     continue
-                rows = [_row(source, clip) if clip in evaluated
+                rows = [_row(None if clip in self.failed else source, clip) if clip in evaluated
                         else (table.values[name][i], table.masks[name][i]) for i, clip in enumerate(table.clip_ids)]
                 values[name], masks[name] = [r[0] for r in rows], [r[1] for r in rows]
             return dataclasses.replace(table, values=values, masks=masks)
@@ -403,12 +403,11 @@ class Robustness:
 
     def _level(self, corruption: Corruption, level: float | None, manifests: dict[str, Manifest],
                clips: EvaluatedClips, run: Path) -> LevelOutcome:
-        dropped = [n for n, m in manifests.items() if m.modality == corruption.modality]
         if corruption.kind == DROP:
-            return LevelOutcome({name: None for name in dropped})
+            return LevelOutcome({n: None for n, m in manifests.items() if m.modality == corruption.modality})
         reached = self._reached(corruption, manifests, clips)
         recipe = Recipe(corruption, level, self.config.get("eval", "seed"), self.noise_dir,
-                        self.config.get("extract", "sample_rate"))
+                        self._sample_rate(manifests))
         root = self.workspace.root / SCRATCH / recipe.key
         copies, failed = self._copies(recipe, root / "clips", clips)
         if reached and copies:
@@ -418,6 +417,11 @@ class Robustness:
         if self.config.get("eval", "corrupt_priors") == "absent":
             replaced.update({name: None for name, m in manifests.items() if is_prior(m.encoder)})
         return LevelOutcome(replaced, failed)
+
+    def _sample_rate(self, manifests: dict[str, Manifest]) -> int:
+        """The rate the run's audio encoders heard, which noise is mixed at."""
+        rates = [m.settings["sample_rate"] for m in manifests.values() if "sample_rate" in m.settings]
+        return int(rates[0]) if rates else self.config.get("extract", "sample_rate")
 
     @staticmethod
     def _reached(corruption: Corruption, manifests: dict[str, Manifest], clips: EvaluatedClips) -> list[str]:
