@@ -406,11 +406,13 @@ class Robustness:
         if corruption.kind == DROP:
             return LevelOutcome({n: None for n, m in manifests.items() if m.modality == corruption.modality})
         reached = self._reached(corruption, manifests, clips)
+        if not reached:  # the run has no feature set the corruption could change: the clean figures
+            return LevelOutcome({})
         recipe = Recipe(corruption, level, self.config.get("eval", "seed"), self.noise_dir,
                         self._sample_rate(manifests))
         root = self.workspace.root / SCRATCH / recipe.key
         copies, failed = self._copies(recipe, root / "clips", clips)
-        if reached and copies:
+        if copies:
             failed.update(self._extract(root, [manifests[n] for n in reached], copies, clips.transcripts, run))
         replaced: dict[str, FeatureSet | None] = {name: FeatureSet(root / "features" / manifests[name].set_name,
                                                                    manifests[name]) for name in reached}

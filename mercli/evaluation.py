@@ -19,7 +19,9 @@ check train makes on its inputs applies here too, and priors from traces whose r
 label are refused for every clip evaluated. The outputs go to ``RUN/eval/`` (or ``--out``):
 ``metrics.json``, ``predictions.csv`` and ``confusion.png``. Since the calibrated probabilities
 alone cannot show what temperature scaling did, ``metrics.json`` also holds ``reliability``: the
-reliability-diagram bins of the same predictions before (T = 1) and after calibration.
+reliability-diagram bins of the same predictions before (T = 1) and after calibration. With
+``--corrupt`` (mercli.corruptions), the same clips are scored again with their table changed by each
+corruption, and ``metrics.json`` holds the figures under ``robustness``.
 """
 
 from __future__ import annotations

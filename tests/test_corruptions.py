@@ -120,7 +120,7 @@ def test_drop_audio_equals_removing_the_audio_feature_sets(synthetic, tmp_path, 
     assert (tmp_path / "drop" / "robustness-drop-audio.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_dropping_every_modality_leaves_the_clips_scored_and_changes_the_figures(synthetic, tmp_path):
+def test_dropping_a_modality_the_run_lacks_changes_nothing_and_dropping_vision_hurts(synthetic, tmp_path):
     workspace, _labels = synthetic
     evaluation = evaluate(config(), workspace, ["cv"], out=tmp_path,
                           robustness=robustness(workspace, ["drop:visual", "drop:text"]))
@@ -282,15 +282,17 @@ def copies(workspace: Workspace) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_noise_that_must_hurt_does_and_a_rerun_is_identical(emodb_run):
-    first = corrupted_eval(emodb_run, "audio-noise:snr=-10", "drop:audio")
+    first = corrupted_eval(emodb_run, "audio-noise:snr=-10", "drop:audio", "video-blur:sigma=4")
     assert first["exit"] == 0
     noise = first["robustness"]["audio-noise"]
     assert noise["clean"]["waf"] > 0.6 and noise["failed"] == []
     assert noise["levels"][0]["waf"] < noise["clean"]["waf"] - 0.2
+    blur = first["robustness"]["video-blur"]  # the run has no visual set: nothing to corrupt
+    assert blur["levels"] == [{"level": 4, **blur["clean"]}]
     made = copies(emodb_run)
-    assert len(made) == 21
+    assert len(made) == 21 and all(name.startswith(f"{SCRATCH}/audio-noise-snr-10-") for name in made)
     shutil.rmtree(emodb_run.root / SCRATCH)
-    again = corrupted_eval(emodb_run, "audio-noise:snr=-10", "drop:audio")
+    again = corrupted_eval(emodb_run, "audio-noise:snr=-10", "drop:audio", "video-blur:sigma=4")
     assert again["robustness"] == first["robustness"]
     assert copies(emodb_run) == made
 
