@@ -134,7 +134,8 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("noise_dir", str, "", "mer eval --corrupt audio-noise: a folder of noise recordings (MUSAN, say) to mix "
                "in instead of white noise (empty: white noise)."),
         Option("corrupt_priors", str, "absent", "mer eval --corrupt: priors of a corrupted clip are absent (no reasoner "
-               "saw it) or clean (kept from the clean clip: optimistic).", choices=("absent", "clean")),
+               "saw it), reason (the run's reasoner asked about the corrupted copy) or clean (kept from the clean "
+               "clip: optimistic).", choices=("absent", "reason", "clean")),
     ),
     "report": (
         Option("gallery", int, 24, "Clips shown per run in the gallery of `mer report`, worst mistakes first.",

@@ -15,7 +15,8 @@ corruptions: audio, and text where a clip's transcript comes from speech recogni
 corruptions: visual); the others keep their clean values. ``drop:<modality>`` re-extracts nothing:
 that modality's feature sets (its priors included) are made absent. Priors of a corrupted clip are
 left absent (``eval.corrupt_priors = "absent"``, cheap and honest: no reasoner saw the corrupted
-clip) or kept from the clean clip (``"clean"``, optimistic).
+clip), asked of the run's reasoner about the copy (``"reason"``, :class:`ReasonedPriors`) or kept
+from the clean clip (``"clean"``, optimistic).
 
 Each level is then scored exactly as the clean clips are (:func:`mercli.evaluation.evaluate`: the
 same runs, folds, clips and ensemble), the corrupted values replacing the clean ones for the
@@ -46,6 +47,7 @@ from mercli.features import FeatureSet, Manifest
 from mercli.labels import read_labels
 from mercli.plots import ROBUSTNESS_FIGURES, robustness_png
 from mercli.trainset import TrainingTable, read_clip
+from mercli.transcripts import TranscriptStore
 from mercli.vocabulary import MODALITIES, is_prior, one_line
 from mercli.runs import CONFIG
 from mercli.workspace import Workspace
@@ -378,6 +380,7 @@ class Robustness:
         self.noise_dir = Path(noise_dir).expanduser() if noise_dir else None
         if self.noise_dir is not None and any(c.kind == "audio-noise" for c in corruptions):
             noise_files(self.noise_dir)  # a bad corpus is refused before any work
+        self._reasoner: ReasonedPriors | None = None
 
     def __call__(self, evaluation: Any, score: Callable[[TableChange], Any]) -> dict[str, Any]:
         configs = [read_json(path / CONFIG) for path in evaluation.runs]
@@ -416,9 +419,29 @@ class Robustness:
             failed.update(self._extract(root, [manifests[n] for n in reached], copies, clips.transcripts, run))
         replaced: dict[str, FeatureSet | None] = {name: FeatureSet(root / "features" / manifests[name].set_name,
                                                                    manifests[name]) for name in reached}
-        if self.config.get("eval", "corrupt_priors") == "absent":
-            replaced.update({name: None for name, m in manifests.items() if is_prior(m.encoder)})
+        replaced.update(self._priors(manifests, reached, root, copies, clips, run))
         return LevelOutcome(replaced, failed)
+
+    def _priors(self, manifests: dict[str, Manifest], reached: list[str], root: Path, copies: list[Clip],
+                clips: EvaluatedClips, run: Path) -> dict[str, FeatureSet | None]:
+        """The run's prior sets for the copies, as ``eval.corrupt_priors`` says (clean: unchanged)."""
+        choice = self.config.get("eval", "corrupt_priors")
+        if choice == "clean":
+            return {}
+        absent: dict[str, FeatureSet | None] = {n: None for n, m in manifests.items() if is_prior(m.encoder)}
+        if choice == "absent" or not absent:
+            return absent
+        sources = {n: FeatureSet((root / "features" if n in reached else self.workspace.features) / n, m)
+                   for n, m in manifests.items() if not is_prior(m.encoder)}
+        text = root / "transcripts" if any(manifests[n].modality == "text" for n in reached) else None
+        transcripts = TranscriptStore(text or self.workspace.transcripts)
+        return {**absent, **self._reasoned(manifests, run).make(root, copies, sources, clips.transcripts, transcripts)}
+
+    def _reasoned(self, manifests: dict[str, Manifest], run: Path) -> "ReasonedPriors":
+        """The run's reasoner and trace embedder, built once for every level."""
+        if self._reasoner is None:
+            self._reasoner = ReasonedPriors(self.config, self.workspace, manifests, run)
+        return self._reasoner
 
     def _sample_rate(self, manifests: dict[str, Manifest]) -> int:
         """The rate the run's audio encoders heard, which noise is mixed at."""
@@ -463,6 +486,41 @@ class Robustness:
             raise DataError(f"{run}: the installed encoders do not reproduce feature set(s) "
                             f"{', '.join(sorted(set(reached) - made))} the run was trained on")
         return {entry["clip"]: f"re-extraction: {entry['reason']}" for entry in summary.failed}
+
+
+class ReasonedPriors:
+    """``eval.corrupt_priors = "reason"``: the run's reasoner asked about each corrupted copy (its
+    trace kept in the workspace's trace store under the copy's content, as ``mer predict`` keeps a new
+    clip's), embedded into prior sets beside the copy's features, so each copy is asked once."""
+
+    def __init__(self, config: Config, workspace: Workspace, manifests: dict[str, Manifest], run: Path) -> None:
+        from mercli.predict import TracePriors, extraction_overrides
+        from mercli.priors import label_conditioned
+
+        self.modality_sets = {n: m for n, m in manifests.items() if not is_prior(m.encoder)}
+        self.priors = [m for m in manifests.values() if is_prior(m.encoder) and not label_conditioned(m)]
+        config = config.with_overrides(extraction_overrides(list(self.modality_sets.values())), str(run / CONFIG))
+        self.ask = TracePriors(config, workspace, self.priors, run) if self.priors else None
+
+    def make(self, root: Path, copies: Sequence[Clip], sources: dict[str, FeatureSet | None],
+             label_transcripts: dict[str, str], transcripts: TranscriptStore) -> dict[str, FeatureSet]:
+        """The prior sets of the copies in ``root``, the copies' features read from ``sources``."""
+        from mercli.chain import EncodedClip
+
+        if self.ask is None:
+            return {}
+        sets = {m.set_name: FeatureSet.open(root / "features", m) for m in self.priors}
+        set_of = {m.encoder: n for n, m in self.modality_sets.items()}
+        for clip in copies:
+            if all(s.status(clip.clip_id) is not None for s in sets.values()):
+                continue
+            features = {m.encoder: source.read(clip.clip_id) for n, m in self.modality_sets.items()
+                        if (source := sources.get(n)) is not None and source.status(clip.clip_id) is not None}
+            transcript = label_transcripts.get(clip.clip_id) or transcripts.latest(clip.clip_id)
+            for name, values in self.ask(clip, EncodedClip(clip.clip_id, transcript=transcript,
+                                                           features=features), set_of).items():
+                sets[name].write(clip.clip_id, values)
+        return sets
 
 
 def _with_audio(clips: Any) -> list[Clip]:

@@ -269,8 +269,9 @@ def emodb_run(shared_data, tmp_path_factory) -> Workspace:
     return workspace
 
 
-def corrupted_eval(workspace: Workspace, *specs: str) -> dict:
-    outcome = mer(workspace.root, "eval", *(a for s in specs for a in ("--corrupt", s)), "--json")
+def corrupted_eval(workspace: Workspace, *specs: str, run: str = "run", priors: str = "absent") -> dict:
+    outcome = mer(workspace.root, "-s", f"eval.corrupt_priors={priors}", "eval", "--checkpoint", run,
+                  *(a for s in specs for a in ("--corrupt", s)), "--json")
     assert outcome.exit_code in (0, 1), outcome.output
     return {"exit": outcome.exit_code, **json.loads(outcome.stdout)}
 
@@ -323,3 +324,31 @@ def test_a_clip_that_cannot_be_corrupted_is_recorded_and_the_others_are_scored(e
     assert [(f["clip"], f["level"]) for f in curve["failed"]] == [(broken.stem, 0)]
     assert broken.name in curve["failed"][0]["reason"]
     assert result["clips"] == 21 and 0 <= curve["levels"][0]["waf"] <= 1
+
+
+@pytest.fixture(scope="module")
+def with_priors(emodb_run) -> Workspace:
+    """The EmoDB workspace, reasoned about by the local reasoner, and a run "pri" that uses its priors."""
+    clips = emodb_run.root.parent / "clips"
+    for args in (["reason", str(clips)],
+                 ["train", "--labels", str(clips / "labels.csv"), "--folds", "2", "--epochs", "20", "--name", "pri"]):
+        outcome = mer(emodb_run.root, *args)
+        assert outcome.exit_code == 0, outcome.output
+    assert any(name.startswith("prior-acoustic-")
+               for name in json.loads((emodb_run.runs / "pri" / "config.json").read_text())["manifests"])
+    return emodb_run
+
+
+@pytest.mark.slow
+def test_priors_of_corrupted_copies_come_from_the_runs_reasoner_when_asked(with_priors):
+    traces = lambda: sorted(p.name for p in (with_priors.root / "reasoning").rglob("content-*"))  # noqa: E731
+    before = traces()
+    first = corrupted_eval(with_priors, "audio-noise:snr=-10", run="pri", priors="reason")
+    assert first["exit"] == 0 and first["robustness"]["audio-noise"]["failed"] == []
+    asked = traces()
+    assert len(asked) == len(before) + 21  # one trace per corrupted copy, kept under its content
+    [level] = (with_priors.root / SCRATCH).glob("audio-noise-snr-10-*")
+    priors = [s for s in list_feature_sets(level / "features") if s.manifest.encoder.startswith("prior-")]
+    assert len(priors) == 4 and all(len(s.clip_ids()) == 21 for s in priors)
+    assert corrupted_eval(with_priors, "audio-noise:snr=-10", run="pri", priors="reason") == first
+    assert traces() == asked  # nothing asked again
