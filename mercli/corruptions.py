@@ -45,7 +45,7 @@ from mercli.errors import ConfigError, DataError
 from mercli.evaluation import TableChange
 from mercli.features import FeatureSet, Manifest
 from mercli.labels import read_labels
-from mercli.plots import ROBUSTNESS_FIGURES, robustness_png
+from mercli.plots import ROBUSTNESS_FIGURES, level_label, robustness_png
 from mercli.trainset import TrainingTable, read_clip
 from mercli.transcripts import TranscriptStore
 from mercli.vocabulary import MODALITIES, is_prior, one_line
@@ -175,6 +175,11 @@ class Recipe:
     def key(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         return f"{self.corruption.kind}-{self.corruption.parameter}{self.level}-{digest}"
+
+    @property
+    def label(self) -> str:
+        """How progress names the level: ``audio-noise snr=10``."""
+        return f"{self.corruption.name} {level_label(self.corruption.parameter, self.level)}"
 
     def clip_seed(self, clip_id: str) -> int:
         text = f"{self.seed}:{self.corruption.kind}:{self.level}:{clip_id}"
@@ -416,7 +421,8 @@ class Robustness:
         root = self.workspace.root / SCRATCH / recipe.key
         copies, failed = self._copies(recipe, root / "clips", clips)
         if copies:
-            failed.update(self._extract(root, [manifests[n] for n in reached], copies, clips.transcripts, run))
+            failed.update(self._extract(root, [manifests[n] for n in reached], copies, clips.transcripts, run,
+                                        recipe.label))
         replaced: dict[str, FeatureSet | None] = {name: FeatureSet(root / "features" / manifests[name].set_name,
                                                                    manifests[name]) for name in reached}
         replaced.update(self._priors(manifests, reached, root, copies, clips, run))
@@ -459,18 +465,23 @@ class Robustness:
 
     @staticmethod
     def _copies(recipe: Recipe, folder: Path, clips: EvaluatedClips) -> tuple[list[Clip], dict[str, str]]:
+        from mercli.console import progress
+
         copies, failed = [], dict(clips.missing)
         others = _with_audio(clips.files.values()) if recipe.corruption.kind == "audio-babble" else []
-        for clip in clips.files.values():
-            try:
-                copies.append(corrupt_clip(recipe, clip, folder, others))
-            except DataError as problem:  # one clip that cannot be corrupted costs only itself
-                failed[clip.clip_id] = str(problem)
+        with progress(len(clips.files), f"{recipe.label}: corrupt") as advance:
+            for clip in clips.files.values():
+                try:
+                    copies.append(corrupt_clip(recipe, clip, folder, others))
+                except DataError as problem:  # one clip that cannot be corrupted costs only itself
+                    failed[clip.clip_id] = str(problem)
+                advance()
         return copies, failed
 
     def _extract(self, root: Path, manifests: list[Manifest], copies: list[Clip], transcripts: dict[str, str],
-                 run: Path) -> dict[str, str]:
+                 run: Path, label: str) -> dict[str, str]:
         """Extract the copies into ``root`` with the run's encoders (nothing when all is stored)."""
+        from mercli.console import progress
         from mercli.extract import extract_clips
         from mercli.predict import extraction_overrides
 
@@ -479,8 +490,9 @@ class Robustness:
         if all(s.status(c.clip_id) is not None for s in sets for c in copies):
             return {}
         config = self.config.with_overrides(extraction_overrides(manifests), f"{run / 'config.json'}")
-        summary = extract_clips(copies, config, Workspace(root), transcripts,
-                                workers=config.get("extract", "workers"))
+        with progress(len(copies), f"{label}: extract") as advance:
+            summary = extract_clips(copies, config, Workspace(root), transcripts,
+                                    workers=config.get("extract", "workers"), observe=lambda outcome: advance())
         made = {entry["name"] for entry in summary.feature_sets}
         if set(reached) - made:
             raise DataError(f"{run}: the installed encoders do not reproduce feature set(s) "

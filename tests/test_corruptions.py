@@ -25,7 +25,7 @@ from mercli.contracts import Features
 from mercli.corruptions import KINDS, SCRATCH, Corruption, Recipe, Robustness, corrupt_clip, parse_specs
 from mercli.errors import ConfigError
 from mercli.evaluation import evaluate
-from mercli.features import FeatureSet, list_feature_sets
+from mercli.features import list_feature_sets
 from mercli.media import decode, probe
 from mercli.report_html import _number, write_report
 from mercli.train import train
