@@ -42,7 +42,7 @@ from mercli.atomic import hidden_twin, read_json, replacing, write_bytes
 from mercli.clips import Clip, clip_kind, scan
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
-from mercli.evaluation import TableChange
+from mercli.evaluation import Evaluation, TableChange
 from mercli.features import FeatureSet, Manifest
 from mercli.labels import read_labels
 from mercli.plots import ROBUSTNESS_FIGURES, level_label, robustness_png
@@ -162,6 +162,8 @@ class Recipe:
     seed: int
     noise_dir: Path | None
     sample_rate: int
+    #: audio-babble: the clips whose speech is mixed in (the evaluated clips with audio)
+    talkers: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         noise = None
@@ -169,7 +171,8 @@ class Recipe:
             noise = {"dir": str(self.noise_dir.resolve()), "files": [f"{p.name}:{p.stat().st_size}"
                                                                      for p in noise_files(self.noise_dir)]}
         return {"version": VERSION, "kind": self.corruption.kind, "level": self.level, "seed": self.seed,
-                "noise": noise, "sample_rate": self.sample_rate if self.corruption.modality == "audio" else None}
+                "noise": noise, "sample_rate": self.sample_rate if self.corruption.modality == "audio" else None,
+                "talkers": hashlib.sha256("\n".join(self.talkers).encode()).hexdigest() if self.talkers else None}
 
     @property
     def key(self) -> str:
@@ -328,8 +331,6 @@ class LevelOutcome:
         def changed(table: TrainingTable) -> TrainingTable:
             values, masks = dict(table.values), dict(table.masks)
             for name, source in self.replaced.items():
-                if name not in values:
-                    continue
                 rows = [_row(None if clip in self.failed else source, clip) if clip in evaluated
                         else (table.values[name][i], table.masks[name][i]) for i, clip in enumerate(table.clip_ids)]
                 values[name], masks[name] = [r[0] for r in rows], [r[1] for r in rows]
@@ -387,7 +388,7 @@ class Robustness:
             noise_files(self.noise_dir)  # a bad corpus is refused before any work
         self._reasoner: ReasonedPriors | None = None
 
-    def __call__(self, evaluation: Any, score: Callable[[TableChange], Any]) -> dict[str, Any]:
+    def __call__(self, evaluation: Evaluation, score: Callable[[TableChange], Evaluation]) -> dict[str, Any]:
         configs = [read_json(path / CONFIG) for path in evaluation.runs]
         manifests = {name: Manifest.from_json(doc) for name, doc in configs[0]["manifests"].items()}
         labels_files = [evaluation.labels_file] if evaluation.labels_file else list(
@@ -416,10 +417,11 @@ class Robustness:
         reached = self._reached(corruption, manifests, clips)
         if not reached:  # the run has no feature set the corruption could change: the clean figures
             return LevelOutcome({})
+        others = _with_audio(clips.files.values()) if corruption.kind == "audio-babble" else []
         recipe = Recipe(corruption, level, self.config.get("eval", "seed"), self.noise_dir,
-                        self._sample_rate(manifests))
+                        self._sample_rate(manifests), tuple(c.clip_id for c in others))
         root = self.workspace.root / SCRATCH / recipe.key
-        copies, failed = self._copies(recipe, root / "clips", clips)
+        copies, failed = self._copies(recipe, root / "clips", clips, others)
         if copies:
             failed.update(self._extract(root, [manifests[n] for n in reached], copies, clips.transcripts, run,
                                         recipe.label))
@@ -464,11 +466,11 @@ class Robustness:
         return [n for n, m in manifests.items() if m.modality in modalities and not is_prior(m.encoder)]
 
     @staticmethod
-    def _copies(recipe: Recipe, folder: Path, clips: EvaluatedClips) -> tuple[list[Clip], dict[str, str]]:
+    def _copies(recipe: Recipe, folder: Path, clips: EvaluatedClips, others: list[Clip]
+                ) -> tuple[list[Clip], dict[str, str]]:
         from mercli.console import progress
 
         copies, failed = [], dict(clips.missing)
-        others = _with_audio(clips.files.values()) if recipe.corruption.kind == "audio-babble" else []
         with progress(len(clips.files), f"{recipe.label}: corrupt") as advance:
             for clip in clips.files.values():
                 try:
