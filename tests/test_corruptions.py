@@ -352,3 +352,24 @@ def test_priors_of_corrupted_copies_come_from_the_runs_reasoner_when_asked(with_
     assert len(priors) == 4 and all(len(s.clip_ids()) == 21 for s in priors)
     assert corrupted_eval(with_priors, "audio-noise:snr=-10", run="pri", priors="reason") == first
     assert traces() == asked  # nothing asked again
+
+
+@pytest.mark.slow
+def test_a_clip_whose_copy_cannot_be_re_extracted_is_recorded_and_the_others_are_scored(emodb_run, monkeypatch):
+    from mer_plugins.encoders.egemaps import EgemapsEncoder
+
+    victim = sorted(p.stem for p in (emodb_run.root.parent / "clips").glob("*.wav"))[1]
+    measure = EgemapsEncoder.encode
+
+    def failing(self, clip):
+        if clip.clip_id == victim and SCRATCH in clip.path.parts:
+            raise RuntimeError("openSMILE gave up")
+        return measure(self, clip)
+
+    monkeypatch.setattr(EgemapsEncoder, "encode", failing)  # extract runs in this process (workers = 1)
+    result = corrupted_eval(emodb_run, "audio-noise:snr=5")
+    curve = result["robustness"]["audio-noise"]
+    assert result["exit"] == 1
+    assert curve["failed"] == [{"clip": victim, "level": 5, "reason": "re-extraction: encoder egemaps: "
+                                                                     "RuntimeError: openSMILE gave up"}]
+    assert result["clips"] == 21  # the victim scored without its audio set, the others with theirs
