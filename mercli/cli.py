@@ -248,8 +248,8 @@ def train(app: App, labels: Path, name: str | None, group_column: str | None, fo
 @click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the predictions as a MER2024 submission CSV (name,discrete).")
 @click.option("--corrupt", "corrupt", multiple=True, metavar="SPEC",
-              help="Also score corrupted copies of the clips, e.g. audio-noise:snr=20,10,0 video-blur:sigma=4 "
-                   "drop:audio (repeatable).")
+              help="Also score corrupted copies of the clips, e.g. 'audio-noise:snr=20,10,0 video-blur:sigma=4 "
+                   "drop:audio' (repeatable).")
 @json_option
 @pass_app
 def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, split: str | None,
