@@ -248,18 +248,24 @@ def train(app: App, labels: Path, name: str | None, group_column: str | None, fo
               help="Folder for metrics.json, predictions.csv and confusion.png [default: RUN/eval].")
 @click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the predictions as a MER2024 submission CSV (name,discrete).")
+@click.option("--corrupt", "corrupt", multiple=True, metavar="SPEC",
+              help="Also score corrupted copies of the clips, e.g. 'audio-noise:snr=20,10,0 video-blur:sigma=4 "
+                   "drop:audio' (repeatable).")
 @json_option
 @pass_app
 def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, split: str | None,
-                 allow_train_clips: bool, out: Path | None, submission: Path | None, as_json: bool) -> None:
+                 allow_train_clips: bool, out: Path | None, submission: Path | None, corrupt: tuple[str, ...],
+                 as_json: bool) -> None:
     """Score a run: WAF, accuracy, macro-F1, UAR, ECE, per-class figures and the confusion matrix."""
+    from mercli.corruptions import Robustness, failures, parse_specs
     from mercli.evaluation import evaluate, write_submission
     from mercli.reports import eval_tables
 
     if labels is None and (split or submission or allow_train_clips):
         raise click.UsageError("--split, --submission and --allow-train-clips need --labels")
+    robustness = Robustness(app.config, app.workspace, parse_specs(corrupt)) if corrupt else None
     evaluation = evaluate(app.config, app.workspace, checkpoints, labels=labels, split=split,
-                          allow_train_clips=allow_train_clips, out=out)
+                          allow_train_clips=allow_train_clips, out=out, robustness=robustness)
     if submission is not None:
         write_submission(submission, evaluation)
     if as_json:
@@ -267,6 +273,7 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
     else:
         for table in eval_tables(evaluation):
             stderr.print(table)
+    sys.exit(EXIT_SOME_FAILED if failures(evaluation.robustness) else 0)
 
 
 @cli.command()

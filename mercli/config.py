@@ -131,6 +131,15 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("weight", float, 1.0, "mer train --pseudo-labels: a pseudo-labelled clip weighs this times its "
                "confidence in the loss (a labelled clip weighs 1).", POSITIVE),
     ),
+    "eval": (
+        Option("seed", int, 0, "mer eval --corrupt: seed of every random choice of the corruptions (noise, dropped "
+               "frames, babble talkers).", NON_NEGATIVE),
+        Option("noise_dir", str, "", "mer eval --corrupt audio-noise: a folder of noise recordings (MUSAN, say) to mix "
+               "in instead of white noise (empty: white noise)."),
+        Option("corrupt_priors", str, "absent", "mer eval --corrupt: priors of a corrupted clip are absent (no reasoner "
+               "saw it), reason (the run's reasoner asked about the corrupted copy) or clean (kept from the clean "
+               "clip: optimistic).", choices=("absent", "reason", "clean")),
+    ),
     "report": (
         Option("gallery", int, 24, "Clips shown per run in the gallery of `mer report`, worst mistakes first.",
                NON_NEGATIVE),

@@ -19,7 +19,9 @@ check train makes on its inputs applies here too, and priors from traces whose r
 label are refused for every clip evaluated. The outputs go to ``RUN/eval/`` (or ``--out``):
 ``metrics.json``, ``predictions.csv`` and ``confusion.png``. Since the calibrated probabilities
 alone cannot show what temperature scaling did, ``metrics.json`` also holds ``reliability``: the
-reliability-diagram bins of the same predictions before (T = 1) and after calibration.
+reliability-diagram bins of the same predictions before (T = 1) and after calibration. With
+``--corrupt`` (mercli.corruptions), the same clips are scored again with their table changed by each
+corruption, and ``metrics.json`` holds the figures under ``robustness``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import io
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -116,6 +118,8 @@ class Evaluation:
     origins: list[tuple[str, int]] | None = None
     notes: list[str] = field(default_factory=list)
     labels_file: Path | None = None
+    #: ``mer eval --corrupt``: the figures per corruption and level (mercli.corruptions)
+    robustness: dict[str, Any] | None = None
     figures: dict[str, Any] = field(init=False)
     member_figures: list[dict[str, Any]] = field(init=False)
 
@@ -149,7 +153,8 @@ class Evaluation:
         return {**self.figures, "mode": self.mode, "source": self.source, "runs": [str(r) for r in self.runs],
                 "clips": len(self.clip_ids), "excluded": self.excluded, "folds": self.member_figures,
                 "mean": mean, "std": std, "notes": self.notes, "reliability": self.reliability(), "out": str(self.out),
-                "labels_file": None if self.labels_file is None else str(self.labels_file)}
+                "labels_file": None if self.labels_file is None else str(self.labels_file),
+                **({} if self.robustness is None else {"robustness": self.robustness})}
 
 
 # --- which runs -------------------------------------------------------------------------------
@@ -172,11 +177,16 @@ def _with_classes(config: Config, run: TrainedRun) -> Config:
     return config.with_overrides({"data.classes": run.classes}, str(run.path / "config.json"))
 
 
-def _run_table(config: Config, workspace: Workspace, run: TrainedRun, labels: Path) -> TrainingTable:
+#: A change of the table the runs are scored on (mercli.corruptions: corrupted or dropped features).
+TableChange = Callable[[TrainingTable], TrainingTable]
+
+
+def _run_table(config: Config, workspace: Workspace, run: TrainedRun, labels: Path,
+               change: TableChange | None = None) -> TrainingTable:
     """The clips of ``labels`` with the run's feature sets, through the table train builds."""
     table = build_table(_with_classes(config, run), workspace.features, labels, list(run.config["manifests"]))
     check_expected_inputs(table.sets, run.config["manifests"], str(run.path / "config.json"))
-    return table
+    return table if change is None else change(table)
 
 
 def _predict(run: TrainedRun, fold: TrainedFold, table: TrainingTable, indices: Sequence[int],
@@ -188,7 +198,8 @@ def _predict(run: TrainedRun, fold: TrainedFold, table: TrainingTable, indices: 
                              calibrated(logits))
 
 
-def _validation_members(config: Config, workspace: Workspace, runs: Sequence[TrainedRun]) -> list[MemberPredictions]:
+def _validation_members(config: Config, workspace: Workspace, runs: Sequence[TrainedRun],
+                        change: TableChange | None = None) -> list[MemberPredictions]:
     members, tables = [], {}
     for run in runs:
         labels = Path(str(run.config.get("labels", "")))
@@ -196,7 +207,7 @@ def _validation_members(config: Config, workspace: Workspace, runs: Sequence[Tra
             raise DataError(f"{run.path / 'config.json'}: the labels file the run was trained on ({labels}) is "
                             "missing; evaluate with --labels")
         if labels not in tables:
-            tables[labels] = _run_table(config, workspace, run, labels)
+            tables[labels] = _run_table(config, workspace, run, labels, change)
         table = tables[labels]
         position = {clip: i for i, clip in enumerate(table.clip_ids)}
         for fold in run.folds:
@@ -230,10 +241,11 @@ def _seen_clips(runs: Sequence[TrainedRun]) -> set[str]:
 
 
 def _labels_members(config: Config, workspace: Workspace, runs: Sequence[TrainedRun], labels: Path,
-                    split: str | None, allow_train_clips: bool) -> tuple[list[MemberPredictions], list[str], str]:
+                    split: str | None, allow_train_clips: bool, change: TableChange | None = None
+                    ) -> tuple[list[MemberPredictions], list[str], str]:
     """Every fold model's predictions on the chosen rows of ``labels``, the chosen rows without
     features, and the rows' description."""
-    table = _run_table(config, workspace, runs[0], labels)
+    table = _run_table(config, workspace, runs[0], labels, change)
     if split is None:
         wanted = "test" if any(s is not None for s in table.splits) else None
     else:
@@ -274,31 +286,49 @@ def output_folder(runs: Sequence[Path], out: Path | None) -> Path:
     return runs[0] / "eval"
 
 
+#: ``mer eval --corrupt`` (mercli.corruptions.Robustness): given the clean evaluation and a function
+#: that scores the same clips under a change of their table, the ``robustness`` section.
+RobustnessCheck = Callable[["Evaluation", Callable[[TableChange], "Evaluation"]], dict[str, Any]]
+
+
 def evaluate(config: Config, workspace: Workspace, checkpoints: Sequence[str] = (), *, labels: Path | None = None,
-             split: str | None = None, allow_train_clips: bool = False, out: Path | None = None) -> Evaluation:
+             split: str | None = None, allow_train_clips: bool = False, out: Path | None = None,
+             robustness: RobustnessCheck | None = None) -> Evaluation:
     """Evaluate the runs named by ``checkpoints`` (default: the newest run) and write
-    metrics.json, predictions.csv and confusion.png to ``out`` (default ``RUN/eval``)."""
+    metrics.json, predictions.csv and confusion.png to ``out`` (default ``RUN/eval``); with
+    ``robustness``, also how the figures fall under its corruptions."""
     named = [resolve_run(workspace, c) for c in checkpoints] or [resolve_run(workspace, None)]
     paths = list({path.resolve(): path for path in named}.values())  # a run named twice counts once
     folder = output_folder(paths, out)
     runs = [load_run(path) for path in paths]
     _compatible(runs)
+
+    def score(change: TableChange | None = None) -> Evaluation:
+        return _score(config, workspace, runs, paths, folder, labels, split, allow_train_clips, change)
+
+    evaluation = score()
+    if robustness is not None:
+        evaluation.robustness = robustness(evaluation, score)
+    write_outputs(evaluation)
+    return evaluation
+
+
+def _score(config: Config, workspace: Workspace, runs: Sequence[TrainedRun], paths: list[Path], folder: Path,
+           labels: Path | None, split: str | None, allow_train_clips: bool, change: TableChange | None) -> Evaluation:
+    """The runs' figures on their clips, the table of those clips changed by ``change``."""
     classes = runs[0].classes
     if labels is None:
-        members = _validation_members(config, workspace, runs)
-        evaluation = Evaluation(
+        members = _validation_members(config, workspace, runs, change)
+        return Evaluation(
             "validation", "each fold's validation clips", classes, paths, members,
             [c for m in members for c in m.clip_ids], np.concatenate([m.labels for m in members]),
             *(np.concatenate([getattr(m, kind) for m in members]) for kind in ("probabilities", "uncalibrated")),
             [], folder, origins=[(m.run.name, m.fold) for m in members for _ in m.clip_ids],
             notes=[note for run in runs if (note := optimism_note(run.path, run.config))])
-    else:
-        members, excluded, source = _labels_members(config, workspace, runs, labels, split, allow_train_clips)
-        evaluation = Evaluation("labels", source, classes, paths, members, members[0].clip_ids, members[0].labels,
-                                *(_run_mean(members, paths, kind) for kind in ("probabilities", "uncalibrated")),
-                                excluded, folder, labels_file=labels.resolve())
-    write_outputs(evaluation)
-    return evaluation
+    members, excluded, source = _labels_members(config, workspace, runs, labels, split, allow_train_clips, change)
+    return Evaluation("labels", source, classes, paths, members, members[0].clip_ids, members[0].labels,
+                      *(_run_mean(members, paths, kind) for kind in ("probabilities", "uncalibrated")),
+                      excluded, folder, labels_file=labels.resolve())
 
 
 # --- files ------------------------------------------------------------------------------------

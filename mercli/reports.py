@@ -237,5 +237,24 @@ def confusion_table(evaluation: "Evaluation") -> Table:
     return table
 
 
+def robustness_table(name: str, curve: dict[str, Any]) -> Table:
+    """One corruption: the clean figures, then those of each level; failed clips in the caption."""
+    from mercli.plots import ROBUSTNESS_FIGURES, level_label
+
+    table = Table(title=_plain(f"robustness: {name}"))
+    for column in ("level", *ROBUSTNESS_FIGURES.values()):
+        table.add_column(column, justify="left" if column == "level" else "right")
+    points = [("clean", curve["clean"]), *((level_label(curve["parameter"], p["level"]), p) for p in curve["levels"])]
+    for label, point in points:
+        table.add_row(_plain(label), *(f"{point[key]:.4f}" for key in ROBUSTNESS_FIGURES))
+    failed = curve.get("failed", [])
+    if failed:
+        first = failed[0]
+        table.caption = _plain(f"{len(failed)} clip(s) could not be corrupted or re-extracted (scored without the "
+                               f"features it reaches); first: {first['clip']}: {first['reason']}")
+    return table
+
+
 def eval_tables(evaluation: "Evaluation") -> list[Table]:
-    return [eval_summary_table(evaluation), per_class_table(evaluation), confusion_table(evaluation)]
+    robustness = [robustness_table(name, curve) for name, curve in (evaluation.robustness or {}).items()]
+    return [eval_summary_table(evaluation), per_class_table(evaluation), confusion_table(evaluation), *robustness]

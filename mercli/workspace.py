@@ -2,7 +2,8 @@
 
 Layout: ``mer.toml`` (optional), ``features/`` (one folder per feature set), ``transcripts/``
 (speech recognised by the extract stage), ``reasoning/`` (one folder per reasoner and model),
-``runs/`` (one folder per training run).
+``runs/`` (one folder per training run), ``corrupted/`` (``mer eval --corrupt``: corrupted copies of
+clips and their features, one folder per corruption and level).
 """
 
 from __future__ import annotations
