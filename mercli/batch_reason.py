@@ -165,13 +165,15 @@ class BatchRun:
         self.records = [r for r in book.load() if r.source == self.source]
         summary = BatchSummary(**{f: getattr(run.summary, f) for f in run.summary.__dataclass_fields__})
         run.summary = self.summary = summary
+        self.settled: set[str] = set()
         #: Called with a one-line notice for the user.
         self.say: Callable[[str], None] = lambda line: None
 
     # -- jobs already submitted --
 
-    def live_clips(self) -> set[str]:
-        return {clip for record in self.records if record.live for clip in record.clips}
+    def busy_clips(self) -> set[str]:
+        """Clips not to submit: those in a live job, and those whose answer this run collected."""
+        return self.settled | {clip for record in self.records if record.live for clip in record.clips}
 
     def recover(self) -> None:
         """Settle the jobs whose creation is unconfirmed: adopt the job the service holds under
@@ -182,7 +184,7 @@ class BatchRun:
                 record.name, record.state = found.name, BatchState.PENDING
                 record.submitted = record.submitted or utc_now()
             else:
-                self.reasoner.cleanup_batch(BatchJob(record.id), record.files)
+                self.reasoner.cleanup_batch(None, record.files)
                 self._return(record, NOT_CREATED, "the run stopped before the job was created")
             self.book.save(record)
 
@@ -213,9 +215,11 @@ class BatchRun:
             if isinstance(found, ReasoningAnswer):
                 outcome = self.run.keep(task, found)
                 counts["done" if outcome == "done" else "failed"] += 1
+                self.settled.add(clip_id)
             elif isinstance(found, AnswerRejected):
                 self.run.reject(task, str(found))
                 counts["failed"] += 1
+                self.settled.add(clip_id)
             else:
                 why = f"no result for this clip in job {record.id}" if found is None else one_line(str(found))
                 self.summary.returned.append({"clip": clip_id, "job": record.id, "reason": why})
@@ -281,7 +285,7 @@ class BatchRun:
                     self.run.reject(task, str(problem))
             job = self.reasoner.submit_batch(prepared, record.id, uploaded) if prepared else None
         except ReasonerError:
-            self.reasoner.cleanup_batch(BatchJob(record.id), record.files)
+            self.reasoner.cleanup_batch(None, record.files)
             self._return(record, NOT_CREATED, "the job could not be submitted")
             self.book.save(record)
             raise
@@ -345,8 +349,8 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
         return estimate_batch(batch, config, tasks)
     batch.recover()
     batch.poll()
-    live = batch.live_clips()
-    batch.submit([task for task in tasks if task.clip.clip_id not in live])
+    busy = batch.busy_clips()
+    batch.submit([task for task in tasks if task.clip.clip_id not in busy])
     if wait:
         with job_progress() as show:
             batch.wait(float(config.get("reason", "batch_poll")), show)
@@ -361,8 +365,8 @@ def estimate_batch(batch: BatchRun, config: Config, tasks: Sequence[ClipTask]) -
     and the cost at the online and at the batch price."""
     summary = batch.summary
     summary.dry_run = True
-    live = batch.live_clips()
-    groups = batch.plan([task for task in tasks if task.clip.clip_id not in live])
+    busy = batch.busy_clips()
+    groups = batch.plan([task for task in tasks if task.clip.clip_id not in busy])
     usage = sum((u for group in groups for _, _, u in group), Usage())
     summary.calls, summary.usage, summary.jobs_planned = sum(map(len, groups)), usage, len(groups)
     summary.cost_usd = batch.run.price.of(usage)

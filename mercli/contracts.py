@@ -440,9 +440,10 @@ class BatchReasoner:
     def cancel_batch(self, job: BatchJob) -> None:
         raise NotImplementedError
 
-    def cleanup_batch(self, job: BatchJob, files: Sequence[str]) -> None:
-        """Delete ``files`` (uploaded for the job) and the job's own input and result files, best
-        effort: a file left behind expires after its service's retention."""
+    def cleanup_batch(self, job: BatchJob | None, files: Sequence[str]) -> None:
+        """Delete ``files`` (uploaded for the job) and the job's own input and result files (no
+        job: it was never created), best effort: a file left behind expires after its service's
+        retention."""
         raise NotImplementedError
 
 

@@ -232,13 +232,16 @@ class GeminiReasoner(Reasoner, BatchReasoner):
         with self._calling():
             self.client.batches.cancel(name=job.name)
 
-    def cleanup_batch(self, job: BatchJob, files: Sequence[str]) -> None:
-        try:
-            with self._calling():
-                results = gemini_batch.result_file(self.client, job)
-        except ReasonerError:
-            results = None
-        for name in dict.fromkeys([*files, *job.files, *([results] if results else [])]):
+    def cleanup_batch(self, job: BatchJob | None, files: Sequence[str]) -> None:
+        results = None
+        if job is not None:
+            try:
+                with self._calling():
+                    results = gemini_batch.result_file(self.client, job)
+            except ReasonerError:
+                pass
+        own = [*job.files, *([results] if results else [])] if job is not None else []
+        for name in dict.fromkeys([*files, *own]):
             self._delete(name)
 
     @functools.cached_property
