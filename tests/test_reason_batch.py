@@ -316,3 +316,46 @@ def test_out_of_range_media_controls_are_usage_errors(clip_folder, tmp_path):
 def test_job_ids_sort_by_time_and_differ():
     first, second = batch_reason.new_job_id(), batch_reason.new_job_id()
     assert first != second and first.startswith("mer-")
+
+
+# --- hostile inputs ---------------------------------------------------------------------------------
+
+
+def one_error_line(outcome) -> str:
+    lines = [line for line in outcome.stderr.splitlines() if line.strip()]
+    assert outcome.exit_code == 2 and len(lines) == 1 and "Traceback" not in outcome.output, outcome.output
+    return lines[0]
+
+
+def test_batch_with_a_reasoner_that_has_none_is_a_usage_error(clip_folder, tmp_path):
+    outcome = CliRunner().invoke(cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "local", "--batch"])
+    assert one_error_line(outcome) == "error: --batch: reasoner 'local' has no batch mode"
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"id": "x"}', '{"id": "x", "source": {}, "clips": [], "bogus": 1}',
+                                     '["a list"]'])
+def test_a_corrupt_state_file_is_named_and_nothing_is_sent(start, clip_folder, tmp_path, content):
+    server = start()
+    folder = tmp_path / "reasoning" / "_batches"
+    folder.mkdir(parents=True)
+    (folder / "mer-broken.json").write_text(content)
+    line = one_error_line(mer(tmp_path, clip_folder))
+    assert line.startswith(f"error: {folder / 'mer-broken.json'}: ") and sum(server.calls.values()) == 0
+
+
+@pytest.mark.parametrize("args, named", [(["--batch", "--concurrency", "2"], "--concurrency"),
+                                         (["--batch", "--rpm", "10"], "--rpm"), (["--wait"], "--wait")])
+def test_options_that_mean_nothing_with_batch_are_usage_errors(clip_folder, tmp_path, args, named):
+    outcome = CliRunner().invoke(cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "gemini", *args])
+    assert outcome.exit_code == 2 and named in outcome.stderr and "Traceback" not in outcome.output
+
+
+def test_a_missing_key_stops_the_submission_cleanly_and_a_later_run_sends_the_clips(start, clip_folder, tmp_path,
+                                                                                     monkeypatch):
+    server = start()
+    with monkeypatch.context() as patch:
+        patch.delenv("GEMINI_API_KEY")
+        outcome = mer(tmp_path, clip_folder)
+    assert outcome.exit_code == 1 and "no Gemini API key" in summary(outcome)["stopped"]
+    assert sum(server.calls.values()) == 0 and records(tmp_path)[0]["state"] == "not created"
+    assert summary(mer(tmp_path, clip_folder, "--wait"))["done"] == 3
