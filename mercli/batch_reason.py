@@ -43,6 +43,9 @@ COLLECTED = "collected"
 #: Never created (the run stopped before create returned): its clips are to do again.
 NOT_CREATED = "not created"
 STATES = (SUBMITTING, COLLECTED, NOT_CREATED, *BatchState.LIVE, *BatchState.ENDED)
+#: A live job is cancelled this long before its first uploaded file would expire, so that no
+#: request of it reads a file that is gone; its clips return to "to do".
+EXPIRY_MARGIN_S = 3600.0
 
 
 # --- the state files --------------------------------------------------------------------------
@@ -59,6 +62,7 @@ class JobRecord:
     name: str | None = None
     files: list[str] = field(default_factory=list)
     submitted: str | None = None
+    first_upload: str | None = None
     updated: str = ""
     reason: str | None = None
     collected: dict[str, int] | None = None
@@ -78,6 +82,8 @@ class JobRecord:
         if (record.state not in STATES or not isinstance(record.id, str) or not clips_ok
                 or not isinstance(record.files, list) or (record.state != SUBMITTING and record.live and not record.name)):
             raise ValueError("not a batch job record")
+        if record.first_upload is not None and datetime.fromisoformat(record.first_upload).tzinfo is None:
+            raise ValueError(f"first_upload {record.first_upload!r} has no time zone")
         return record
 
 
@@ -107,7 +113,7 @@ class JobBook:
 
 def new_job_id() -> str:
     """Sortable by submission time, unique across runs and machines."""
-    return f"mer-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    return f"mer-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{secrets.token_hex(3)}"
 
 
 # --- splitting into jobs ----------------------------------------------------------------------
@@ -193,6 +199,12 @@ class BatchRun:
         ended without answers."""
         for record in [r for r in self.records if r.live and r.state != SUBMITTING]:
             job = BatchJob(str(record.name), tuple(record.files))
+            if self._files_expiring(record):
+                self.reasoner.cancel_batch(job)
+                self.reasoner.cleanup_batch(job, record.files)
+                self._return(record, BatchState.CANCELLED, "cancelled: its uploaded files would expire before it ends")
+                self.book.save(record)
+                continue
             result = self.reasoner.poll_batch(job)
             if result.state == BatchState.SUCCEEDED:
                 self.collect(record, job, result)
@@ -204,6 +216,13 @@ class BatchRun:
             else:
                 record.state = result.state
             self.book.save(record)
+
+    def _files_expiring(self, record: JobRecord) -> bool:
+        lifetime = self.reasoner.batch_limits().file_lifetime_s
+        if lifetime is None or record.first_upload is None or record.state == BatchState.SUCCEEDED:
+            return False
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(record.first_upload)).total_seconds()
+        return age > lifetime - EXPIRY_MARGIN_S
 
     def collect(self, record: JobRecord, job: BatchJob, result: BatchPoll) -> None:
         """Every clip's answer through the online checks into a trace or a recorded failure; a
@@ -273,6 +292,7 @@ class BatchRun:
 
         def uploaded(name: str) -> None:
             record.files.append(name)
+            record.first_upload = record.first_upload or utc_now()
             self.book.save(record)
 
         prepared = []

@@ -397,10 +397,12 @@ class BatchPoll:
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """What one job may hold: requests, and bytes of requests (media sent inline included)."""
+    """What one job may hold: requests, and bytes of requests (media sent inline included); and
+    how long the service keeps a file uploaded for a job (None: forever)."""
 
     max_requests: int
     max_bytes: int
+    file_lifetime_s: float | None = None
 
 
 class BatchReasoner:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -177,6 +178,21 @@ def test_a_cancelled_job_returns_its_clips(start, clip_folder, tmp_path):
     result = summary(mer(tmp_path, clip_folder))
     assert {r["reason"] for r in result["returned"]} == {"Gemini reports the job cancelled"}
     assert [job["clips"] for job in result["submitted"]] == [3]  # returned, then sent again in the same run
+    assert server.calls["batch_cancel"] == 1 and server.calls["batch_create"] == 2
+    assert sorted(r["state"] for r in records(tmp_path)) == ["cancelled", "pending"]
+
+
+def test_a_job_whose_uploads_would_expire_first_is_cancelled_and_its_clips_sent_again(start, clip_folder, tmp_path):
+    server = start(job_latency=60)
+    assert summary(mer(tmp_path, clip_folder, settings=FILES))["submitted"][0]["clips"] == 3
+    state = next((tmp_path / "reasoning" / "_batches").glob("*.json"))
+    record = json.loads(state.read_text())
+    old = datetime.now(timezone.utc) - timedelta(hours=47.5)  # Gemini deletes uploads after 48 h
+    state.write_text(json.dumps({**record, "first_upload": old.isoformat()}))
+    result = summary(mer(tmp_path, clip_folder, settings=FILES))
+    assert {r["reason"] for r in result["returned"]} == {"cancelled: its uploaded files would expire before it ends"}
+    assert server.calls["batch_cancel"] == 1 and [job["clips"] for job in result["submitted"]] == [3]
+    assert len(server.live_files()) == 4  # only the new job's three clips and its JSONL
 
 
 # --- never paying twice ------------------------------------------------------------------------
@@ -213,7 +229,7 @@ def test_a_run_stopped_before_create_returns_its_clips_and_deletes_its_uploads(s
     assert record["state"] == "submitting" and len(record["files"]) == 3 and len(server.live_files()) == 3
     result = summary(mer(tmp_path, clip_folder, "--wait", settings=FILES))
     assert result["done"] == 3 and server.calls["batch_create"] == 1 and server.calls["batch_list"] == 1
-    assert records(tmp_path)[0]["state"] == "not created" and server.live_files() == []
+    assert sorted(r["state"] for r in records(tmp_path)) == ["collected", "not created"] and server.live_files() == []
 
 
 @pytest.mark.slow
@@ -314,8 +330,8 @@ def test_out_of_range_media_controls_are_usage_errors(clip_folder, tmp_path):
 
 
 def test_job_ids_sort_by_time_and_differ():
-    first, second = batch_reason.new_job_id(), batch_reason.new_job_id()
-    assert first != second and first.startswith("mer-")
+    ids = [batch_reason.new_job_id() for _ in range(20)]
+    assert ids == sorted(ids) and len(set(ids)) == 20 and ids[0].startswith("mer-")
 
 
 # --- hostile inputs ---------------------------------------------------------------------------------
@@ -332,7 +348,8 @@ def test_batch_with_a_reasoner_that_has_none_is_a_usage_error(clip_folder, tmp_p
     assert one_error_line(outcome) == "error: --batch: reasoner 'local' has no batch mode"
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"id": "x"}', '{"id": "x", "source": {}, "clips": [], "bogus": 1}',
+@pytest.mark.parametrize("content", ["{not json", '{"id": "x"}', '{"id": "x", "source": {}, "clips": {}, '
+                                     '"state": "pending", "name": "b", "first_upload": "2026-01-01T00:00:00"}', '{"id": "x", "source": {}, "clips": [], "bogus": 1}',
                                      '["a list"]'])
 def test_a_corrupt_state_file_is_named_and_nothing_is_sent(start, clip_folder, tmp_path, content):
     server = start()

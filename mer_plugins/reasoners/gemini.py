@@ -126,7 +126,8 @@ class GeminiReasoner(Reasoner, BatchReasoner):
     )
 
     def batch_limits(self) -> BatchLimits:
-        return BatchLimits(self.settings["batch_max_requests"], gemini_batch.MAX_INPUT_FILE_BYTES)
+        return BatchLimits(self.settings["batch_max_requests"], gemini_batch.MAX_INPUT_FILE_BYTES,
+                           gemini_batch.FILE_LIFETIME_HOURS * 3600.0)
 
     def tokens_per_second(self, has_video: bool, has_audio: bool) -> float:
         """Input tokens per second of clip at this reasoner's media resolution and frame rate."""
