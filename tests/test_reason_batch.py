@@ -376,3 +376,20 @@ def test_a_missing_key_stops_the_submission_cleanly_and_a_later_run_sends_the_cl
     assert outcome.exit_code == 1 and "no Gemini API key" in summary(outcome)["stopped"]
     assert sum(server.calls.values()) == 0 and records(tmp_path)[0]["state"] == "not created"
     assert summary(mer(tmp_path, clip_folder, "--wait"))["done"] == 3
+
+
+def test_max_cost_keeps_jobs_that_could_pass_it_from_being_submitted(start, clip_folder, tmp_path):
+    server = start()
+    outcome = mer(tmp_path, clip_folder, "--max-cost", "0.0001")
+    assert outcome.exit_code == 1
+    skipped = summary(outcome)["skipped"]
+    assert len(skipped) == 3 and all("--max-cost 0.00" in s["reason"] for s in skipped)
+    assert server.calls["batch_create"] == 0
+
+
+def test_the_human_report_lists_the_jobs(start, clip_folder, tmp_path):
+    start(job_latency=60)
+    outcome = CliRunner(env={"COLUMNS": "200"}).invoke(
+        cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "gemini", "--batch", "--no-embed"])
+    assert outcome.exit_code == 0 and outcome.stdout == ""
+    assert "job submitted" in outcome.stderr and "job pending" in outcome.stderr and "clips 3" in outcome.stderr
