@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+import mercli.plugins as plugins
 from mercli.atomic import read_json, write_json
 from mercli.clips import Clip, clip_kind
 from mercli.config import Config
@@ -162,10 +163,8 @@ class BatchRun:
     """Recovers, polls, collects and submits the batch jobs of one trace store."""
 
     def __init__(self, run: ReasonRun, book: JobBook) -> None:
-        if not isinstance(run.reasoner, BatchReasoner):
-            raise ConfigError(f"--batch: reasoner '{run.reasoner.name}' has no batch mode")
         self.run = run
-        self.reasoner: BatchReasoner = run.reasoner
+        self.reasoner: BatchReasoner = run.reasoner  # type: ignore[assignment]  (reason_batch checked it)
         self.book = book
         self.source = asdict(run.store.source)
         self.records = [r for r in book.load() if r.source == self.source]
@@ -362,6 +361,9 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
     do; with ``wait``, poll until every job has ended; then embed the traces as priors."""
     from mercli.console import stderr
 
+    name = config.get("reason", "reasoner")
+    if not issubclass(plugins.get("reasoners", name).component, BatchReasoner):
+        raise ConfigError(f"--batch: reasoner '{name}' has no batch mode")
     run, tasks = open_run(config, workspace, clips_dir, labels, label_conditioned, retry_failed, batch=True)
     batch = BatchRun(run, JobBook(workspace.reasoning))
     batch.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -346,6 +346,7 @@ def one_error_line(outcome) -> str:
 def test_batch_with_a_reasoner_that_has_none_is_a_usage_error(clip_folder, tmp_path):
     outcome = CliRunner().invoke(cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "local", "--batch"])
     assert one_error_line(outcome) == "error: --batch: reasoner 'local' has no batch mode"
+    assert not (tmp_path / "reasoning").exists()
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"id": "x"}', '{"id": "x", "source": {}, "clips": {}, '
