@@ -142,6 +142,19 @@ def test_a_file_job_uploads_media_and_jsonl_and_deletes_them_and_the_results_aft
     assert len(records(tmp_path)[0]["files"]) == 4
 
 
+def test_an_inline_job_and_a_jsonl_job_send_the_same_requests_as_an_online_call(start, clip_folder, tmp_path):
+    server = start()
+    GeminiReasoner().reason(request_for(clip_folder / "clip0.mp4"))
+    online = server.generate_requests()[0].json
+    summary(mer(tmp_path / "inline", clip_folder, "--wait"))
+    summary(mer(tmp_path / "jsonl", clip_folder, "--wait", settings=["-s", "reasoner.gemini.batch_inline_mb=0"]))
+    inline, jsonl = (dict(job["requests"]) for job in server.jobs.values())
+    assert server.calls["upload_start"] == 1  # the second job's JSONL, nothing else
+    assert inline == jsonl and set(inline) == {"clip0", "clip1", "clip2"}
+    assert inline["clip0"]["contents"] == online["contents"]
+    assert inline["clip0"]["generationConfig"] == online["generationConfig"]
+
+
 def test_failed_requests_become_recorded_failures_or_return_to_be_asked_again(start, clip_folder, tmp_path):
     server = start()
     server.script(api_error(503, "UNAVAILABLE", "overloaded"), blocked("SAFETY"), answer({"visual": "nope"}))

@@ -65,14 +65,15 @@ def submit(client: "genai.Client", model: str, prepared: Sequence["types.Inlined
     before the job is created)."""
     from google.genai import types
 
-    lines = [wire_line(client, request) for request in prepared]
     config = types.CreateBatchJobConfig(display_name=display_name)
-    if sum(map(len, lines)) <= min(inline_bytes, INLINE_JOB_BYTES):
-        job = client.batches.create(model=model, src=list(prepared), config=config)
-        return BatchJob(str(job.name))
     with tempfile.TemporaryDirectory(prefix="mer-batch-") as folder:
         path = Path(folder) / f"{display_name}.jsonl"
-        path.write_bytes(b"".join(lines))
+        with path.open("wb") as jsonl:  # a line at a time: the job's media are in memory once, not twice
+            for request in prepared:
+                jsonl.write(wire_line(client, request))
+        if path.stat().st_size <= min(inline_bytes, INLINE_JOB_BYTES):
+            job = client.batches.create(model=model, src=list(prepared), config=config)
+            return BatchJob(str(job.name))
         file = client.files.upload(file=path, config=types.UploadFileConfig(mime_type="jsonl", display_name=display_name))
     uploaded(str(file.name))
     job = client.batches.create(model=model, src=types.BatchJobSource(file_name=file.name), config=config)
