@@ -28,7 +28,7 @@ from mercli.atomic import read_json, write_json
 from mercli.clips import Clip, clip_kind
 from mercli.config import Config
 from mercli.contracts import (AnswerRejected, BatchJob, BatchPoll, BatchReasoner, BatchState, ReasonerError,
-                              ReasoningAnswer, RetryableError, StopRun, Usage)
+                              ReasoningAnswer, Usage)
 from mercli.costs import price_for
 from mercli.errors import ConfigError, DataError, writing
 from mercli.failures import utc_now
@@ -254,18 +254,14 @@ class BatchRun:
 
     def submit(self, tasks: Sequence[ClipTask]) -> None:
         """Send ``tasks`` (clips with no trace and no live job) as jobs within the reasoner's
-        limits; stops at the first failure that is not one clip's, keeping what was sent."""
+        limits; a failure that is not one clip's raises, keeping what was sent."""
         planned = self.plan(tasks)
         for group in planned:
             if not self.run.budget.reserve(self.run.price.of(sum((u for _, _, u in group), Usage()))):
                 self.summary.skipped.extend({"clip": t.clip.clip_id, "reason": "not submitted: the job could pass "
                                              f"--max-cost {self.run.budget.limit:.2f} USD"} for t, _, _ in group)
                 continue
-            try:
-                self._submit_job([task for task, _, _ in group])
-            except (RetryableError, StopRun) as problem:
-                self.summary.stopped = f"{self.reasoner.name}: {one_line(str(problem))}"
-                return
+            self._submit_job([task for task, _, _ in group])
 
     def plan(self, tasks: Sequence[ClipTask]) -> list[list[tuple[ClipTask, int, Usage]]]:
         """Tasks grouped into jobs, each with its size in bytes and estimated usage; a clip whose
@@ -369,13 +365,16 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
     batch.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
     if dry_run:
         return estimate_batch(batch, config, tasks)
-    batch.recover()
-    batch.poll()
-    busy = batch.busy_clips()
-    batch.submit([task for task in tasks if task.clip.clip_id not in busy])
-    if wait:
-        with job_progress() as show:
-            batch.wait(float(config.get("reason", "batch_poll")), show)
+    try:
+        batch.recover()
+        batch.poll()
+        busy = batch.busy_clips()
+        batch.submit([task for task in tasks if task.clip.clip_id not in busy])
+        if wait:
+            with job_progress() as show:
+                batch.wait(float(config.get("reason", "batch_poll")), show)
+    except ReasonerError as problem:  # the service cannot be asked now: every state file stands as it is
+        batch.summary.stopped = f"{run.reasoner.name}: {one_line(str(problem))}"
     summary = batch.finish()
     if embed and summary.done:
         embed_priors(config, workspace, run)

@@ -407,3 +407,14 @@ def test_the_human_report_lists_the_jobs(start, clip_folder, tmp_path):
         cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "gemini", "--batch", "--no-embed"])
     assert outcome.exit_code == 0 and outcome.stdout == ""
     assert "job submitted" in outcome.stderr and "job pending" in outcome.stderr and "clips 3" in outcome.stderr
+
+
+def test_a_service_that_cannot_be_reached_stops_the_run_with_one_line_and_keeps_every_job(start, clip_folder, tmp_path,
+                                                                                           monkeypatch):
+    server = start(job_latency=60)
+    summary(mer(tmp_path, clip_folder))
+    before = records(tmp_path)
+    server.close()
+    outcome = mer(tmp_path, clip_folder)
+    assert outcome.exit_code == 1 and "cannot reach Gemini" in summary(outcome)["stopped"]
+    assert records(tmp_path) == before and "Traceback" not in outcome.output
