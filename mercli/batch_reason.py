@@ -47,6 +47,9 @@ STATES = (SUBMITTING, COLLECTED, NOT_CREATED, *BatchState.LIVE, *BatchState.ENDE
 #: A live job is cancelled this long before its first uploaded file would expire, so that no
 #: request of it reads a file that is gone; its clips return to "to do".
 EXPIRY_MARGIN_S = 3600.0
+#: Seconds between state writes while a job's files are uploaded (one write per file would make
+#: a job of thousands of clips write its growing state thousands of times).
+UPLOAD_SAVE_INTERVAL_S = 1.0
 
 
 # --- the state files --------------------------------------------------------------------------
@@ -285,9 +288,19 @@ class BatchRun:
         self.book.save(record)  # before the first upload: a kill from here on loses nothing
         self.records.append(record)
 
+        last_save = [0.0]
+
         def uploaded(name: str) -> None:
+            """Note the file; written at most once a second (a name lost to a kill is a file that
+            the service deletes by itself when it expires)."""
             record.files.append(name)
             record.first_upload = record.first_upload or utc_now()
+            if time.monotonic() - last_save[0] >= UPLOAD_SAVE_INTERVAL_S:
+                self.book.save(record)
+                last_save[0] = time.monotonic()
+
+        def saved_upload(name: str) -> None:
+            uploaded(name)
             self.book.save(record)
 
         prepared = []
@@ -298,7 +311,8 @@ class BatchRun:
                 except (AnswerRejected, DataError) as problem:
                     del record.clips[task.clip.clip_id]
                     self.run.reject(task, str(problem))
-            job = self.reasoner.submit_batch(prepared, record.id, uploaded) if prepared else None
+            self.book.save(record)  # every media file named before the job is created
+            job = self.reasoner.submit_batch(prepared, record.id, saved_upload) if prepared else None
         except ReasonerError:
             self.reasoner.cleanup_batch(None, record.files)
             self._return(record, NOT_CREATED, "the job could not be submitted")
