@@ -418,3 +418,22 @@ def test_a_service_that_cannot_be_reached_stops_the_run_with_one_line_and_keeps_
     outcome = mer(tmp_path, clip_folder)
     assert outcome.exit_code == 1 and "cannot reach Gemini" in summary(outcome)["stopped"]
     assert records(tmp_path) == before and "Traceback" not in outcome.output
+
+
+def test_result_lines_map_onto_answers_and_error_kinds():
+    from mer_plugins.reasoners import gemini_batch
+    from mercli.contracts import AnswerRejected, ReasoningAnswer, RetryableError
+
+    good = {"candidates": [{"content": {"parts": [{"text": json.dumps({"overall": {}})}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5}}
+    lines = [{"key": "a", "response": good}, {"key": "b", "error": {"code": 8, "message": "quota"}},
+             {"key": "c", "error": {"code": 3, "message": "bad video", "status": "INVALID_ARGUMENT"}},
+             {"key": "d", "response": {"candidates": [{"finishReason": "SAFETY"}]}}]
+    data = ("\n".join(json.dumps(line) for line in lines) + "\n{broken\n").encode()
+    reasoner = GeminiReasoner()
+    results = {key: reasoner._result(found) for key, found in gemini_batch._file_results(data).items()}
+    assert set(results) == {"a", "b", "c", "d"}  # the broken line is left out: its clip is asked again
+    assert isinstance(results["a"], ReasoningAnswer) and results["a"].usage.input_tokens == 10
+    assert isinstance(results["b"], RetryableError) and "429" in str(results["b"])
+    assert isinstance(results["c"], AnswerRejected) and "bad video" in str(results["c"])
+    assert isinstance(results["d"], AnswerRejected) and "safety" in str(results["d"])
