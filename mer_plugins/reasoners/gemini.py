@@ -27,6 +27,11 @@ Clips travel as their own bytes: inline up to ``inline_limit_mb``, else through 
 Containers Gemini does not accept (.mkv, .m4a, .opus, ...) are first converted with the ffmpeg
 binary into a temporary H.264/AAC .mp4 (video) or a 16 kHz mono .wav (audio; Gemini downsamples
 audio to 16 kHz anyway).
+
+``media_resolution`` (sent in the generation config) and ``fps`` (sent as the video part's
+metadata) trade detail for tokens; :meth:`GeminiReasoner.estimate_usage` follows them. The same
+requests also go as batch jobs (:class:`BatchReasoner`, through :mod:`.gemini_batch`) for
+``mer reason --batch``.
 """
 
 from __future__ import annotations
