@@ -28,7 +28,7 @@ from mercli.atomic import read_json, write_json
 from mercli.clips import Clip, clip_kind
 from mercli.config import Config
 from mercli.contracts import (AnswerRejected, BatchJob, BatchPoll, BatchReasoner, BatchState, ReasonerError,
-                              ReasoningAnswer, Usage)
+                              ReasoningAnswer, ReasoningRequest, Usage)
 from mercli.costs import price_for
 from mercli.errors import ConfigError, DataError, writing
 from mercli.failures import utc_now
@@ -138,6 +138,16 @@ def split_jobs(sizes: Sequence[int], max_requests: int, max_bytes: int) -> list[
 
 
 # --- the run ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A clip to send: its request, about how many bytes it adds to a job, its estimated usage."""
+
+    task: ClipTask
+    request: ReasoningRequest
+    size: int
+    usage: Usage
 
 
 @dataclass
@@ -260,31 +270,32 @@ class BatchRun:
         limits; a failure that is not one clip's raises, keeping what was sent."""
         planned = self.plan(tasks)
         for group in planned:
-            if not self.run.budget.reserve(self.run.price.of(sum((u for _, _, u in group), Usage()))):
-                self.summary.skipped.extend({"clip": t.clip.clip_id, "reason": "not submitted: the job could pass "
-                                             f"--max-cost {self.run.budget.limit:.2f} USD"} for t, _, _ in group)
+            if not self.run.budget.reserve(self.run.price.of(sum((p.usage for p in group), Usage()))):
+                self.summary.skipped.extend({"clip": p.task.clip.clip_id, "reason": "not submitted: the job could "
+                                             f"pass --max-cost {self.run.budget.limit:.2f} USD"} for p in group)
                 continue
-            self._submit_job([task for task, _, _ in group])
+            self._submit_job(group)
 
-    def plan(self, tasks: Sequence[ClipTask]) -> list[list[tuple[ClipTask, int, Usage]]]:
-        """Tasks grouped into jobs, each with its size in bytes and estimated usage; a clip whose
-        request cannot be built is skipped (dry run) or recorded as failed."""
+    def plan(self, tasks: Sequence[ClipTask]) -> list[list[Planned]]:
+        """Tasks grouped into jobs; a clip whose request cannot be built is skipped (dry run) or
+        recorded as failed."""
         sized = []
         for task in tasks:
             try:
                 request = self.run.request(task.clip)
-                sized.append((task, self.reasoner.request_bytes(request), self.run.reasoner.estimate_usage(request)))
+                sized.append(Planned(task, request, self.reasoner.request_bytes(request),
+                                     self.run.reasoner.estimate_usage(request)))
             except DataError as problem:
                 if self.summary.dry_run:
                     self.summary.skipped.append({"clip": task.clip.clip_id, "reason": str(problem)})
                 else:
                     self.run.reject(task, str(problem))
         limits = self.reasoner.batch_limits()
-        groups = split_jobs([size for _, size, _ in sized], limits.max_requests, limits.max_bytes)
+        groups = split_jobs([p.size for p in sized], limits.max_requests, limits.max_bytes)
         return [[sized[i] for i in group] for group in groups]
 
-    def _submit_job(self, tasks: list[ClipTask]) -> None:
-        record = JobRecord(new_job_id(), self.source, {t.clip.clip_id: _entry(t) for t in tasks})
+    def _submit_job(self, planned: list[Planned]) -> None:
+        record = JobRecord(new_job_id(), self.source, {p.task.clip.clip_id: _entry(p.task) for p in planned})
         self.book.save(record)  # before the first upload: a kill from here on loses nothing
         self.records.append(record)
 
@@ -305,12 +316,12 @@ class BatchRun:
 
         prepared = []
         try:
-            for task in tasks:
+            for item in planned:
                 try:
-                    prepared.append(self.reasoner.prepare_batch_request(self.run.request(task.clip), uploaded))
-                except (AnswerRejected, DataError) as problem:
-                    del record.clips[task.clip.clip_id]
-                    self.run.reject(task, str(problem))
+                    prepared.append(self.reasoner.prepare_batch_request(item.request, uploaded))
+                except AnswerRejected as problem:
+                    del record.clips[item.task.clip.clip_id]
+                    self.run.reject(item.task, str(problem))
             self.book.save(record)  # every media file named before the job is created
             job = self.reasoner.submit_batch(prepared, record.id, saved_upload) if prepared else None
         except ReasonerError:
@@ -402,7 +413,7 @@ def estimate_batch(batch: BatchRun, config: Config, tasks: Sequence[ClipTask]) -
     summary.dry_run = True
     busy = batch.busy_clips()
     groups = batch.plan([task for task in tasks if task.clip.clip_id not in busy])
-    usage = sum((u for group in groups for _, _, u in group), Usage())
+    usage = sum((p.usage for group in groups for p in group), Usage())
     summary.calls, summary.usage, summary.jobs_planned = sum(map(len, groups)), usage, len(groups)
     summary.cost_usd = batch.run.price.of(usage)
     summary.cost_online_usd = price_for(batch.run.reasoner, config.get("reason", "prices")).of(usage)
