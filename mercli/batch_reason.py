@@ -184,8 +184,6 @@ class BatchRun:
         summary = BatchSummary(**{f: getattr(run.summary, f) for f in run.summary.__dataclass_fields__})
         run.summary = self.summary = summary
         self.settled: set[str] = set()
-        #: Called with a one-line notice for the user.
-        self.say: Callable[[str], None] = lambda line: None
 
     # -- jobs already submitted --
 
@@ -380,14 +378,11 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
                  wait: bool = False, embed: bool = True) -> BatchSummary:
     """``mer reason --batch``: recover, poll and collect earlier jobs, submit the clips still to
     do; with ``wait``, poll until every job has ended; then embed the traces as priors."""
-    from mercli.console import stderr
-
     name = config.get("reason", "reasoner")
     if not issubclass(plugins.get("reasoners", name).component, BatchReasoner):
         raise ConfigError(f"--batch: reasoner '{name}' has no batch mode")
     run, tasks = open_run(config, workspace, clips_dir, labels, label_conditioned, retry_failed, batch=True)
     batch = BatchRun(run, JobBook(workspace.reasoning))
-    batch.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
     if dry_run:
         return estimate_batch(batch, config, tasks)
     try:
