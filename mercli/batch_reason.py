@@ -16,7 +16,9 @@ in a live job is never submitted again, so nothing is paid twice.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -298,28 +300,24 @@ class BatchRun:
         self.records.append(record)
 
         last_save = [0.0]
+        lock = threading.Lock()
 
         def uploaded(name: str) -> None:
             """Note the file; written at most once a second (a name lost to a kill is a file that
             the service deletes by itself when it expires)."""
-            record.files.append(name)
-            record.first_upload = record.first_upload or utc_now()
-            if time.monotonic() - last_save[0] >= UPLOAD_SAVE_INTERVAL_S:
-                self.book.save(record)
-                last_save[0] = time.monotonic()
+            with lock:
+                record.files.append(name)
+                record.first_upload = record.first_upload or utc_now()
+                if time.monotonic() - last_save[0] >= UPLOAD_SAVE_INTERVAL_S:
+                    self.book.save(record)
+                    last_save[0] = time.monotonic()
 
         def saved_upload(name: str) -> None:
             uploaded(name)
             self.book.save(record)
 
-        prepared = []
         try:
-            for item in planned:
-                try:
-                    prepared.append(self.reasoner.prepare_batch_request(item.request, uploaded))
-                except AnswerRejected as problem:
-                    del record.clips[item.task.clip.clip_id]
-                    self.run.reject(item.task, str(problem))
+            prepared = self._prepare(planned, record, uploaded)
             self.book.save(record)  # every media file named before the job is created
             job = self.reasoner.submit_batch(prepared, record.id, saved_upload) if prepared else None
         except ReasonerError:
@@ -334,6 +332,30 @@ class BatchRun:
             record.files = list(dict.fromkeys([*record.files, *job.files]))
             self.summary.submitted.append({"job": record.id, "name": job.name, "clips": len(record.clips)})
         self.book.save(record)
+
+    def _prepare(self, planned: list[Planned], record: JobRecord, uploaded: Callable[[str], None]) -> list[Any]:
+        """The job's requests as the reasoner sends them, ``reason.concurrency`` at a time (a clip
+        to upload waits mostly on the network); a clip that cannot be sent is recorded as failed
+        and leaves the job."""
+        def prepare(item: Planned) -> Any:
+            try:
+                return self.reasoner.prepare_batch_request(item.request, uploaded)
+            except AnswerRejected as problem:
+                return problem
+
+        pool = ThreadPoolExecutor(max_workers=self.run.pacing.concurrency, thread_name_prefix="batch")
+        try:
+            results = list(pool.map(prepare, planned))
+        finally:  # Ctrl-C or a failure: uploads in flight finish (and are named), none starts
+            pool.shutdown(wait=True, cancel_futures=True)
+        prepared = []
+        for item, result in zip(planned, results):
+            if isinstance(result, AnswerRejected):
+                del record.clips[item.task.clip.clip_id]
+                self.run.reject(item.task, str(result))
+            else:
+                prepared.append(result)
+        return prepared
 
     def wait(self, interval: float, progress: Callable[[int, int, str], None]) -> None:
         """Poll every ``interval`` seconds until no job is live; ``progress`` gets (clips

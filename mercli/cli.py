@@ -214,9 +214,8 @@ def refuse_with_batch(ctx: click.Context, batch: bool, wait: bool) -> None:
     """Options that mean nothing for batch jobs (the service paces them), or --wait without --batch."""
     if wait and not batch:
         raise click.UsageError("--wait: only with --batch")
-    given = [name for name in ("concurrency", "rpm") if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
-    if batch and given:
-        raise click.UsageError(f"--{given[0]}: means nothing with --batch (the service paces batch jobs)")
+    if batch and ctx.get_parameter_source("rpm") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--rpm: means nothing with --batch (the service paces batch jobs)")
 
 
 @cli.command()

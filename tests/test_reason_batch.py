@@ -374,8 +374,7 @@ def test_a_corrupt_state_file_is_named_and_nothing_is_sent(start, clip_folder, t
     assert line.startswith(f"error: {folder / 'mer-broken.json'}: ") and sum(server.calls.values()) == 0
 
 
-@pytest.mark.parametrize("args, named", [(["--batch", "--concurrency", "2"], "--concurrency"),
-                                         (["--batch", "--rpm", "10"], "--rpm"), (["--wait"], "--wait")])
+@pytest.mark.parametrize("args, named", [(["--batch", "--rpm", "10"], "--rpm"), (["--wait"], "--wait")])
 def test_options_that_mean_nothing_with_batch_are_usage_errors(clip_folder, tmp_path, args, named):
     outcome = CliRunner().invoke(cli, ["-w", str(tmp_path), "reason", str(clip_folder), "--model", "gemini", *args])
     assert outcome.exit_code == 2 and named in outcome.stderr and "Traceback" not in outcome.output
