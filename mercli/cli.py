@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from mercli import __version__, config as configuration
 from mercli.console import emit_json, error, stderr
@@ -177,27 +178,44 @@ def extract(app: App, clips_dir: Path, labels: Path | None, shard: str | None, a
               help="Show each clip's label to the reasoner; such traces are marked, kept apart, and refused for "
                    "validation and test clips.")
 @click.option("--no-embed", is_flag=True, help="Do not turn the traces into prior feature sets.")
+@click.option("--batch", is_flag=True, help="Send the clips still to do as batch jobs (half price, answers within "
+              "24 h); run again to collect them.")
+@click.option("--wait", is_flag=True, help="With --batch: poll until every job has ended, showing progress.")
 @json_option
 @pass_app
 def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | None, dry_run: bool, retry_failed: bool,
-           label_conditioned: bool, no_embed: bool, as_json: bool) -> None:
+           label_conditioned: bool, no_embed: bool, batch: bool, wait: bool, as_json: bool) -> None:
     """Per-modality reasoning traces for every clip, cached by clip content; then prior feature sets."""
+    from mercli.batch_reason import reason_batch
     from mercli.reason import reason_folder, parse_model
     from mercli.reports import reason_table
 
+    refuse_with_batch(click.get_current_context(), batch, wait)
     if model_spec:
         reasoner, model = parse_model(model_spec)
         app.override({"reason.reasoner": reasoner, f"reasoner.{reasoner}.model": model})
-    summary = reason_folder(app.config, app.workspace, clips_dir, labels=labels, label_conditioned=label_conditioned,
-                            retry_failed=retry_failed, dry_run=dry_run, embed=not no_embed)
+    asked = dict(labels=labels, label_conditioned=label_conditioned, retry_failed=retry_failed, dry_run=dry_run,
+                 embed=not no_embed)
+    if batch:
+        summary = reason_batch(app.config, app.workspace, clips_dir, wait=wait, **asked)
+    else:
+        summary = reason_folder(app.config, app.workspace, clips_dir, **asked)
     if as_json:
         emit_json(summary.to_json())
     else:
         stderr.print(reason_table(summary))
     if summary.stopped and not dry_run:
         error(summary.stopped)
-    unfinished = summary.failed or summary.skipped or summary.stopped
+    unfinished = summary.failed or summary.skipped or summary.stopped or getattr(summary, "returned", None)
     sys.exit(EXIT_SOME_FAILED if unfinished and not dry_run else 0)
+
+
+def refuse_with_batch(ctx: click.Context, batch: bool, wait: bool) -> None:
+    """Options that mean nothing for batch jobs (the service paces them), or --wait without --batch."""
+    if wait and not batch:
+        raise click.UsageError("--wait: only with --batch")
+    if batch and ctx.get_parameter_source("rpm") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--rpm: means nothing with --batch (the service paces batch jobs)")
 
 
 @cli.command()

@@ -85,6 +85,7 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
                NON_NEGATIVE),
         Option("prices", dict, DEFAULT_PRICES, "US dollars per million input and output tokens, by model."),
         Option("embed_with", str, "text-embedding", "Text encoder that turns traces into prior feature sets."),
+        Option("batch_poll", float, 60.0, "Seconds between checks of batch jobs (mer reason --batch --wait).", POSITIVE),
     ),
     "train": (
         Option("loss", str, "bdcl", "Training loss (`mer plugins` lists them); its settings go in [loss.NAME]."),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, NoReturn, Sequence
 
 from mercli.errors import ConfigError
 from mercli.vocabulary import Level, Modality
@@ -359,6 +359,93 @@ class Reasoner(Component):
         return Usage()
 
     def reason(self, request: ReasoningRequest) -> ReasoningAnswer:
+        raise NotImplementedError
+
+
+class BatchState:
+    """The states a batch job passes through, in the core's words (each reasoner maps its API's)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    LIVE = frozenset({PENDING, RUNNING})
+    ENDED = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """A submitted batch job: the service's name for it and the files uploaded for it (deleted
+    once it is collected)."""
+
+    name: str
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchPoll:
+    """Where a job stands. Once it has ``succeeded``, ``results`` holds, by clip id, an answer or
+    the :class:`ReasonerError` of that one request (a clip missing from it got no result);
+    ``message`` says why a job failed."""
+
+    state: str
+    message: str | None = None
+    results: Mapping[str, "ReasoningAnswer | ReasonerError"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What one job may hold: requests, and bytes of requests (media sent inline included); and
+    how long the service keeps a file uploaded for a job (None: forever)."""
+
+    max_requests: int
+    max_bytes: int
+    file_lifetime_s: float | None = None
+
+
+class BatchReasoner:
+    """A reasoner that also takes many requests as one asynchronous job, at a batch price.
+
+    The core (:mod:`mercli.batch_reason`) owns the rest: which clips to send and how to split them
+    into jobs within :meth:`batch_limits`, the job state in the workspace, collecting answers
+    through the same checks as online ones, and never paying twice. ``display_name`` carries the
+    core's id for the job, so that :meth:`find_batch` finds a job whose state the core could not
+    write (a kill right after submitting). Every method makes one attempt and raises a
+    :class:`ReasonerError` subclass when it fails."""
+
+    def batch_limits(self) -> BatchLimits:
+        raise NotImplementedError
+
+    def request_bytes(self, request: ReasoningRequest) -> int:
+        """About how many bytes ``request`` adds to a job (for splitting jobs within the limits)."""
+        raise NotImplementedError
+
+    def prepare_batch_request(self, request: ReasoningRequest, uploaded: Callable[[str], None]) -> Any:
+        """``request`` as a job holds it (opaque to the core); ``uploaded`` is told the name of
+        each file uploaded for it as soon as it exists. :class:`AnswerRejected`: this clip cannot
+        be sent."""
+        raise NotImplementedError
+
+    def submit_batch(self, prepared: Sequence[Any], display_name: str, uploaded: Callable[[str], None]) -> BatchJob:
+        """Create one job of prepared requests; ``uploaded`` as for :meth:`prepare_batch_request`."""
+        raise NotImplementedError
+
+    def find_batch(self, display_name: str) -> BatchJob | None:
+        """The job created under ``display_name``, or None when none was."""
+        raise NotImplementedError
+
+    def poll_batch(self, job: BatchJob) -> BatchPoll:
+        raise NotImplementedError
+
+    def cancel_batch(self, job: BatchJob) -> None:
+        raise NotImplementedError
+
+    def cleanup_batch(self, job: BatchJob | None, files: Sequence[str]) -> None:
+        """Delete ``files`` (uploaded for the job) and the job's own input and result files (no
+        job: it was never created), best effort: a file left behind expires after its service's
+        retention."""
         raise NotImplementedError
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mercli.clips import Clip, clip_id_of, discover, validate_clip_id
-from mercli.contracts import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, AnswerRejected, Check,
+from mercli.contracts import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, AnswerRejected, BatchJob,
+                              BatchLimits, BatchPoll, BatchReasoner, BatchState, Check,
                               Component, Dataset, DecodedClip, Encoder, Features, LabelRecord, Loss, Option, Range,
                               Reasoner, ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun,
                               Transcriber, Usage)
@@ -34,6 +35,7 @@ __all__ = [
     "Component", "Encoder", "Transcriber", "DecodedClip", "Features",
     "Reasoner", "ReasoningRequest", "ReasoningAnswer", "Usage",
     "ReasonerError", "RetryableError", "AnswerRejected", "StopRun",
+    "BatchReasoner", "BatchJob", "BatchPoll", "BatchLimits", "BatchState",
     "Loss", "Dataset", "LabelRecord", "FileNameDataset",
     # registration
     "hookimpl",

@@ -21,8 +21,8 @@ import mercli.prompts as prompts
 from mercli.clips import Clip, scan
 from mercli.config import Config
 from mercli.costs import Budget, Price, price_for
-from mercli.contracts import (AnswerRejected, Features, Reasoner, ReasoningRequest, RetryableError, StopRun,
-                              Usage)
+from mercli.contracts import (AnswerRejected, Features, Reasoner, ReasoningAnswer, ReasoningRequest, RetryableError,
+                              StopRun, Usage)
 from mercli.errors import ConfigError, DataError, writing
 from mercli.failures import utc_now
 from mercli.features import FeatureSet, list_feature_sets
@@ -215,6 +215,23 @@ class ReasonRun:
             raise AnswerRejected(f"answer does not match the trace schema: {summarise(problems)}")
         return trace
 
+    def keep(self, task: ClipTask, reply: ReasoningAnswer) -> Outcome:
+        """An answer that came another way (a batch job): stored as the clip's trace when it
+        passes the same checks as an online answer, else recorded as the clip's failure."""
+        self._count_call(reply.usage)
+        self.budget.settle(0.0, self.price.of(reply.usage))
+        try:
+            trace = self.trace(task, reply.answer, reply.usage)
+        except AnswerRejected as problem:
+            return self._fail(task, str(problem))
+        with writing(self.store.folder, midway=True):
+            self.store.write(task.clip.clip_id, trace)
+        return self._finish(task.clip, "done")
+
+    def reject(self, task: ClipTask, problem: str) -> Outcome:
+        """Record ``problem`` as the clip's failure."""
+        return self._fail(task, problem)
+
     def _count_call(self, usage: Usage) -> None:
         with self._lock:
             self.summary.calls += 1
@@ -352,14 +369,10 @@ def labelled_clips(config: Config, labels: Path | None, clips_dir: Path, needed:
     return {}
 
 
-def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labels: Path | None = None,
-                  label_conditioned: bool = False, retry_failed: bool = False, dry_run: bool = False,
-                  embed: bool = True) -> ReasonSummary:
-    """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
-    feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
-    from mercli.console import progress, stderr
-    from mercli.priors import embed_traces
-
+def open_run(config: Config, workspace: Workspace, clips_dir: Path, labels: Path | None, label_conditioned: bool,
+             retry_failed: bool, batch: bool = False) -> tuple[ReasonRun, list[ClipTask]]:
+    """The run of ``mer reason`` (online, or with ``batch`` priced as a batch job) and its plan:
+    the clips to ask; the summary already counts the cached and the failed ones."""
     table = config.table("reason")
     reasoner: Reasoner = plugins.build("reasoners", table["reasoner"], config)
     source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(prompts.PROMPT_VERSION),
@@ -369,24 +382,47 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
     found = scan(clips_dir)
     clips = found.clips
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
-    price = price_for(reasoner, table["prices"])
+    price = price_for(reasoner, table["prices"], batch=batch)
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
                     Budget(table["max_cost"] or None), label_conditioned)  # 0: no limit
     tasks, cached, failed = run.plan(clips, retry_failed)
     run.summary.clips, run.summary.cached = len(clips) + len(found.refused), cached
     run.summary.failed = [entry.to_json() for entry in found.refused] + failed  # refused: counted as failed
+    return run, tasks
+
+
+def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labels: Path | None = None,
+                  label_conditioned: bool = False, retry_failed: bool = False, dry_run: bool = False,
+                  embed: bool = True) -> ReasonSummary:
+    """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
+    feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
+    from mercli.console import progress, stderr
+
+    run, tasks = open_run(config, workspace, clips_dir, labels, label_conditioned, retry_failed)
     if dry_run:
         return estimate(run, tasks)
-    with progress(len(tasks), f"reason ({reasoner.name})") as advance:
+    with progress(len(tasks), f"reason ({run.reasoner.name})") as advance:
         run.observe = lambda clip, outcome: advance()
         run.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
         run.run(tasks)
-    if embed and store.clip_ids():
-        with progress(len(store.clip_ids()), "embed priors") as advance:
-            prior_sets = embed_traces(config, workspace.features, store, refresh=run.summary.done, advance=advance)
-        run.summary.priors = [{"name": s.name, "modality": s.manifest.modality, "dim": s.manifest.dim,
-                               "path": str(s.path)} for s in prior_sets]
+    if embed:
+        embed_priors(config, workspace, run)
     return run.summary
+
+
+def embed_priors(config: Config, workspace: Workspace, run: ReasonRun) -> None:
+    """Turn the store's traces into prior feature sets (those of clips answered in this run made
+    again), when it holds any."""
+    from mercli.console import progress
+    from mercli.priors import embed_traces
+
+    store = run.store
+    if not store.clip_ids():
+        return
+    with progress(len(store.clip_ids()), "embed priors") as advance:
+        prior_sets = embed_traces(config, workspace.features, store, refresh=run.summary.done, advance=advance)
+    run.summary.priors = [{"name": s.name, "modality": s.manifest.modality, "dim": s.manifest.dim,
+                           "path": str(s.path)} for s in prior_sets]
 
 
 def estimate(run: ReasonRun, tasks: Sequence[ClipTask]) -> ReasonSummary:

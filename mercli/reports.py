@@ -123,7 +123,21 @@ def reason_table(summary: "ReasonSummary") -> Table:
                   f"{usage.output_tokens:,} output tokens, {estimated}cost {summary.cost_usd:.4f} USD")
     for prior in summary.priors:
         table.add_row("prior set", "", f"{prior['path']} ({prior['modality']}, dim {prior['dim']})")
+    batch_rows(table, summary)
     return table
+
+
+def batch_rows(table: Table, summary: "ReasonSummary") -> None:
+    """The jobs of ``mer reason --batch``: submitted, still pending, collected, clips returned."""
+    if summary.dry_run and hasattr(summary, "jobs_planned"):
+        table.add_row("batch jobs", str(summary.jobs_planned), f"online price {summary.cost_online_usd:.4f} USD, "
+                      f"batch price {summary.cost_usd:.4f} USD")
+    for kind in ("submitted", "pending", "collected"):
+        for job in getattr(summary, kind, []):
+            detail = ", ".join(f"{k} {v}" for k, v in job.items() if k != "job" and v is not None)
+            table.add_row(f"job {kind}", "", escape(f"{job['job']}: {detail}"))
+    if getattr(summary, "returned", None):
+        add_grouped(table, "to do again", summary.returned, "yellow")
 
 
 def predictions_table(predictions: "list[Prediction]", run: str) -> Table:

@@ -27,6 +27,11 @@ Clips travel as their own bytes: inline up to ``inline_limit_mb``, else through 
 Containers Gemini does not accept (.mkv, .m4a, .opus, ...) are first converted with the ffmpeg
 binary into a temporary H.264/AAC .mp4 (video) or a 16 kHz mono .wav (audio; Gemini downsamples
 audio to 16 kHz anyway).
+
+``media_resolution`` (sent in the generation config) and ``fps`` (sent as the video part's
+metadata) trade detail for tokens; :meth:`GeminiReasoner.estimate_usage` follows them. The same
+requests also go as batch jobs (:class:`BatchReasoner`, through :mod:`.gemini_batch`) for
+``mer reason --batch``.
 """
 
 from __future__ import annotations
@@ -44,11 +49,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from mercli.plugin_api import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, Check, DataError, Option, Range,
-                               Reasoner, ReasonerError, ReasoningAnswer, ReasoningRequest, RetryableError, StopRun,
-                               Usage, hookimpl, one_line, probe)
+from mercli.plugin_api import (AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, AnswerRejected, BatchJob, BatchLimits, BatchPoll,
+                               BatchReasoner, Check, DataError, Option, Range, Reasoner, ReasonerError, ReasoningAnswer,
+                               ReasoningRequest, RetryableError, StopRun, Usage, hookimpl, one_line, probe)
+from mer_plugins.reasoners import gemini_batch
 
 if TYPE_CHECKING:
     from google import genai
@@ -69,12 +75,21 @@ AUDIO_MIME_TYPES = {
     ".aac": "audio/aac", ".ogg": "audio/ogg", ".flac": "audio/flac",
 }
 
-#: Gemini's documented token rates: video frames are sampled at 1 fps and cost 263 tokens per
-#: second at the default media resolution; the audio track adds 32 tokens per second (about 300
-#: per second of video with sound). Text is about 4 characters per token.
-VIDEO_TOKENS_PER_SECOND = 263
+#: Tokens per video frame at each media resolution, for Gemini 2.5 models: the Gemini API docs
+#: (video understanding: "258 tokens per frame" at the default resolution, "66 tokens per frame" at
+#: low, so "about 300 tokens per second" of video with sound at 1 fps, "about 100" at low; media
+#: resolution: medium and high both cap a frame at 256 tokens, high only reframes it; the SDK's
+#: ``types.MediaResolution`` says the same: low 64, medium 256, high 256). Unset is the model's
+#: default, medium. The audio track adds 32 tokens per second whatever the resolution, and frames
+#: are sampled at 1 fps unless ``fps`` says otherwise. Text is about 4 characters per token.
+FRAME_TOKENS = {"low": 66, "medium": 258, "high": 258}
+DEFAULT_RESOLUTION = "medium"
+DEFAULT_FPS = 1.0
+VIDEO_TOKENS_PER_SECOND = FRAME_TOKENS[DEFAULT_RESOLUTION] * DEFAULT_FPS  # at the defaults
 AUDIO_TOKENS_PER_SECOND = 32
 CHARS_PER_TOKEN = 4
+#: The frame rates Gemini accepts in video metadata (Gemini API docs, video understanding: (0, 24]).
+FPS_RANGE = Range(0, 24, low_open=True)
 #: A trace answer is a few hundred tokens; thinking tokens come on top and vary by model.
 ANSWER_TOKENS_ESTIMATE = 600
 
@@ -88,7 +103,7 @@ _MESSAGE_CHARS = 200
 _DAILY = re.compile(r"per ?day|daily", re.IGNORECASE)
 
 
-class GeminiReasoner(Reasoner):
+class GeminiReasoner(Reasoner, BatchReasoner):
     name = "gemini"
     version = "1"
     description = "Google Gemini (google-genai SDK) watches and hears each clip and writes its trace."
@@ -104,7 +119,26 @@ class GeminiReasoner(Reasoner):
         Option("poll_interval", float, 2.0, "Seconds between checks of an uploaded file's processing state.", POSITIVE),
         Option("max_output_tokens", int, None, "Cap on answer plus thinking tokens; unset: the model's own limit.",
                AT_LEAST_ONE),
+        Option("media_resolution", str, None, "Tokens per video frame: low (66), medium (258) or high (258, "
+               "reframed); unset: the model's default (medium).", choices=tuple(FRAME_TOKENS)),
+        Option("fps", float, None, "Video frames Gemini samples per second (sent as video metadata); unset: 1.",
+               FPS_RANGE),
+        Option("batch_inline_mb", float, gemini_batch.INLINE_JOB_BYTES / 1e6, "Batch jobs whose requests total up to "
+               "this many MB travel inside the create call; larger ones as an uploaded JSONL file.",
+               Range(0, gemini_batch.INLINE_JOB_BYTES / 1e6)),
+        Option("batch_max_requests", int, 5000, "Most clips in one batch job (mer reason --batch): smaller jobs "
+               "finish sooner, so their uploaded files stay well inside their 48 hours.", AT_LEAST_ONE),
     )
+
+    def batch_limits(self) -> BatchLimits:
+        return BatchLimits(self.settings["batch_max_requests"], gemini_batch.MAX_INPUT_FILE_BYTES,
+                           gemini_batch.FILE_LIFETIME_HOURS * 3600.0)
+
+    def tokens_per_second(self, has_video: bool, has_audio: bool) -> float:
+        """Input tokens per second of clip at this reasoner's media resolution and frame rate."""
+        resolution = self.settings["media_resolution"] or DEFAULT_RESOLUTION
+        video = FRAME_TOKENS[resolution] * (self.settings["fps"] or DEFAULT_FPS) if has_video else 0.0
+        return video + (AUDIO_TOKENS_PER_SECOND if has_audio else 0)
 
     @property
     def timeout(self) -> float:
@@ -120,20 +154,27 @@ class GeminiReasoner(Reasoner):
         length; output tokens a fixed estimate of one answer. Raises DataError for a clip that
         cannot be opened."""
         info = probe(request.path)
-        per_second = (VIDEO_TOKENS_PER_SECOND if info.has_video else 0) + (AUDIO_TOKENS_PER_SECOND if info.has_audio else 0)
+        per_second = self.tokens_per_second(info.has_video, info.has_audio)
         prompt = -(-len(request.prompt) // CHARS_PER_TOKEN)
         return Usage(input_tokens=round(info.duration * per_second) + prompt, output_tokens=ANSWER_TOKENS_ESTIMATE)
 
     def reason(self, request: ReasoningRequest) -> ReasoningAnswer:
         """One generateContent call on the clip and the prompt; see the module notes for what each
         failure raises."""
+        with self._calling(), _sendable(request.path) as (path, mime_type), \
+                self._media_part(path, mime_type, request.clip_id) as part:
+            response = self.client.models.generate_content(
+                model=self.model, contents=[part, request.prompt], config=self._generation_config(request))
+        return _answer(response)
+
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """Any call of the API: its failures as the contract's error kinds."""
         from google.genai import errors
 
         timeouts, transport_failures = _network_errors()
         try:
-            with _sendable(request.path) as (path, mime_type), self._media_part(path, mime_type, request.clip_id) as part:
-                response = self.client.models.generate_content(
-                    model=self.model, contents=[part, request.prompt], config=self._generation_config(request))
+            yield
         except errors.APIError as error:
             raise _api_failure(error, self.model) from None
         except timeouts:
@@ -142,7 +183,72 @@ class GeminiReasoner(Reasoner):
             raise RetryableError(f"cannot reach Gemini: {type(error).__name__}: {_one_line(str(error))}") from None
         except (errors.UnknownApiResponseError, json.JSONDecodeError):  # the SDK parsing a 200 body
             raise RetryableError("Gemini's response was not JSON (a proxy error page?)") from None
-        return _answer(response)
+
+    # -- batch mode (mercli.batch_reason drives it) --
+
+    def request_bytes(self, request: ReasoningRequest) -> int:
+        """The clip as base64 when it travels inline, plus the prompt and schema."""
+        size = request.path.stat().st_size if request.path.is_file() else 0
+        media = 4 * -(-size // 3) if size <= self._inline_bytes else 200
+        return media + len(request.prompt) + len(json.dumps(request.answer_schema)) + 512
+
+    def prepare_batch_request(self, request: ReasoningRequest, uploaded: Callable[[str], None]) -> "types.InlinedRequest":
+        """The request as a job holds it; a clip too large to travel inline is uploaded first (and
+        kept until the job is collected)."""
+        from google.genai import types
+
+        with self._calling(), _sendable(request.path) as (path, mime_type):
+            data = self._clip_bytes(path)
+            if data is not None:
+                part = self._clip_part(mime_type, data=data)
+            else:
+                file = self._upload(path, mime_type, request.clip_id)
+                uploaded(str(file.name))
+                part = self._clip_part(mime_type, uri=self._wait_until_active(file).uri)
+        contents = [types.Content(role="user", parts=[part, types.Part(text=request.prompt)])]
+        return types.InlinedRequest(contents=contents, config=self._generation_config(request),
+                                    metadata={gemini_batch.KEY: request.clip_id})
+
+    def submit_batch(self, prepared: Sequence[Any], display_name: str, uploaded: Callable[[str], None]) -> BatchJob:
+        with self._calling():
+            return gemini_batch.submit(self.client, self.model, prepared, display_name, uploaded,
+                                       inline_bytes=float(self.settings["batch_inline_mb"]) * 1e6)
+
+    def find_batch(self, display_name: str) -> BatchJob | None:
+        with self._calling():
+            return gemini_batch.find(self.client, display_name)
+
+    def poll_batch(self, job: BatchJob) -> BatchPoll:
+        with self._calling():
+            state, message, raw = gemini_batch.poll(self.client, job)
+        return BatchPoll(state, message, {key: self._result(found) for key, found in raw.items()})
+
+    def _result(self, found: "types.GenerateContentResponse | errors.APIError") -> ReasoningAnswer | ReasonerError:
+        """One request's result: its answer read as an online answer is, or its error's kind."""
+        from google.genai import errors
+
+        if isinstance(found, errors.APIError):
+            return _api_failure(found, self.model)
+        try:
+            return _answer(found)
+        except ReasonerError as problem:
+            return problem
+
+    def cancel_batch(self, job: BatchJob) -> None:
+        with self._calling():
+            self.client.batches.cancel(name=job.name)
+
+    def cleanup_batch(self, job: BatchJob | None, files: Sequence[str]) -> None:
+        results = None
+        if job is not None:
+            try:
+                with self._calling():
+                    results = gemini_batch.result_file(self.client, job)
+            except ReasonerError:
+                pass
+        own = [*job.files, *([results] if results else [])] if job is not None else []
+        for name in dict.fromkeys([*files, *own]):
+            self._delete(name)
 
     @functools.cached_property
     def client(self) -> "genai.Client":
@@ -159,36 +265,57 @@ class GeminiReasoner(Reasoner):
     def _generation_config(self, request: ReasoningRequest) -> "types.GenerateContentConfig":
         from google.genai import types
 
+        resolution = self.settings["media_resolution"]
         return types.GenerateContentConfig(
             response_mime_type="application/json",
             response_json_schema=request.answer_schema,
             temperature=float(self.settings["temperature"]),
             max_output_tokens=self.settings["max_output_tokens"],
+            media_resolution=types.MediaResolution(f"MEDIA_RESOLUTION_{resolution.upper()}") if resolution else None,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
+
+    @property
+    def _inline_bytes(self) -> float:
+        return float(self.settings["inline_limit_mb"]) * 2**20
+
+    def _clip_bytes(self, path: Path) -> bytes | None:
+        """The clip's bytes when it is small enough to travel inline, else None."""
+        try:
+            return path.read_bytes() if path.stat().st_size <= self._inline_bytes else None
+        except OSError as error:
+            raise AnswerRejected(f"{path}: cannot read the clip ({error.strerror or error})") from None
+
+    def _clip_part(self, mime_type: str, *, data: bytes | None = None, uri: str | None = None) -> "types.Part":
+        """The clip as a request part, inline or by file URI, with the frame rate for a video."""
+        from google.genai import types
+
+        fps = self.settings["fps"]
+        metadata = types.VideoMetadata(fps=fps) if fps is not None and mime_type.startswith("video/") else None
+        if data is not None:
+            return types.Part(inline_data=types.Blob(data=data, mime_type=mime_type), video_metadata=metadata)
+        return types.Part(file_data=types.FileData(file_uri=uri, mime_type=mime_type), video_metadata=metadata)
+
+    def _upload(self, path: Path, mime_type: str, clip_id: str) -> "types.File":
+        from google.genai import types
+
+        try:
+            return self.client.files.upload(
+                file=path, config=types.UploadFileConfig(mime_type=mime_type, display_name=clip_id))
+        except (ValueError, KeyError) as error:  # the SDK's own "upload not finalized" checks
+            raise RetryableError(f"upload of {path.name} did not complete: {_one_line(str(error))}") from None
 
     @contextmanager
     def _media_part(self, path: Path, mime_type: str, clip_id: str) -> Iterator["types.Part"]:
         """The clip as a request part: its bytes inline when small, else a Files API upload that
         is deleted once the call is over."""
-        from google.genai import types
-
-        try:
-            inline = path.stat().st_size <= float(self.settings["inline_limit_mb"]) * 2**20
-            data = path.read_bytes() if inline else None
-        except OSError as error:
-            raise AnswerRejected(f"{path}: cannot read the clip ({error.strerror or error})") from None
+        data = self._clip_bytes(path)
         if data is not None:
-            yield types.Part.from_bytes(data=data, mime_type=mime_type)
+            yield self._clip_part(mime_type, data=data)
             return
+        uploaded = self._upload(path, mime_type, clip_id)
         try:
-            uploaded = self.client.files.upload(
-                file=path, config=types.UploadFileConfig(mime_type=mime_type, display_name=clip_id))
-        except (ValueError, KeyError) as error:  # the SDK's own "upload not finalized" checks
-            raise RetryableError(f"upload of {path.name} did not complete: {_one_line(str(error))}") from None
-        try:
-            active = self._wait_until_active(uploaded)
-            yield types.Part.from_uri(file_uri=active.uri, mime_type=mime_type)
+            yield self._clip_part(mime_type, uri=self._wait_until_active(uploaded).uri)
         finally:
             self._delete(uploaded.name)
 

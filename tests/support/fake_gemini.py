@@ -3,7 +3,9 @@
 
 It serves, on 127.0.0.1 and a free port, what the SDK calls for one clip: ``generateContent``,
 the Files API resumable upload (start, then upload/finalize), file state polls and deletes, under
-any API version (``v1``, ``v1beta``). Point the SDK at it with ``GOOGLE_GEMINI_BASE_URL``::
+any API version (``v1``, ``v1beta``), and the Batch API: ``batchGenerateContent`` (requests inline
+or from an uploaded JSONL file), batch get, list, cancel and delete, and the download of a job's
+result file. Point the SDK at it with ``GOOGLE_GEMINI_BASE_URL``::
 
     with FakeGemini(latency=0.3) as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
@@ -16,6 +18,13 @@ any API version (``v1``, ``v1beta``). Point the SDK at it with ``GOOGLE_GEMINI_B
 and body. An uploaded file reports ``PROCESSING`` on upload and on the next ``processing_polls``
 polls, then ``file_outcome`` (``ACTIVE`` or ``FAILED``); with ``processing_polls=0`` the upload
 itself reports the outcome.
+
+A batch job is ``BATCH_STATE_PENDING`` for the first half of ``job_latency`` seconds after its
+creation, ``BATCH_STATE_RUNNING`` for the second, then ``job_outcome`` (``SUCCEEDED``, ``FAILED``
+or ``EXPIRED``; :meth:`FakeGemini.end_job` sets one job's). A cancelled job is ``CANCELLED`` at
+once. When a job succeeds, each of its requests takes a reply from the same script as
+``generateContent`` (a 200 becomes its response, anything else its error), so a test scripts
+which requests fail; a request that names an uploaded file that is gone fails with 400.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import base64
 import itertools
 import json
 import re
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -35,7 +45,12 @@ MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 _VERSION = r"(?P<version>v\d+\w*)"
 _GENERATE = re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):generateContent$")
 _UPLOAD = re.compile(rf"^/upload/{_VERSION}/files$")
-_FILE = re.compile(rf"^/{_VERSION}/files/(?P<id>[^/]+)$")
+_FILE = re.compile(rf"^/{_VERSION}/files/(?P<id>[^/:]+)$")
+_DOWNLOAD = re.compile(rf"^/(?:download/)?{_VERSION}/files/(?P<id>[^/:]+):download$")
+_BATCH_CREATE = re.compile(rf"^/{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent$")
+_BATCHES = re.compile(rf"^/{_VERSION}/batches$")
+_BATCH = re.compile(rf"^/{_VERSION}/batches/(?P<id>[^/:]+)(?P<cancel>:cancel)?$")
+JOB_OUTCOMES = ("SUCCEEDED", "FAILED", "EXPIRED")
 
 
 class GeminiRequest(Recorded):
@@ -173,14 +188,31 @@ class FakeGemini(FakeServer):
 
     request_type = GeminiRequest
 
-    def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE") -> None:
+    def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE",
+                 job_latency: float = 0.0, job_outcome: str = "SUCCEEDED") -> None:
         if file_outcome not in ("ACTIVE", "FAILED"):
             raise ValueError(f"file_outcome must be ACTIVE or FAILED, not {file_outcome!r}")
+        if job_outcome not in JOB_OUTCOMES:
+            raise ValueError(f"job_outcome must be one of {JOB_OUTCOMES}, not {job_outcome!r}")
         super().__init__(latency, default=answer(sample_answer()))
         self.processing_polls = processing_polls
         self.file_outcome = file_outcome
+        self.job_latency = job_latency
+        self.job_outcome = job_outcome
         self.files: dict[str, dict[str, Any]] = {}  # "files/<id>" -> the File resource, plus its data
+        self.jobs: dict[str, dict[str, Any]] = {}  # "batches/<id>" -> the job, its requests and results
         self._ids = itertools.count(1)
+
+    def end_job(self, name: str, outcome: str) -> None:
+        """End job ``name`` now with ``outcome`` (SUCCEEDED, FAILED, EXPIRED)."""
+        with self.lock:
+            self.jobs[name]["outcome"] = outcome
+            self.jobs[name]["created"] -= self.job_latency + 1
+
+    def live_files(self) -> list[str]:
+        """Names of the uploaded files not deleted."""
+        with self.lock:
+            return [name for name, record in self.files.items() if not record.get("deleted")]
 
     def generate_requests(self) -> list[GeminiRequest]:
         return [r for r in self.requests if _GENERATE.match(urlsplit(r.path).path)]
@@ -199,7 +231,114 @@ class FakeGemini(FakeServer):
         if method in ("GET", "DELETE") and (match := _FILE.match(url.path)):
             name = f"files/{match['id']}"
             return self._file_state(name) if method == "GET" else self._delete(name)
+        if method == "GET" and (match := _DOWNLOAD.match(url.path)):
+            return self._download(f"files/{match['id']}")
+        if method == "POST" and (match := _BATCH_CREATE.match(url.path)):
+            return self._create_job(match["model"], json.loads(body or b"{}"))
+        if method == "GET" and _BATCHES.match(url.path):
+            return self._list_jobs()
+        if (match := _BATCH.match(url.path)) and (method, bool(match["cancel"])) in (
+                ("GET", False), ("DELETE", False), ("POST", True)):
+            return self._job_call(method, f"batches/{match['id']}", bool(match["cancel"]))
         return api_error(404, "NOT_FOUND", f"fake Gemini has no {method} {url.path}")
+
+    # -- the Batch API --
+
+    def _create_job(self, model: str, body: Mapping[str, Any]) -> Reply:
+        batch = body.get("batch", {})
+        source = _field(batch, "inputConfig") or {}
+        with self.lock:
+            self.calls["batch_create"] += 1
+            if (file_name := _field(source, "fileName")) is not None:
+                record = self.files.get(file_name)
+                if record is None or record.get("deleted"):
+                    return _no_file(file_name)
+                lines = [json.loads(line) for line in record["data"].decode().splitlines() if line.strip()]
+                requests = [(str(line["key"]), line["request"]) for line in lines]
+            else:
+                inline = (_field(source, "requests") or {}).get("requests", [])
+                requests = [(str((r.get("metadata") or {}).get("key")), r["request"]) for r in inline]
+            name = f"batches/fake{next(self._ids)}"
+            self.jobs[name] = {"name": name, "displayName": _field(batch, "displayName") or "", "model": f"models/{model}",
+                               "created": time.monotonic(), "outcome": self.job_outcome, "requests": requests,
+                               "inline": file_name is None, "output": None}
+            return Reply(body=self._job_resource(self.jobs[name]))
+
+    def _list_jobs(self) -> Reply:
+        with self.lock:
+            self.calls["batch_list"] += 1
+            return Reply(body={"operations": [self._job_resource(job) for job in self.jobs.values()
+                                              if not job.get("deleted")]})
+
+    def _job_call(self, method: str, name: str, cancel: bool) -> Reply:
+        kind = "batch_cancel" if cancel else "batch_get" if method == "GET" else "batch_delete"
+        with self.lock:
+            self.calls[kind] += 1
+            job = self.jobs.get(name)
+            if job is None or job.get("deleted"):
+                return api_error(404, "NOT_FOUND", f"Batch {name} does not exist")
+            if cancel:
+                job["outcome"], job["cancelled"] = "CANCELLED", True
+            elif method == "DELETE":
+                job["deleted"] = True
+                return Reply(body={})
+            return Reply(body=self._job_resource(job) if not cancel else {})
+
+    def _state(self, job: dict[str, Any]) -> str:
+        """The job's state now; the caller holds the lock."""
+        elapsed = time.monotonic() - job["created"]
+        if job.get("cancelled"):
+            return "CANCELLED"
+        if elapsed < self.job_latency / 2:
+            return "PENDING"
+        if elapsed < self.job_latency:
+            return "RUNNING"
+        return job["outcome"]
+
+    def _job_resource(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The job as the API sends it: an operation whose metadata is the batch. The caller holds
+        the lock."""
+        state = self._state(job)
+        metadata: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "name": job["name"], "displayName": job["displayName"], "model": job["model"],
+            "state": f"BATCH_STATE_{state}", "createTime": "2026-01-01T00:00:00Z"}
+        if state == "SUCCEEDED":
+            metadata["output"] = job["output"] = job["output"] or self._run_job(job)
+        return {"name": job["name"], "metadata": metadata, "done": state not in ("PENDING", "RUNNING")}
+
+    def _run_job(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Answer every request of a job that has just succeeded; the caller holds the lock."""
+        results = [(key, self._batch_result(request)) for key, request in job["requests"]]
+        if job["inline"]:
+            return {"inlinedResponses": {"inlinedResponses": [
+                {**result, "metadata": {"key": key}} for key, result in results]}}
+        name = f"files/fakeresult{next(self._ids)}"
+        data = "".join(json.dumps({"key": key, **result}) + "\n" for key, result in results).encode()
+        self.files[name] = {"name": name, "displayName": f"results of {job['name']}", "mimeType": "application/jsonl",
+                            "sizeBytes": str(len(data)), "state": "ACTIVE", "source": "GENERATED",
+                            "uri": f"https://generativelanguage.googleapis.com/v1beta/{name}",
+                            "downloadUri": f"https://generativelanguage.googleapis.com/download/v1beta/{name}:download?alt=media",
+                            "upload_id": None, "data": data, "polls": 0}
+        return {"responsesFile": name}
+
+    def _batch_result(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        """``{"response": ...}`` or ``{"error": ...}`` for one request; the caller holds the lock."""
+        for part in GeminiRequest("POST", "", {}, json.dumps(request).encode()).parts():
+            name = "files/" + str(part.uri).rsplit("/files/", 1)[-1]
+            if part.kind == "file" and (name not in self.files or self.files[name].get("deleted")):
+                return {"error": {"code": 3, "message": f"File {name} does not exist", "status": "INVALID_ARGUMENT"}}
+        reply = self.next_reply("batch_request", wait=False)
+        if reply.status == 200:
+            return {"response": reply.body}
+        return {"error": (reply.body or {}).get("error", {"code": reply.status, "message": "failed"})}
+
+    def _download(self, name: str) -> Reply:
+        with self.lock:
+            record = self._live_file("file_download", name)
+            if record is None:
+                return _no_file(name)
+            return Reply(body=record["data"].decode())
 
     def _generate(self, model: str, request: GeminiRequest) -> Reply:
         with self.lock:

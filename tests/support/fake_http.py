@@ -18,9 +18,10 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, ClassVar, Iterator, Mapping, TypeVar
 
 _Fake = TypeVar("_Fake", bound="FakeServer")  # typing.Self needs Python 3.11; the project supports 3.10
 
@@ -117,13 +118,14 @@ class FakeServer(ABC):
     def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """The fake's answer to one request (``headers`` keys are lower case)."""
 
-    def next_reply(self, kind: str) -> Reply:
+    def next_reply(self, kind: str, wait: bool = True) -> Reply:
         """Count a call of ``kind`` and take its reply from the script (``default`` once the script
-        is used up), after the server's latency."""
-        with self.lock:
+        is used up), after the server's latency unless ``wait`` is off (the caller holds the lock)."""
+        with self.lock if wait else _held():
             self.calls[kind] += 1
             reply = self._script.popleft() if self._script else self.default
-        self.pause(self.latency)
+        if wait:
+            self.pause(self.latency)
         return reply
 
     def pause(self, seconds: float) -> None:
@@ -141,6 +143,12 @@ class FakeServer(ABC):
         except Exception as error:
             message = f"{type(self).__name__} crashed: {type(error).__name__}: {error}"
             return Reply(status=500, body={"error": {"code": 500, "message": message, "status": "INTERNAL"}})
+
+
+@contextmanager
+def _held() -> Iterator[None]:
+    """The lock a caller already holds."""
+    yield
 
 
 class _QuietServer(ThreadingHTTPServer):
