@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from support.answers import with_scores
 from support.fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -84,15 +85,15 @@ def _field(message: Mapping[str, Any], name: str) -> Any:
 
 
 def sample_answer(classes: Sequence[str] = MER2024_CLASSES, emotion: str | None = None) -> dict[str, Any]:
-    """An answer that satisfies ``mercli.trace_model.answer_schema(classes)``."""
+    """An answer that satisfies ``mercli.trace_model.answer_schema(classes)`` (class scores included)."""
     emotion = emotion or classes[0]
     modality = {"cues": ["steady gaze", "even tone"], "emotion": emotion, "confidence": 0.7, "absent": None}
-    return {
+    return with_scores({
         "visual": dict(modality),
         "acoustic": dict(modality),
         "textual": {"cues": [], "emotion": None, "confidence": None, "absent": "no speech"},
         "overall": {"emotion": emotion, "confidence": 0.7, "summary": "Face and voice agree."},
-    }
+    }, classes)
 
 
 def answer_text(text: str, *, finish_reason: str = "STOP", prompt_tokens: int = 1200,
