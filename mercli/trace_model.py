@@ -206,8 +206,9 @@ def _plain(node: Any, definitions: dict[str, Any]) -> Any:
         return [_plain(item, definitions) for item in node]
     if not isinstance(node, dict):
         return node
-    if "$ref" in node:
-        return _plain(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+    if "$ref" in node:  # keys beside a reference (a field's description) stay
+        siblings = {key: value for key, value in node.items() if key != "$ref"}
+        return _plain({**definitions[node["$ref"].rsplit("/", 1)[-1]], **siblings}, definitions)
     return {key: _plain(value, definitions) for key, value in node.items()
             if key not in ("title", "default", "$defs")}
 

@@ -160,10 +160,10 @@ def key_invalid() -> Reply:
     }])
 
 
-def stalled(seconds: float) -> Reply:
+def stalled(seconds: float, classes: Sequence[str] = MER2024_CLASSES) -> Reply:
     """A valid answer sent only after ``seconds``: longer than a client timeout, it makes the
     client give up."""
-    return replace(answer(sample_answer()), delay=seconds)
+    return replace(answer(sample_answer(classes)), delay=seconds)
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -174,10 +174,11 @@ class FakeGemini(FakeServer):
 
     request_type = GeminiRequest
 
-    def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE") -> None:
+    def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE",
+                 classes: Sequence[str] = MER2024_CLASSES) -> None:
         if file_outcome not in ("ACTIVE", "FAILED"):
             raise ValueError(f"file_outcome must be ACTIVE or FAILED, not {file_outcome!r}")
-        super().__init__(latency, default=answer(sample_answer()))
+        super().__init__(latency, default=answer(sample_answer(classes)))
         self.processing_polls = processing_polls
         self.file_outcome = file_outcome
         self.files: dict[str, dict[str, Any]] = {}  # "files/<id>" -> the File resource, plus its data
