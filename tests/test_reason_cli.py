@@ -95,6 +95,21 @@ def test_local_reasoning_writes_valid_traces_and_prior_feature_sets(extracted, w
     assert again["cached"] == 4 and again["done"] == 0 and again["calls"] == 0
 
 
+def test_version_1_traces_are_not_asked_again_until_version_2_is_named(extracted, workspace):
+    """``reason.prompt_version = auto`` keeps the version the workspace's traces answered; naming
+    version 2 asks again, with class scores, and only then do numeric prior sets appear."""
+    clips, _ = extracted
+    first = summary_of(mer(workspace, "-s", "reason.prompt_version=mer-trace-v1", "reason", str(clips), "--json"))
+    assert first["source"]["prompt_version"] == "rules-1" and first["done"] == 4
+    assert not any(p["name"].startswith("prior-scores-") for p in first["priors"]) and len(first["priors"]) == 4
+    kept = summary_of(mer(workspace, "reason", str(clips), "--json"))
+    assert kept["source"]["prompt_version"] == "rules-1" and kept["cached"] == 4 and kept["done"] == 0
+    scored = summary_of(mer(workspace, "-s", "reason.prompt_version=mer-trace-v2", "reason", str(clips), "--json"))
+    assert scored["source"]["prompt_version"] == "rules-1-mer-trace-v2" and scored["done"] == 4
+    assert sum(p["name"].startswith("prior-scores-") for p in scored["priors"]) == 4
+    assert len(list((workspace / "reasoning" / "local" / "evidence-rules" / "rules-1").glob("*.trace.json"))) == 4
+
+
 def test_reasoning_before_extraction_fails_each_clip_with_a_hint(extracted, tmp_path):
     clips, _ = extracted
     outcome = mer(tmp_path / "empty", "reason", str(clips), "--json")
