@@ -4,27 +4,32 @@ prior set that the network injects like the embedded ones; version-1 traces stay
 
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mer_plugins.reasoners.local import LocalReasoner
 from mercli import prompts
+from mercli.clips import discover
 from mercli.config import load
+from mercli.costs import Budget, Price
 from mercli.errors import ConfigError
 from mercli.features import FeatureSet, list_feature_sets
-from mercli.priors import NO_SCORES, is_scores_prior, prior_manifests, score_manifests, trace_scores
+from mercli.priors import NO_SCORES, is_scores_prior, score_manifests, trace_scores
 from mercli.reason import ClipInputs, Pacing, ReasonRun
-from mercli.costs import Budget, Price
-from mercli.clips import discover
 from mercli.trace_model import SCORE_SUM_TOLERANCE, answer_schema, trace_problems
 from mercli.traces import TraceSource, TraceStore
 from mercli.trainset import input_spec
 from mercli.vocabulary import TRACE_PARTS, is_prior, scores_prior_encoder
 from mercli.workspace import Workspace
 from support.answers import scores_for, with_scores
+from support.training import CLASSES as SYN_CLASSES, config, write_workspace
+from test_reason import CLASSES as REASON_CLASSES, Scripted, answer as scripted_answer
+from test_reasoner_local import (CLASSES as LOCAL_CLASSES, NO_FACE, QUIET_FLAT, answer as local_reasoning, egemaps,
+                                 fer, full_trace, request)
 
 CLASSES = ["neutral", "angry", "happy"]
 SOURCE = TraceSource("gemini", "gemini-2.5-flash", "mer-trace-v2")
@@ -156,16 +161,13 @@ def test_an_unknown_prompt_version_is_a_configuration_error():
 
 
 def test_a_version_1_run_sends_the_version_1_prompt_and_schema_and_stores_version_1_traces(tmp_path):
-    from test_reason import Scripted, answer
-
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "c0.mp4").write_bytes(b"clip")
     workspace = Workspace(tmp_path / "ws")
-    reasoner = Scripted({"c0": [answer(scores=False)]})
+    reasoner = Scripted({"c0": [scripted_answer(scores=False)]})
     source = TraceSource(reasoner.name, reasoner.model, "mer-trace-v1")
     store = TraceStore.open(workspace.reasoning, source)
-    from test_reason import CLASSES as REASON_CLASSES
     run = ReasonRun(reasoner, store, ClipInputs(workspace, {}), REASON_CLASSES, Pacing(1, 0, 0, 0.01, 0.05),
                     Price(0, 0), Budget(None), False, "mer-trace-v1")
     tasks, _, _ = run.plan(discover(clips), False)
@@ -245,19 +247,14 @@ def test_mer_reason_writes_numeric_sets_for_a_scored_source_and_none_for_a_versi
 
 
 def local_answer(scored: bool) -> dict:
-    from test_reasoner_local import CLASSES as LOCAL_CLASSES, QUIET_FLAT, egemaps, fer, request
-
-    from mer_plugins.reasoners.local import LocalReasoner
-
-    base = request({"fer-expression": fer(happy=0.6), "egemaps": egemaps(**QUIET_FLAT)}, "I am so happy")
-    asked = base if scored else type(base)(**{**base.__dict__, "answer_schema": answer_schema(LOCAL_CLASSES, scores=False)})
+    """The local reasoner on a happy face, a quiet flat voice and happy words."""
+    asked = request({"fer-expression": fer(happy=0.6), "egemaps": egemaps(**QUIET_FLAT)}, "I am so happy")
+    if not scored:
+        asked = replace(asked, answer_schema=answer_schema(LOCAL_CLASSES, scores=False))
     return LocalReasoner().reason(asked).answer
 
 
 def test_the_local_reasoner_gives_a_distribution_per_modality_whose_top_is_its_emotion():
-    from mer_plugins.reasoners.local import SCORE_PRIOR
-    from test_reasoner_local import CLASSES as LOCAL_CLASSES, full_trace
-
     answer = local_answer(scored=True)
     assert trace_problems(full_trace(answer), LOCAL_CLASSES, scores=True) == []
     for part in ("visual", "acoustic", "textual"):
@@ -265,8 +262,7 @@ def test_the_local_reasoner_gives_a_distribution_per_modality_whose_top_is_its_e
         assert list(scores) == list(LOCAL_CLASSES) and sum(scores.values()) == pytest.approx(1, abs=1e-3)
         assert max(scores, key=scores.get) == answer[part]["emotion"]
         assert scores[answer[part]["emotion"]] == pytest.approx(answer[part]["confidence"], abs=1e-3)
-        assert min(scores.values()) > 0  # every class starts with SCORE_PRIOR of support
-    assert SCORE_PRIOR > 0
+        assert min(scores.values()) > 0  # every class starts with the same smoothing support
     assert answer["visual"]["emotion"] == "happy" and answer["acoustic"]["emotion"] == "sad"
 
 
@@ -280,9 +276,6 @@ def test_the_local_overall_scores_are_the_confidence_weighted_mean_of_the_modali
 
 
 def test_the_local_reasoner_answers_version_1_without_scores_and_files_it_as_it_always_did():
-    from mer_plugins.reasoners.local import LocalReasoner
-    from test_reasoner_local import CLASSES as LOCAL_CLASSES, full_trace
-
     answer = local_answer(scored=False)
     assert not any("scores" in part for part in answer.values())
     assert trace_problems(full_trace(answer), LOCAL_CLASSES, scores=False) == []
@@ -290,9 +283,7 @@ def test_the_local_reasoner_answers_version_1_without_scores_and_files_it_as_it_
 
 
 def test_an_absent_modality_has_null_scores_from_the_local_reasoner():
-    from test_reasoner_local import NO_FACE, QUIET_FLAT, answer, egemaps
-
-    result = answer({"fer-expression": NO_FACE, "egemaps": egemaps(**QUIET_FLAT)})
+    result = local_reasoning({"fer-expression": NO_FACE, "egemaps": egemaps(**QUIET_FLAT)})
     assert result["visual"]["scores"] is None and result["textual"]["scores"] is None
     assert result["overall"]["scores"] == result["acoustic"]["scores"]  # the only observed modality
 
@@ -303,8 +294,6 @@ def test_an_absent_modality_has_null_scores_from_the_local_reasoner():
 def write_numeric_priors(root: Path, labels: Path, absent_every: int = 4) -> list[FeatureSet]:
     """Numeric priors for the synthetic workspace: the acoustic part informative (its label gets
     most of the mass), absent for every ``absent_every``-th clip; the overall part always there."""
-    from support.training import CLASSES as SYN_CLASSES
-
     rng = np.random.default_rng(1)
     manifests = score_manifests(TraceSource("local", "evidence-rules", "rules-1-mer-trace-v2"), SYN_CLASSES)
     sets = {part: FeatureSet.open(root / "features", manifests[part]) for part in ("acoustic", "overall")}
@@ -324,7 +313,6 @@ def write_numeric_priors(root: Path, labels: Path, absent_every: int = 4) -> lis
 def test_a_model_trained_with_numeric_priors_attends_to_them_and_masks_absent_ones(tmp_path):
     from mercli.train import train
     from mercli.trainset import build_table, collate
-    from support.training import config, write_workspace
 
     labels = write_workspace(tmp_path, clips_per_class=6)
     numeric = write_numeric_priors(tmp_path, labels)
@@ -346,7 +334,6 @@ def test_a_model_trained_with_numeric_priors_attends_to_them_and_masks_absent_on
 
 def test_train_features_chooses_text_numeric_or_both_kinds_of_prior_by_set_name(tmp_path):
     from mercli.train import train
-    from support.training import config, write_workspace
 
     labels = write_workspace(tmp_path, clips_per_class=6, prior=True)  # prior-visual: an embedded (text) prior
     numeric = write_numeric_priors(tmp_path, labels)
