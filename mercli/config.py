@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 
 from mercli.contracts import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, STAGES, Option, Range
 from mercli.errors import ConfigError
+from mercli.prompts import AUTO, PROMPT_VERSIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,6 +87,10 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("prices", dict, DEFAULT_PRICES, "US dollars per million input and output tokens, by model."),
         Option("embed_with", str, "text-embedding", "Text encoder that turns traces into prior feature sets."),
         Option("batch_poll", float, 60.0, "Seconds between checks of batch jobs (mer reason --batch --wait).", POSITIVE),
+        Option("prompt_version", str, AUTO, "Prompt the reasoner answers: mer-trace-v2 (class scores too, which "
+               "become numeric prior sets) or mer-trace-v1; auto: the newest one this reasoner and model already "
+               "have traces of in the workspace (nothing is asked again unasked), else the newest.",
+               choices=(AUTO, *PROMPT_VERSIONS)),
     ),
     "train": (
         Option("loss", str, "bdcl", "Training loss (`mer plugins` lists them); its settings go in [loss.NAME]."),

@@ -23,6 +23,7 @@ from mercli.contracts import (AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, P
 from mercli.errors import ConfigError, DataError, MerError
 from mercli.hookspecs import hookimpl
 from mercli.labels import FileNameDataset
+from mercli.prompts import FIRST_VERSION as FIRST_PROMPT_VERSION
 from mercli.vocabulary import LEVELS, MODALITIES, TRACE_MODALITIES, Level, Modality, one_line, pick_device
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ __all__ = [
     "Option", "Range", "POSITIVE", "NON_NEGATIVE", "AT_LEAST_ONE", "FRACTION", "OPEN_UNIT", "Check",
     # components and their data
     "Component", "Encoder", "Transcriber", "DecodedClip", "Features",
-    "Reasoner", "ReasoningRequest", "ReasoningAnswer", "Usage",
+    "Reasoner", "ReasoningRequest", "ReasoningAnswer", "Usage", "FIRST_PROMPT_VERSION",
     "ReasonerError", "RetryableError", "AnswerRejected", "StopRun",
     "BatchReasoner", "BatchJob", "BatchPoll", "BatchLimits", "BatchState",
     "Loss", "Dataset", "LabelRecord", "FileNameDataset",

@@ -82,7 +82,8 @@ class LoadedPlugins:
         return self.provenance.get(name, Provenance(name, name, "unknown"))
 
 
-def _own_version() -> str:
+def own_version() -> str:
+    """The installed version of mer itself (what the core's own feature sets record)."""
     try:
         return metadata.version("mer")
     except metadata.PackageNotFoundError:  # run from a checkout that was never installed
@@ -96,7 +97,7 @@ def _plugins_to_load() -> Iterator[tuple[Provenance, Callable[[], object]]]:
     editable install run from its own checkout also finds ``mer.egg-info``), so a clash of names
     is a real one: two distributions that chose the same plug-in name.
     """
-    version = _own_version()
+    version = own_version()
     for name, module in BUILTINS.items():
         yield Provenance(name, "mer", version), functools.partial(importlib.import_module, module)
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):

@@ -4,7 +4,9 @@ A run records the exact manifest of every feature set it was trained on. Predict
 those encoders from the manifests (the same settings give the same set names, which is checked)
 and runs each clip through them in memory (:mod:`mercli.chain`), with the models loaded once;
 when the network uses priors it asks the run's reasoner (its traces kept in the workspace's trace
-store, so a clip is asked about once) and embeds the trace in memory; it then averages the folds'
+store, so a clip is asked about once) with the prompt version the run's traces answered, and makes
+the trace's priors in memory (embedded text and class scores, by the same functions as
+``mer reason``); it then averages the folds'
 calibrated probabilities (softmax of logits over each fold's temperature). Nothing but traces is
 written.
 """
@@ -30,7 +32,8 @@ from mercli.errors import DataError, MerError, writing
 from mercli.extract import build_encoders
 from mercli.features import Manifest
 from mercli.model import InputSpec, ModelSettings, injected_priors
-from mercli.priors import embed_trace, embedder, label_conditioned, prior_manifests
+from mercli.priors import (embed_trace, embedder, is_scores_prior, label_conditioned, prior_manifests, score_manifests,
+                           trace_scores)
 from mercli.reason import ClipTask, HeldInputs, Pacing, ReasonRun
 from mercli.runs import TrainedRun
 from mercli.traces import TraceSource, TraceStore, content_hash
@@ -160,34 +163,37 @@ class Predictor:
 
 class TracePriors:
     """Priors for new clips: a trace from the run's reasoner, kept in the workspace's trace store
-    (asked once per clip content), embedded in memory by the run's text encoder."""
+    (asked once per clip content), embedded in memory by the run's text encoder and read as class
+    scores, for the prior sets the run uses."""
 
     def __init__(self, config: Config, workspace: Workspace, manifests: list[Manifest], run: Path) -> None:
         sources = {json.dumps(m.settings["source"], sort_keys=True) for m in manifests}
         if len(sources) > 1:
             raise DataError(f"{run}: priors from several reasoners; predict can rebuild one")
         source = TraceSource.from_json(json.loads(sources.pop()))
-        text_encoder = manifests[0].settings["text_encoder"]
-        options = [o.name for o in plugins.get("encoders", text_encoder).component.options]
-        config = config.with_overrides({
-            "reason.embed_with": text_encoder, f"reasoner.{source.reasoner}.model": source.model,
-            **{f"encoder.{text_encoder}.{k}": v for k, v in manifests[0].settings["text_encoder_settings"].items()
-               if k in options}})
+        embedded = [m for m in manifests if not is_scores_prior(m)]
+        numeric = [m for m in manifests if is_scores_prior(m)]
+        config = config.with_overrides({f"reasoner.{source.reasoner}.model": source.model,
+                                        **(_embedder_overrides(embedded[0]) if embedded else {})})
         reasoner = plugins.build("reasoners", source.reasoner, config)
-        if reasoner.trace_version(prompts.PROMPT_VERSION) != source.prompt_version:
-            raise DataError(f"{run}: its priors come from {source.reasoner} {source.prompt_version}; the "
-                            f"installed one writes {reasoner.trace_version(prompts.PROMPT_VERSION)}")
+        version = prompts.answered_version(reasoner, source.prompt_version)
+        if version is None:
+            raise DataError(f"{run}: its priors come from {source.reasoner} {source.prompt_version}; the installed "
+                            f"one writes {', '.join(reasoner.trace_version(v) for v in prompts.PROMPT_VERSIONS)}")
         with writing(workspace.reasoning):
             self.store = TraceStore.open(workspace.reasoning, source)
-        self.embedder = embedder(config)
+        self.classes = tuple(numeric[0].settings["classes"] if numeric else config.get("data", "classes"))
+        self.embedder = embedder(config) if embedded else None
+        made = {("scores", part): m for part, m in score_manifests(source, self.classes).items()}
+        if self.embedder is not None:
+            made.update({("text", part): m for part, m in prior_manifests(self.store, self.embedder).items()})
         wanted = {m.set_name for m in manifests}
-        self.manifests = {part: m for part, m in prior_manifests(self.store, self.embedder).items()
-                          if m.set_name in wanted}
+        self.manifests = {key: m for key, m in made.items() if m.set_name in wanted}
         _check_reproduced({m.set_name for m in self.manifests.values()}, wanted, run)
         self.held = HeldInputs()
-        self.reasoning = ReasonRun(reasoner, self.store, self.held, tuple(config.get("data", "classes")),
-                                   Pacing.from_config(config), price_for(reasoner, config.get("reason", "prices")),
-                                   Budget(None), label_conditioned=False)
+        self.reasoning = ReasonRun(reasoner, self.store, self.held, self.classes, Pacing.from_config(config),
+                                   price_for(reasoner, config.get("reason", "prices")), Budget(None),
+                                   label_conditioned=False, prompt_version=version)
 
     def __call__(self, clip: Clip, encoded: EncodedClip, set_of: dict[str, str]) -> dict[str, Features]:
         """The clip's prior features by set name; none when no trace could be had (the network then
@@ -201,8 +207,12 @@ class TracePriors:
                 self.held.release(task.clip.clip_id)
             if self.store.status(task.clip.clip_id, task.content_hash, task.features) != "done":
                 return {}
-        embedded = embed_trace(self.embedder, self.store.read(task.clip.clip_id), self.store.folder)
-        return {m.set_name: as_stored(embedded[part], m, f"clip {clip.clip_id}") for part, m in self.manifests.items()}
+        trace = self.store.read(task.clip.clip_id)
+        made = {"scores": trace_scores(trace, self.classes)}
+        if self.embedder is not None:
+            made["text"] = embed_trace(self.embedder, trace, self.store.folder)
+        return {m.set_name: as_stored(made[kind][part], m, f"clip {clip.clip_id}")
+                for (kind, part), m in self.manifests.items()}
 
     def _task(self, clip: Clip, encoded: EncodedClip, set_of: dict[str, str]) -> ClipTask:
         """What to ask about the clip, under the id its trace is kept as: its own when ``mer reason``
@@ -213,6 +223,15 @@ class TracePriors:
         if self.store.status(clip.clip_id, digest, names) == "done":
             return ClipTask(clip, digest, names)
         return ClipTask(replace(clip, clip_id=f"content-{digest[:32]}"), digest, names)
+
+
+def _embedder_overrides(manifest: Manifest) -> dict[str, Any]:
+    """Settings that rebuild the text encoder an embedded prior set's manifest names."""
+    text_encoder = manifest.settings["text_encoder"]
+    options = [o.name for o in plugins.get("encoders", text_encoder).component.options]
+    return {"reason.embed_with": text_encoder,
+            **{f"encoder.{text_encoder}.{k}": v for k, v in manifest.settings["text_encoder_settings"].items()
+               if k in options}}
 
 
 def _check_reproduced(made: set[str], wanted: set[str], run: Path) -> None:

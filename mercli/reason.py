@@ -164,7 +164,8 @@ class ReasonRun:
     """One ``mer reason`` over a list of clips with one reasoner and one trace store."""
 
     def __init__(self, reasoner: Reasoner, store: TraceStore, inputs: ClipInputs | HeldInputs, classes: Sequence[str],
-                 pacing: Pacing, price: Price, budget: Budget, label_conditioned: bool) -> None:
+                 pacing: Pacing, price: Price, budget: Budget, label_conditioned: bool,
+                 prompt_version: str = prompts.PROMPT_VERSION) -> None:
         self.reasoner = reasoner
         self.store = store
         self.inputs = inputs
@@ -173,6 +174,7 @@ class ReasonRun:
         self.price = price
         self.budget = budget
         self.label_conditioned = label_conditioned
+        self.prompt_version = prompt_version
         #: Called with (clip id, outcome) as each clip finishes, from the thread that asked.
         self.observe: Callable[[str, Outcome], None] = lambda clip, outcome: None
         #: Called with a one-line notice for the user (a wait before a retry), from the thread that asked.
@@ -193,8 +195,9 @@ class ReasonRun:
                 raise DataError(f"{clip.path}: no label for this clip, so no label-conditioned trace")
         return ReasoningRequest(
             clip_id=clip.clip_id, path=clip.path,
-            prompt=prompts.instruction(self.classes, label=label, transcript=transcript),
-            answer_schema=answer_schema(self.classes), classes=self.classes, transcript=transcript,
+            prompt=prompts.instruction(self.classes, label=label, transcript=transcript, version=self.prompt_version),
+            answer_schema=answer_schema(self.classes, scores=prompts.asks_scores(self.prompt_version)),
+            classes=self.classes, transcript=transcript,
             label=label, features=self.inputs.features(clip.clip_id) if self.reasoner.uses_features else {})
 
     def trace(self, task: ClipTask, answer: dict[str, Any], usage: Usage) -> dict[str, Any]:
@@ -210,7 +213,7 @@ class ReasonRun:
             "cost_usd": round(self.price.of(usage), 8), "content_hash": task.content_hash, "created": utc_now()}}
         if task.features is not None:
             trace["provenance"]["features"] = task.features
-        problems = trace_problems(trace, self.classes)
+        problems = trace_problems(trace, self.classes, prompts.asks_scores(self.prompt_version))
         if problems:
             raise AnswerRejected(f"answer does not match the trace schema: {summarise(problems)}")
         return trace
@@ -375,8 +378,8 @@ def open_run(config: Config, workspace: Workspace, clips_dir: Path, labels: Path
     the clips to ask; the summary already counts the cached and the failed ones."""
     table = config.table("reason")
     reasoner: Reasoner = plugins.build("reasoners", table["reasoner"], config)
-    source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(prompts.PROMPT_VERSION),
-                         label_conditioned)
+    version = prompts.chosen_version(table["prompt_version"], reasoner, workspace.reasoning, label_conditioned)
+    source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(version), label_conditioned)
     with writing(workspace.reasoning):
         store = TraceStore.open(workspace.reasoning, source)
     found = scan(clips_dir)
@@ -384,7 +387,7 @@ def open_run(config: Config, workspace: Workspace, clips_dir: Path, labels: Path
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
     price = price_for(reasoner, table["prices"], batch=batch)
     run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
-                    Budget(table["max_cost"] or None), label_conditioned)  # 0: no limit
+                    Budget(table["max_cost"] or None), label_conditioned, version)  # 0: no limit
     tasks, cached, failed = run.plan(clips, retry_failed)
     run.summary.clips, run.summary.cached = len(clips) + len(found.refused), cached
     run.summary.failed = [entry.to_json() for entry in found.refused] + failed  # refused: counted as failed

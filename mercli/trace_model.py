@@ -6,17 +6,29 @@ the emotion they alone suggest and a confidence, or ``absent`` with the reason w
 the modality), an ``overall`` judgement, and, once stored, the clip id and its provenance. The
 models are generic in the emotion's type: any non-blank text for a stored trace, one of the
 configured classes for an answer (the schema sent lists them).
+
+Two forms exist. The first (prompt version 1) has no class scores. The scored form (prompt version
+2 on) adds ``scores`` to every observed modality and to ``overall``: an object with exactly one
+score in [0, 1] per class, a distribution over the classes, so the scores must sum to 1 within
+:data:`SCORE_SUM_TOLERANCE` (answers rounded to two decimals over a dozen classes still pass; a
+list of independent ratings does not). An absent modality has ``scores: null``. A stored trace of
+either form validates; an answer is checked against the form it was asked in.
 """
 
 from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Generic, Literal, Mapping, Sequence, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
+#: How far from 1 the class scores of one reading may sum.
+SCORE_SUM_TOLERANCE = 0.05
+SCORES_HELP = (f"A score from 0 to 1 for every emotion class, how strongly this evidence supports it; "
+               f"a distribution: the scores sum to 1 (within {SCORE_SUM_TOLERANCE:g}). Null when the "
+               "modality is absent.")
 
 
 def _not_blank(text: str) -> str:
@@ -34,10 +46,22 @@ def _iso_time(text: str) -> str:
     return text
 
 
+def _distribution(scores: Mapping[str, float]) -> Mapping[str, float]:
+    total = sum(scores.values())
+    if abs(total - 1) > SCORE_SUM_TOLERANCE:
+        raise PydanticCustomError("score_sum", "the scores sum to {total}, not 1 (within {tolerance})",
+                                  {"total": round(total, 4), "tolerance": SCORE_SUM_TOLERANCE})
+    return scores
+
+
 Text = Annotated[str, AfterValidator(_not_blank)]
 Confidence = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 Emotion = TypeVar("Emotion")
+#: The type of a reading's scores: an object of the classes (an answer), any class names (a stored trace).
+Scores = TypeVar("Scores")
+#: The class scores of a stored trace, whatever its classes.
+AnyScores = Annotated[dict[Text, Confidence], AfterValidator(_distribution)]
 
 
 class _Strict(BaseModel):
@@ -70,13 +94,34 @@ class OverallReading(_Strict, Generic[Emotion]):
     summary: Text
 
 
-class Answer(_Strict, Generic[Emotion]):
-    """What a reasoner answers for one clip."""
+class ScoredModalityReading(ModalityReading[Emotion], Generic[Emotion, Scores]):
+    """A modality reading with class scores (prompt version 2 on); none when absent."""
 
-    visual: ModalityReading[Emotion]
-    acoustic: ModalityReading[Emotion]
-    textual: ModalityReading[Emotion]
-    overall: OverallReading[Emotion]
+    scores: Scores | None = Field(description=SCORES_HELP)
+
+    @model_validator(mode="after")
+    def _scored_unless_absent(self) -> "ScoredModalityReading[Emotion, Scores]":
+        if (self.absent is None) != (self.scores is not None):
+            raise PydanticCustomError("scored_reading", "an observed modality needs scores, an absent one has "
+                                      "scores null")
+        return self
+
+
+class ScoredOverallReading(OverallReading[Emotion], Generic[Emotion, Scores]):
+    scores: Scores = Field(description=SCORES_HELP)
+
+
+Reading = TypeVar("Reading")
+Overall = TypeVar("Overall")
+
+
+class Answer(_Strict, Generic[Reading, Overall]):
+    """What a reasoner answers for one clip (generic in the form of its readings)."""
+
+    visual: Reading
+    acoustic: Reading
+    textual: Reading
+    overall: Overall
 
 
 class TokenUsage(_Strict):
@@ -99,26 +144,60 @@ class Provenance(_Strict):
     features: list[Text] | None = None
 
 
-class Trace(Answer[Emotion], Generic[Emotion]):
+class Trace(Answer[Reading, Overall], Generic[Reading, Overall]):
     """A stored trace: the answer, the clip it is about, and its provenance."""
 
     clip: Text
     provenance: Provenance
 
 
+class _ClassScores(_Strict):
+    """Base of the scores object of an answer: one field per class (named by its alias)."""
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "_ClassScores":
+        _distribution(self.model_dump())
+        return self
+
 
 @functools.lru_cache(maxsize=32)
-def _with_classes(classes: tuple[str, ...]) -> tuple[type[Answer], type[Trace]]:
-    emotion = Literal[classes]  # type: ignore[valid-type]
-    return Answer[emotion], Trace[emotion]  # type: ignore[valid-type]
+def _class_scores(classes: tuple[str, ...]) -> type[_ClassScores]:
+    """An object with exactly one score per class: JSON schema ``required`` lists every class, which
+    structured-output APIs enforce (a map type would let a model drop or invent classes)."""
+    fields: dict[str, Any] = {f"class_{i}": (Confidence, Field(alias=name)) for i, name in enumerate(classes)}
+    return create_model("ClassScores", __base__=_ClassScores, **fields)
 
 
-def answer_schema(classes: Sequence[str]) -> dict[str, Any]:
-    """The JSON schema of an answer whose emotions are ``classes``, every reference written out
-    (structured-output APIs differ in the JSON-schema features they take)."""
-    model = _with_classes(tuple(classes))[0]
+def _models(emotion: Any, scores: Any | None) -> tuple[type[Answer], type[Trace]]:
+    """The answer and trace models of one form: without scores when ``scores`` is None."""
+    if scores is None:
+        parts = ModalityReading[emotion], OverallReading[emotion]
+    else:
+        parts = ScoredModalityReading[emotion, scores], ScoredOverallReading[emotion, scores]
+    return Answer[parts], Trace[parts]  # type: ignore[index]
+
+
+@functools.lru_cache(maxsize=32)
+def _with_classes(classes: tuple[str, ...], scored: bool) -> tuple[type[Answer], type[Trace]]:
+    return _models(Literal[classes], _class_scores(classes) if scored else None)  # type: ignore[valid-type]
+
+
+_STORED = {False: _models(Text, None), True: _models(Text, AnyScores)}
+
+
+def answer_schema(classes: Sequence[str], *, scores: bool = True) -> dict[str, Any]:
+    """The JSON schema of an answer whose emotions are ``classes`` (with class scores unless
+    ``scores`` is off: prompt version 1), every reference written out (structured-output APIs
+    differ in the JSON-schema features they take)."""
+    model = _with_classes(tuple(classes), scores)[0]
     schema = model.model_json_schema(mode="serialization")
     return _plain(schema, schema.get("$defs", {}))
+
+
+def has_scores(document: Any) -> bool:
+    """Whether any part of a trace carries class scores (then it is checked as the scored form)."""
+    return isinstance(document, dict) and any(isinstance(part, dict) and "scores" in part
+                                              for part in document.values())
 
 
 def _plain(node: Any, definitions: dict[str, Any]) -> Any:
@@ -127,16 +206,19 @@ def _plain(node: Any, definitions: dict[str, Any]) -> Any:
         return [_plain(item, definitions) for item in node]
     if not isinstance(node, dict):
         return node
-    if "$ref" in node:
-        return _plain(definitions[node["$ref"].rsplit("/", 1)[-1]], definitions)
+    if "$ref" in node:  # keys beside a reference (a field's description) stay
+        siblings = {key: value for key, value in node.items() if key != "$ref"}
+        return _plain({**definitions[node["$ref"].rsplit("/", 1)[-1]], **siblings}, definitions)
     return {key: _plain(value, definitions) for key, value in node.items()
             if key not in ("title", "default", "$defs")}
 
 
-def trace_problems(document: Any, classes: Sequence[str] | None = None) -> list[str]:
-    """Every problem of ``document`` as a trace (with emotions among ``classes`` when given), one
-    line each naming where it is (``trace.visual.confidence: ...``); empty when valid."""
-    model = Trace[Text] if classes is None else _with_classes(tuple(classes))[1]
+def trace_problems(document: Any, classes: Sequence[str] | None = None, scores: bool | None = None) -> list[str]:
+    """Every problem of ``document`` as a trace (with emotions, and scores, over ``classes`` when
+    given), one line each naming where it is (``trace.visual.confidence: ...``); empty when valid.
+    ``scores`` says which form the trace must have; None: the form it shows (a stored trace)."""
+    scored = has_scores(document) if scores is None else scores
+    model = _STORED[scored][1] if classes is None else _with_classes(tuple(classes), scored)[1]
     try:
         model.model_validate(document)
     except ValidationError as error:

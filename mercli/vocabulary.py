@@ -6,7 +6,8 @@ here rather than spelling them again.
 - a *level* is how a feature set is laid out in time: one vector per clip, or one per frame;
 - a *trace part* is a section of a reasoning trace, named as the reasoner is asked about it
   (``acoustic``, not ``audio``), and each part's prior enters one modality's stream;
-- a *prior* feature set is named ``prior-<part>``.
+- a *prior* feature set is named ``prior-<part>`` (the part's text, embedded) or
+  ``prior-scores-<part>`` (its class scores and confidence, as numbers).
 
 Light on purpose: ``mer --help`` imports it.
 """
@@ -32,11 +33,18 @@ TRACE_MODALITIES: dict[str, Modality] = {"visual": "visual", "acoustic": "audio"
 TRACE_PARTS: dict[str, str] = {**TRACE_MODALITIES, "overall": UNKNOWN_MODALITY}
 
 PRIOR_PREFIX = "prior-"
+SCORES_PRIOR = "scores"
 
 
 def prior_set_encoder(part: str) -> str:
     """The encoder name of the prior feature set made from one trace part (``prior-acoustic``)."""
     return f"{PRIOR_PREFIX}{part}"
+
+
+def scores_prior_encoder(part: str) -> str:
+    """The encoder name of the numeric prior set made from one trace part's class scores and
+    confidence (``prior-scores-acoustic``); :func:`is_prior` knows it as a prior."""
+    return f"{PRIOR_PREFIX}{SCORES_PRIOR}-{part}"
 
 
 def is_prior(encoder: str) -> bool:

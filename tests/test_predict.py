@@ -223,3 +223,29 @@ def test_the_python_api_refuses_an_incomplete_run_with_the_commands_message(trai
         mercli.load_run(broken)
     with pytest.raises(DataError, match="no such run folder"):
         mercli.load_run("nothing-here", workspace=trained)
+
+
+def test_predict_makes_the_very_priors_mer_reason_wrote_numeric_and_text(trained, shared_data):
+    """Parity: for a clip of the workspace, the priors predict makes in memory are those
+    ``mer reason`` stored (the class scores exactly, the embeddings to float precision)."""
+    import numpy as np
+
+    import mercli
+    from mercli.clips import clip_from_file
+    from mercli.features import list_feature_sets
+
+    predictor = mercli.load_run(trained / "runs" / "run")._predictor_once()
+    clip = clip_from_file(shared_data / "crema-d" / "1001_DFA_ANG_XX.flv")
+    made = predictor.priors(clip, predictor.encode(clip), predictor.set_of)
+    stored = {s.name: s for s in list_feature_sets(trained / "features")}
+    numeric = sorted(stored[name].manifest.encoder for name in made if "prior-scores-" in stored[name].manifest.encoder)
+    assert numeric == ["prior-scores-acoustic", "prior-scores-overall", "prior-scores-textual", "prior-scores-visual"]
+    assert len(made) == 8
+    for name, features in made.items():
+        on_disk = stored[name].read(clip.clip_id)
+        if on_disk.values is None:
+            assert features.values is None and features.absent == on_disk.absent, name
+        elif name.startswith("prior-scores-"):
+            assert np.array_equal(features.values, on_disk.values), name
+        else:
+            np.testing.assert_allclose(features.values, on_disk.values, atol=1e-5)

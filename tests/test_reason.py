@@ -26,15 +26,18 @@ from mercli.costs import Budget, Price, price_for
 from mercli.reason import ClipInputs, Pacing, ReasonRun, estimate, parse_model
 from mercli.traces import TraceSource, TraceStore
 from mercli.workspace import Workspace
+from support.answers import with_scores
 
 CLASSES = tuple(MER2024_CLASSES)
 
 
-def answer(emotion: str = "happy") -> dict[str, Any]:
+def answer(emotion: str = "happy", scores: bool = True) -> dict[str, Any]:
+    """An answer of the newest prompt (with class scores), or of version 1 without ``scores``."""
     part = {"cues": ["smiles at 0.5 s"], "emotion": emotion, "confidence": 0.8, "absent": None}
-    return {"visual": part, "acoustic": part, "textual": {"cues": [], "emotion": None, "confidence": None,
-                                                          "absent": "no speech"},
-            "overall": {"emotion": emotion, "confidence": 0.7, "summary": "Face and voice agree."}}
+    first = {"visual": part, "acoustic": part, "textual": {"cues": [], "emotion": None, "confidence": None,
+                                                           "absent": "no speech"},
+             "overall": {"emotion": emotion, "confidence": 0.7, "summary": "Face and voice agree."}}
+    return with_scores(first, CLASSES) if scores else first
 
 
 class Scripted(Reasoner):
@@ -178,7 +181,7 @@ def test_a_clip_that_keeps_failing_is_recorded_and_retried_only_on_request(tmp_p
     (AnswerRejected("blocked by safety filter: SAFETY"), "blocked by safety filter"),
     ({**answer(), "overall": {"emotion": "bored", "confidence": 0.5, "summary": "x"}}, "'bored' is not one of"),
     ({k: v for k, v in answer().items() if k != "visual"}, "missing 'visual'"),
-    ({**answer(), "visual": {"cues": [], "emotion": None, "confidence": None, "absent": None}},
+    ({**answer(), "visual": {"cues": [], "emotion": None, "confidence": None, "absent": None, "scores": None}},
      "an observed modality needs an emotion"),
     (["not", "an", "object"], "not a JSON object"),
 ])

@@ -55,7 +55,7 @@ def workspace(extracted, tmp_path) -> Path:
 
 @pytest.fixture
 def gemini(monkeypatch):
-    with FakeGemini() as server:
+    with FakeGemini(classes=json.loads(CREMA_CLASSES)) as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         monkeypatch.setenv("GEMINI_API_KEY", FAKE_KEY)
         monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
@@ -79,7 +79,13 @@ def test_local_reasoning_writes_valid_traces_and_prior_feature_sets(extracted, w
     assert all(trace["visual"]["absent"] for trace in audio_only)
     priors = {p["name"].rsplit("-", 1)[0]: p for p in summary["priors"]}
     assert {name: p["modality"] for name, p in priors.items()} == {
-        "prior-visual": "visual", "prior-acoustic": "audio", "prior-textual": "text", "prior-overall": "unknown"}
+        "prior-visual": "visual", "prior-acoustic": "audio", "prior-textual": "text", "prior-overall": "unknown",
+        "prior-scores-visual": "visual", "prior-scores-acoustic": "audio", "prior-scores-textual": "text",
+        "prior-scores-overall": "unknown"}
+    numeric = json.loads((Path(priors["prior-scores-visual"]["path"]) / "manifest.json").read_text())
+    assert numeric["dim"] == 7 and numeric["settings"]["classes"] == json.loads(CREMA_CLASSES)
+    assert numeric["settings"]["source"] == summary["source"]
+    assert len(list(Path(priors["prior-scores-visual"]["path"]).glob("*.absent.json"))) == 2
     manifest = json.loads((Path(priors["prior-visual"]["path"]) / "manifest.json").read_text())
     assert manifest["settings"]["source"]["reasoner"] == "local" and manifest["dim"] == 384
     visual_prior = Path(priors["prior-visual"]["path"])
@@ -87,6 +93,21 @@ def test_local_reasoning_writes_valid_traces_and_prior_feature_sets(extracted, w
 
     again = summary_of(mer(workspace, "reason", str(clips), "--json"))
     assert again["cached"] == 4 and again["done"] == 0 and again["calls"] == 0
+
+
+def test_version_1_traces_are_not_asked_again_until_version_2_is_named(extracted, workspace):
+    """``reason.prompt_version = auto`` keeps the version the workspace's traces answered; naming
+    version 2 asks again, with class scores, and only then do numeric prior sets appear."""
+    clips, _ = extracted
+    first = summary_of(mer(workspace, "-s", "reason.prompt_version=mer-trace-v1", "reason", str(clips), "--json"))
+    assert first["source"]["prompt_version"] == "rules-1" and first["done"] == 4
+    assert not any(p["name"].startswith("prior-scores-") for p in first["priors"]) and len(first["priors"]) == 4
+    kept = summary_of(mer(workspace, "reason", str(clips), "--json"))
+    assert kept["source"]["prompt_version"] == "rules-1" and kept["cached"] == 4 and kept["done"] == 0
+    scored = summary_of(mer(workspace, "-s", "reason.prompt_version=mer-trace-v2", "reason", str(clips), "--json"))
+    assert scored["source"]["prompt_version"] == "rules-1-mer-trace-v2" and scored["done"] == 4
+    assert sum(p["name"].startswith("prior-scores-") for p in scored["priors"]) == 4
+    assert len(list((workspace / "reasoning" / "local" / "evidence-rules" / "rules-1").glob("*.trace.json"))) == 4
 
 
 def test_reasoning_before_extraction_fails_each_clip_with_a_hint(extracted, tmp_path):
@@ -129,7 +150,7 @@ def test_gemini_traces_come_from_the_real_client_and_a_rerun_costs_nothing(extra
 
 def test_rate_limits_server_errors_and_timeouts_are_retried_until_an_answer(extracted, workspace, gemini):
     clips, _ = extracted
-    gemini.script(rate_limited(retry_delay="0.3s"), api_error(500, "INTERNAL", "boom"), stalled(5))
+    gemini.script(rate_limited(retry_delay="0.3s"), api_error(500, "INTERNAL", "boom"), stalled(5, json.loads(CREMA_CLASSES)))
     args = ["-s", "reason.backoff=0.01", "-s", "reasoner.gemini.timeout=1", "reason", str(clips), "--model", "gemini",
             "--concurrency", "1", "--json", "--no-embed"]
     outcome = mer(workspace, *args)

@@ -19,7 +19,7 @@ from mer_plugins.encoders.fer_expression import CLASSES as FER_CLASSES
 from mer_plugins.reasoners.evidence import EGEMAPS_DIM, EGEMAPS_INDEX, measure, target_class
 from mer_plugins.reasoners.local import RULES_VERSION, LocalReasoner
 from mercli.contracts import AnswerRejected, Features, ReasoningRequest
-from mercli.prompts import PROMPT_VERSION
+from mercli.prompts import FIRST_VERSION, PROMPT_VERSION
 from mercli.trace_model import answer_schema
 from mercli.traces import validate_trace
 
@@ -125,7 +125,8 @@ def assert_valid(result: dict[str, Any], classes=CLASSES) -> None:
 def test_declares_an_offline_reasoner_with_its_own_rules_version():
     reasoner = LocalReasoner()
     assert (reasoner.name, reasoner.needs_network, reasoner.model) == ("local", False, "evidence-rules")
-    assert reasoner.trace_version(PROMPT_VERSION) == RULES_VERSION == "rules-1"
+    assert reasoner.trace_version(FIRST_VERSION) == RULES_VERSION == "rules-1"  # the folder of version-1 traces
+    assert reasoner.trace_version(PROMPT_VERSION) == "rules-1-mer-trace-v2"
     assert LocalReasoner(model="my-rules").model == "my-rules"
 
 
@@ -303,7 +304,7 @@ def test_a_transcript_without_words_or_english_is_absent():
     assert text("我今天很高兴")["absent"].startswith("transcript is not in English")
     assert text(None)["absent"] == "no transcript"
     silent = text(None, {"text-embedding": Features(None, absent="silent audio track")})
-    assert silent == {"cues": [], "emotion": None, "confidence": None, "absent": "silent audio track"}
+    assert silent == {"cues": [], "emotion": None, "confidence": None, "absent": "silent audio track", "scores": None}
 
 
 # --- absent modalities and the overall verdict ------------------------------------------------
@@ -311,7 +312,8 @@ def test_a_transcript_without_words_or_english_is_absent():
 
 def test_absent_modalities_carry_their_reason_and_nothing_else():
     result = answer({"face-landmarks": NO_FACE, "fer-expression": NO_FACE, "egemaps": egemaps(**QUIET_FLAT)})
-    assert result["visual"] == {"cues": [], "emotion": None, "confidence": None, "absent": "no face in any frame"}
+    assert result["visual"] == {"cues": [], "emotion": None, "confidence": None, "absent": "no face in any frame",
+                                "scores": None}
     assert result["textual"]["absent"] == "no transcript"
     assert result["overall"]["emotion"] == result["acoustic"]["emotion"] == "sad"
     assert result["overall"]["summary"].startswith("Only the acoustic cues can be judged, and they suggest sad")

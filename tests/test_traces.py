@@ -277,7 +277,7 @@ def test_the_schema_sent_to_reasoners_is_the_one_prompt_version_1_was_written_fo
                                "absent": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
     overall = {"type": "object", "additionalProperties": False, "required": ["emotion", "confidence", "summary"],
                "properties": {"emotion": emotion, "confidence": confidence, "summary": {"type": "string"}}}
-    assert answer_schema(classes) == {
+    assert answer_schema(classes, scores=False) == {
         "type": "object", "additionalProperties": False, "required": ["visual", "acoustic", "textual", "overall"],
         "properties": {"visual": modality, "acoustic": modality, "textual": modality, "overall": overall}}
 

@@ -11,14 +11,19 @@ weak cue is not reported as certainty). The overall emotion is a confidence-weig
 observed modalities; its confidence is the summed confidence of the modalities that voted for it
 divided by the number of observed modalities, so disagreement lowers it. The clip's label is never
 read.
+
+When the answer schema asks for class scores (prompt version 2 on), each observed modality's scores
+are every class's share of the support after the same :data:`SCORE_PRIOR` (so its confidence is
+its emotion's score), and the overall scores the confidence-weighted mean of the observed
+modalities' scores: distributions over the classes, as the schema requires.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mercli.plugin_api import (TRACE_MODALITIES, AnswerRejected, Option, Reasoner, ReasoningAnswer, ReasoningRequest,
-                               Usage, hookimpl)
+from mercli.plugin_api import (FIRST_PROMPT_VERSION, TRACE_MODALITIES, AnswerRejected, Option, Reasoner,
+                               ReasoningAnswer, ReasoningRequest, Usage, hookimpl)
 
 if TYPE_CHECKING:
     from mer_plugins.reasoners.evidence import Evidence
@@ -41,8 +46,9 @@ class LocalReasoner(Reasoner):
     )
 
     def trace_version(self, prompt_version: str) -> str:
-        """Its own rules version: the prompt is not used."""
-        return RULES_VERSION
+        """Its own rules version (the prompt's text is not used), and the prompt version when it is
+        not the first: the schema decides whether traces carry class scores."""
+        return RULES_VERSION if prompt_version == FIRST_PROMPT_VERSION else f"{RULES_VERSION}-{prompt_version}"
 
     def reason(self, request: ReasoningRequest) -> ReasoningAnswer:
         from mer_plugins.reasoners.evidence import measure  # numpy: not on ``mer --help``'s path
@@ -53,22 +59,43 @@ class LocalReasoner(Reasoner):
             evidence = measure(request.features, request.transcript, request.classes)
         except ValueError as problem:
             raise AnswerRejected(f"unusable features: {problem}") from None
-        answer: dict[str, Any] = {key: _modality(evidence[key], request.classes) for key in TRACE_MODALITIES}
+        scored = _asks_scores(request.answer_schema)
+        answer: dict[str, Any] = {key: _modality(evidence[key], request.classes, scored) for key in TRACE_MODALITIES}
         observed = [key for key in TRACE_MODALITIES if answer[key]["absent"] is None]
         if not observed:
             reasons = "; ".join(f"{key}: {answer[key]['absent']}" for key in TRACE_MODALITIES)
             raise AnswerRejected(f"nothing observable in this clip ({reasons})")
         answer["overall"] = _overall(answer, observed, request.classes)
+        if scored:
+            answer["overall"]["scores"] = _mean_scores(answer, observed, request.classes)
         return ReasoningAnswer(answer=answer, usage=Usage())
 
 
-def _modality(evidence: "Evidence", classes: Sequence[str]) -> dict[str, Any]:
+def _asks_scores(schema: dict[str, Any]) -> bool:
+    """Whether the answer schema has class scores (the core's prompt version 2 on)."""
+    return "scores" in schema.get("properties", {}).get("overall", {}).get("properties", {})
+
+
+def _modality(evidence: "Evidence", classes: Sequence[str], scored: bool) -> dict[str, Any]:
     if evidence.absent is not None:
-        return {"cues": [], "emotion": None, "confidence": None, "absent": evidence.absent}
+        reading: dict[str, Any] = {"cues": [], "emotion": None, "confidence": None, "absent": evidence.absent}
+        return {**reading, "scores": None} if scored else reading
     emotion = _argmax(evidence.scores, classes)
     total = sum(evidence.scores.values()) + SCORE_PRIOR * len(classes)
-    confidence = (evidence.scores[emotion] + SCORE_PRIOR) / total
-    return {"cues": list(evidence.cues), "emotion": emotion, "confidence": round(confidence, 3), "absent": None}
+    shares = {name: (evidence.scores.get(name, 0.0) + SCORE_PRIOR) / total for name in classes}
+    reading = {"cues": list(evidence.cues), "emotion": emotion, "confidence": round(shares[emotion], 3), "absent": None}
+    return {**reading, "scores": _rounded(shares)} if scored else reading
+
+
+def _mean_scores(answer: dict[str, Any], observed: list[str], classes: Sequence[str]) -> dict[str, float]:
+    """The observed modalities' scores averaged with their confidences as weights."""
+    weight = sum(answer[key]["confidence"] for key in observed)
+    return _rounded({name: sum(answer[key]["confidence"] * answer[key]["scores"][name] for key in observed) / weight
+                     for name in classes})
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {name: round(value, 4) for name, value in scores.items()}
 
 
 def _argmax(scores: dict[str, float], classes: Sequence[str]) -> str:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 from urllib.parse import parse_qs, urlsplit
 
+from support.answers import with_scores
 from support.fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -99,15 +100,15 @@ def _field(message: Mapping[str, Any], name: str) -> Any:
 
 
 def sample_answer(classes: Sequence[str] = MER2024_CLASSES, emotion: str | None = None) -> dict[str, Any]:
-    """An answer that satisfies ``mercli.trace_model.answer_schema(classes)``."""
+    """An answer that satisfies ``mercli.trace_model.answer_schema(classes)`` (class scores included)."""
     emotion = emotion or classes[0]
     modality = {"cues": ["steady gaze", "even tone"], "emotion": emotion, "confidence": 0.7, "absent": None}
-    return {
+    return with_scores({
         "visual": dict(modality),
         "acoustic": dict(modality),
         "textual": {"cues": [], "emotion": None, "confidence": None, "absent": "no speech"},
         "overall": {"emotion": emotion, "confidence": 0.7, "summary": "Face and voice agree."},
-    }
+    }, classes)
 
 
 def answer_text(text: str, *, finish_reason: str = "STOP", prompt_tokens: int = 1200,
@@ -174,10 +175,10 @@ def key_invalid() -> Reply:
     }])
 
 
-def stalled(seconds: float) -> Reply:
+def stalled(seconds: float, classes: Sequence[str] = MER2024_CLASSES) -> Reply:
     """A valid answer sent only after ``seconds``: longer than a client timeout, it makes the
     client give up."""
-    return replace(answer(sample_answer()), delay=seconds)
+    return replace(answer(sample_answer(classes)), delay=seconds)
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -189,12 +190,13 @@ class FakeGemini(FakeServer):
     request_type = GeminiRequest
 
     def __init__(self, latency: float = 0.0, processing_polls: int = 0, file_outcome: str = "ACTIVE",
-                 job_latency: float = 0.0, job_outcome: str = "SUCCEEDED") -> None:
+                 job_latency: float = 0.0, job_outcome: str = "SUCCEEDED",
+                 classes: Sequence[str] = MER2024_CLASSES) -> None:
         if file_outcome not in ("ACTIVE", "FAILED"):
             raise ValueError(f"file_outcome must be ACTIVE or FAILED, not {file_outcome!r}")
         if job_outcome not in JOB_OUTCOMES:
             raise ValueError(f"job_outcome must be one of {JOB_OUTCOMES}, not {job_outcome!r}")
-        super().__init__(latency, default=answer(sample_answer()))
+        super().__init__(latency, default=answer(sample_answer(classes)))
         self.processing_polls = processing_polls
         self.file_outcome = file_outcome
         self.job_latency = job_latency

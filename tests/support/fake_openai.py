@@ -19,6 +19,7 @@ import json
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
+from support.answers import with_scores
 from support.fake_http import FakeServer, Recorded, Reply
 
 MER2024_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
@@ -44,12 +45,12 @@ class ChatRequest(Recorded):
 
 
 def sample_answer(classes: Sequence[str] = MER2024_CLASSES) -> dict[str, Any]:
-    """An answer that satisfies :func:`mercli.trace_model.answer_schema` and the trace rules."""
+    """An answer that satisfies :func:`mercli.trace_model.answer_schema` (class scores included) and the trace rules."""
     first = classes[0]
     observed = {"cues": ["a cue"], "emotion": first, "confidence": 0.7, "absent": None}
-    return {"visual": observed, "acoustic": observed,
-            "textual": {"cues": [], "emotion": None, "confidence": None, "absent": "no speech"},
-            "overall": {"emotion": first, "confidence": 0.6, "summary": "Face and voice agree."}}
+    return with_scores({"visual": observed, "acoustic": observed,
+                        "textual": {"cues": [], "emotion": None, "confidence": None, "absent": "no speech"},
+                        "overall": {"emotion": first, "confidence": 0.6, "summary": "Face and voice agree."}}, classes)
 
 
 def completion(content: str | None, *, finish_reason: str = "stop", refusal: str | None = None,
