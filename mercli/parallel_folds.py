@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from mercli import resources
+import mercli.resources as resources
 from mercli.splits import Split
 from mercli.workers import run_in_workers
 
