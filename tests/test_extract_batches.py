@@ -371,3 +371,37 @@ def test_worker_processes_each_take_a_group_and_store_the_same_files(seven, tmp_
         runs[size] = [json.loads(line) for line in log.read_text().splitlines()]
     assert sorted(tuple(ids) for _, ids in runs["3"]) == [("a", "b", "c_mute"), ("e", "f"), ("g",)]
     assert stored_files(tmp_path / "ws1") == stored_files(tmp_path / "ws3")
+
+
+@pytest.mark.slow
+def test_transformers_encoders_in_batches_of_four_agree_with_one_clip_at_a_time(tmp_path):
+    """hf-audio pads and masks the clips of a batch, hf-vision stacks their frames: what ``mer
+    extract`` stores at batch size 4 is what it stores clip by clip, to float precision."""
+    pytest.importorskip("transformers")
+    from support.hf_models import tiny_models
+
+    models = tiny_models(tmp_path / "models", ["wav2vec2", "clip-vision"])
+    folder = clips_folder(tmp_path / "clips", {
+        "a.mp4": {"seconds": 1.5}, "b.mp4": {"seconds": 0.6, "colour": (20, 40, 220)}, "c_mute.mp4": {"audio": False},
+        "d_voice.wav": {"video": False, "seconds": 2.2}, "e.mp4": {"seconds": 1.0, "colour": (10, 200, 10)},
+    })
+    (tmp_path / "mer.toml").write_text(
+        '[extract]\nencoders = ["hf-audio", "hf-vision"]\n'
+        f'[encoder.hf-audio]\nmodel = "{models["wav2vec2"]}"\nlevel = "frame"\nbatch_size = 3\n'
+        f'[encoder.hf-vision]\nmodel = "{models["clip-vision"]}"\ninput = "frame"\nlevel = "frame"\n')
+    sets = {}
+    for size in ("1", "4"):
+        result = run_mer("-w", str(tmp_path / f"ws{size}"), "extract", str(folder), "--batch-size", size,
+                         "--workers", "1", "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["done"] == 5
+        sets[size] = {s.manifest.encoder: s for s in list_feature_sets(tmp_path / f"ws{size}" / "features")}
+    for encoder, one in sets["1"].items():
+        four = sets["4"][encoder]
+        assert one.name == four.name
+        for clip in ("a", "b", "c_mute", "d_voice", "e"):
+            assert one.status(clip) == four.status(clip), (encoder, clip)
+            if one.status(clip) == "done":
+                alone, batched = one.read(clip), four.read(clip)
+                np.testing.assert_allclose(batched.values, alone.values, atol=1e-4, err_msg=f"{encoder} {clip}")
+                assert np.array_equal(batched.mask, alone.mask)
