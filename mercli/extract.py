@@ -245,10 +245,10 @@ def stored_everywhere(job: ExtractJob, clips: list[Clip]) -> set[str]:
     return {c.clip_id for c in clips if all(s.status(c.clip_id) is not None for s in sets)}
 
 
-def worker_count(requested: int, clips: int) -> int:
-    """Processes for ``clips`` clips to do: ``requested``, or with 0 :func:`~mercli.resources.auto_workers`;
-    never more than there are clips."""
-    return min(requested or resources.auto_workers(clips), clips)
+def worker_count(requested: int, groups: int) -> int:
+    """Processes for ``groups`` groups of clips to do: ``requested``, or with 0
+    :func:`~mercli.resources.auto_workers`; never more than there are groups."""
+    return min(requested or resources.auto_workers(groups), groups)
 
 
 def grouped(clips: list[Clip], size: int) -> list[list[Clip]]:
@@ -333,7 +333,8 @@ def extract_clips(
     job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
     stored = stored_everywhere(job, clips)
     to_do = [clip for clip in clips if clip.clip_id not in stored]
-    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(to_do)))
+    groups = -(-len(to_do) // config.get("extract", "batch_size"))
+    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, groups))
     started = time.perf_counter()
     skipped = (ClipOutcome(clip.clip_id, "skipped") for clip in clips if clip.clip_id in stored)
     for outcome in itertools.chain(skipped, run(job, to_do, summary.workers)):  # skipped: no worker started

@@ -251,9 +251,11 @@ def test_an_interrupted_batched_run_resumes_where_it_stopped(counting, seven, tm
 
     monkeypatch.setattr(media, "decode", slow)
     with pytest.raises(KeyboardInterrupt):
-        extract(tmp_path / "ws", seven, 3, observe=interrupt)
+        try:
+            extract(tmp_path / "ws", seven, 3, observe=interrupt)
+        finally:  # while the interrupt is handled, as the CLI reports it
+            assert not decoding_threads(), "the decoding thread outlived the run"
     monkeypatch.undo()
-    assert not [t for t in threading.enumerate() if t.name == "mer-decode"], "the decoding thread outlived the run"
     assert not [p for p in (tmp_path / "ws").rglob("*") if p.name.endswith(".part")]
     CALLS.clear()
 
@@ -301,11 +303,18 @@ def test_the_next_group_is_decoded_while_the_encoders_work_on_this_one(counting,
     assert overlapped == [True], "the next group was not decoded while the first was encoded"
 
 
+def decoding_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "mer-decode"]
+
+
 def test_ctrl_c_that_a_library_turns_into_an_error_stops_a_batch_without_retrying_it(counting, seven, tmp_path):
     """The batch fails because of the interrupt: trying its clips one by one would cost a clip's
-    work each before the run stops."""
+    work each before the run stops. The decoding thread, a group ahead, stops with the run."""
     with pytest.raises(KeyboardInterrupt):
-        extract(tmp_path / "ws", seven, 3, encoders=["test-batch-swallow"])
+        try:
+            extract(tmp_path / "ws", seven, 3, encoders=["test-batch-swallow"])
+        finally:
+            assert not decoding_threads(), "the decoding thread outlived the run"
     assert calls("test-batch-swallow", "encode") == [("a",)]
     assert not (tmp_path / "ws" / "features" / "_failures").exists() or \
         not list((tmp_path / "ws" / "features" / "_failures").glob("*.json"))
@@ -405,3 +414,27 @@ def test_transformers_encoders_in_batches_of_four_agree_with_one_clip_at_a_time(
                 alone, batched = one.read(clip), four.read(clip)
                 np.testing.assert_allclose(batched.values, alone.values, atol=1e-4, err_msg=f"{encoder} {clip}")
                 assert np.array_equal(batched.mask, alone.mask)
+
+
+def test_worker_processes_are_counted_by_groups_and_take_a_group_each(counting, seven, tmp_path, monkeypatch):
+    """Seven clips in groups of four are two items: no third worker would have anything to do."""
+    from mercli import extract as stage
+
+    items: list[list[str]] = []
+
+    def in_this_process(make, arguments, groups, workers):
+        assert workers == 2
+        extractor = stage.ClipExtractor(arguments[0])
+        for group in groups:
+            items.append([clip.clip_id for clip in group])
+            yield extractor(group)
+
+    monkeypatch.setattr(stage.resources, "auto_workers", lambda items: 8)
+    monkeypatch.setattr(stage, "run_in_workers", in_this_process)
+    config = load(None, environ={}, overrides={"extract.encoders": ENCODERS, "extract.batch_size": 4})
+    summary = extract_clips(discover(seven), config, Workspace(tmp_path / "ws"), {}, workers=0)
+    assert summary.workers == 2 and summary.done == 7
+    assert items == [["a", "b", "c_mute", "d_voice"], ["e", "f", "g"]]
+    assert calls("test-count-audio", "batch") == [("a", "b", "d_voice"), ("e", "f", "g")]
+    extract(tmp_path / "one", seven, 1)
+    assert stored_files(tmp_path / "ws") == stored_files(tmp_path / "one")
