@@ -119,13 +119,13 @@ class ClipEncoder:
     def _pending(self, only: Collection[str] | None) -> list[Encoder]:
         return [e for e in self.encoders if only is None or e.name in only]
 
-    def _decode_request(self, request: Request) -> "DecodedClip | None":
-        """The request's clip decoded, or ``None`` when it asks for no encoder (nothing to decode)."""
+    def _decode_request(self, request: Request) -> DecodedClip:
+        """The request's clip decoded; a request for no encoder gets an empty clip (nothing to decode)."""
         clip, only = request
-        return self.decode(clip, only) if self._pending(only) else None
+        return self.decode(clip, only) if self._pending(only) else DecodedClip(clip.clip_id, clip.path, 0.0)
 
 
-def decoded_ahead(requests: Iterable[list[Request]], decode: Callable[[Request], "DecodedClip | None"],
+def decoded_ahead(requests: Iterable[list[Request]], decode: Callable[[Request], DecodedClip],
                   ahead: int) -> Iterator[list[tuple[Request, "DecodedClip | Exception"]]]:
     """Each group of ``requests`` with its clips decoded (or why one could not be), in order. With
     ``ahead`` > 0 a background thread decodes up to that many groups before they are asked for;
@@ -149,17 +149,15 @@ def decoded_ahead(requests: Iterable[list[Request]], decode: Callable[[Request],
         thread.join()
 
 
-def decode_group(group: list[Request], decode: Callable[[Request], "DecodedClip | None"]
+def decode_group(group: list[Request], decode: Callable[[Request], DecodedClip]
                  ) -> list[tuple[Request, "DecodedClip | Exception"]]:
-    """The clips of one group decoded; one that cannot be decoded is that clip's failure alone.
-    A request for no encoder gets an empty clip (it is not decoded)."""
+    """The clips of one group decoded; one that cannot be decoded is that clip's failure alone."""
     done: list[tuple[Request, DecodedClip | Exception]] = []
     for request in group:
         try:
-            decoded = decode(request)
+            done.append((request, decode(request)))
         except Exception as error:
-            decoded = error
-        done.append((request, decoded if decoded is not None else DecodedClip(request[0].clip_id, request[0].path, 0.0)))
+            done.append((request, error))
     return done
 
 
