@@ -1,7 +1,8 @@
 """The extract stage: every clip of a folder through every selected encoder, into feature sets.
 
 One clip is decoded once and then passed to each encoder whose feature set does not already hold a
-valid result for it, so a re-run only does what is missing. A clip that cannot be decoded, or an
+valid result for it, so a re-run only does what is missing. Clips go in groups of
+``extract.batch_size``: each encoder takes the clips of a group that need it at once. A clip that cannot be decoded, or an
 encoder that fails on it, is recorded as a failure and the batch goes on; a modality the clip lacks
 (no audio track, no face, no speech) is recorded as absent, which is a result, not a failure.
 """
@@ -256,16 +257,21 @@ def grouped(clips: list[Clip], size: int) -> list[list[Clip]]:
     return [clips[start:start + size] for start in range(0, len(clips), size)]
 
 
+def groups_ahead(size: int) -> int:
+    """Groups decoded ahead in this process while the encoders work: one when groups hold several
+    clips; none for a clip at a time, which runs as it always did (decoded, then encoded)."""
+    return int(size > 1)
+
+
 def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
     """Extract ``clips``, yielding each outcome as its group completes: in this process when
-    ``workers`` is 1, else in that many worker processes, each taking a group at a time. In this
-    process groups of several clips are decoded one ahead (a clip at a time runs as it always did:
-    decoded, then encoded)."""
+    ``workers`` is 1 (the next group decoded meanwhile: :func:`groups_ahead`), else in that many
+    worker processes, each taking a group at a time."""
     size = job.config.get("extract", "batch_size")
     groups = grouped(clips, size)
     if workers == 1:
         with noticing_ctrl_c() as pressed:
-            for outcomes in ClipExtractor(job, interrupted=pressed).outcomes(groups, ahead=int(size > 1)):
+            for outcomes in ClipExtractor(job, interrupted=pressed).outcomes(groups, groups_ahead(size)):
                 if pressed():
                     raise KeyboardInterrupt
                 yield from outcomes
@@ -333,8 +339,8 @@ def extract_clips(
     job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
     stored = stored_everywhere(job, clips)
     to_do = [clip for clip in clips if clip.clip_id not in stored]
-    groups = -(-len(to_do) // config.get("extract", "batch_size"))
-    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, groups))
+    groups = grouped(to_do, config.get("extract", "batch_size"))
+    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(groups)))
     started = time.perf_counter()
     skipped = (ClipOutcome(clip.clip_id, "skipped") for clip in clips if clip.clip_id in stored)
     for outcome in itertools.chain(skipped, run(job, to_do, summary.workers)):  # skipped: no worker started
