@@ -463,10 +463,13 @@ def groups_table(rows: list[tuple[str, int, int, float, GroupTimes]], device: st
                    "encode s", "encoders waited s (after group 1)", "wall s", "media s/wall s", "decoding keeps up"):
         table.add_column(column, justify="left" if column == "encoder" else "right")
     for name, model_batch, size, media, times in rows:
-        keeps_up = times.wait <= 0.05 * times.wall
+        if not groups_ahead(size):
+            verdict = "n/a (decoded in turn)"
+        else:
+            verdict = "yes" if times.wait <= 0.05 * times.wall else "no (decoding is the bottleneck)"
         table.add_row(name, str(model_batch), str(size), str(times.groups), f"{media:.1f}", f"{times.decode:.2f}",
                       f"{times.encode:.2f}", f"{times.wait:.2f}", f"{times.wall:.2f}", f"{media / times.wall:.1f}",
-                      "yes" if keeps_up else "no (decoding is the bottleneck)")
+                      verdict)
     return table
 
 
