@@ -2,7 +2,7 @@
 2 s of video per wall second per worker; with ``--hf``, the speed of the transformers encoders.
 
     .venv/bin/python benchmarks/extract.py [--repeat N] [--workers 1 2] [--threads N] [--clips DIR ...]
-    .venv/bin/python benchmarks/extract.py --hf [--full] [--clips DIR ...]
+    .venv/bin/python benchmarks/extract.py --hf [--full] [--batch-size N ...] [--clips DIR ...]
 
 Datasets: ../shared/data/crema-d and ../shared/data/mer2023, or the folders given with ``--clips``
 (repeatable; ``DIR/labels.csv`` is passed as ``--labels`` when it exists). For each dataset and
@@ -53,7 +53,11 @@ one ``mer extract`` worker decodes); then the clips go through ``encode_batch`` 
 of a doubling ladder until the rate stops rising by 5% (or memory runs out), and the best is kept.
 Rates are seconds of media per second of model time, and clips per second; on CUDA (half precision)
 the peak GPU memory is reported. The bottleneck is whichever of one decoding worker and the model
-handles fewer seconds of media per second. ``input = "face"`` adds the face tracking, which the
+handles fewer seconds of media per second. With ``--batch-size N ...`` the clips then go through the
+extraction chain itself in groups of N (``mer extract --workers 1 --batch-size N``: each group
+through ``encode_batch`` while a background thread decodes the next), and decoding (in the
+thread), encoding and the time the encoders waited for a decoded group after the first are timed
+apart: decoding keeps up when that wait is under 5% of the wall time. ``input = "face"`` adds the face tracking, which the
 default encoders' breakdown times as ``face-landmarks``.
 """
 
@@ -80,8 +84,8 @@ from rich.table import Table
 
 from mercli import config as configuration, plugins
 from mercli.clips import Clip, discover
-from mercli.chain import absence
-from mercli.extract import select_encoders
+from mercli.chain import ClipEncoder, absence
+from mercli.extract import grouped, groups_ahead, manifest_for, select_encoders
 from mercli.labels import read_labels
 from mercli.media import decode, probe
 
@@ -409,7 +413,67 @@ def best_batch(encoder_class, folder: Path, device: str, clips: list, ladder: li
     return best
 
 
-def hf_benchmark(datasets: list[Path], full: bool, console: Console) -> None:
+@dataclass(frozen=True)
+class GroupTimes:
+    groups: int
+    decode: float  # in the decoding thread, summed over clips
+    encode: float  # encode_batch and the per-clip rules, summed over groups
+    wait: float  # the encoders waiting for a decoded group, after the first group
+    wall: float
+
+
+def chain_in_groups(encoder, clips: list[Clip], size: int, config: configuration.Config) -> GroupTimes:
+    """``clips`` through :meth:`ClipEncoder.groups` as ``mer extract --workers 1 --batch-size
+    SIZE`` runs them (with SIZE > 1 the next group decoded in a background thread), with decoding,
+    encoding and the encoders' waits for decoded groups timed apart."""
+    import torch
+
+    chain = ClipEncoder([encoder], {encoder.name: manifest_for(encoder, config, None)}, config.get("extract", "fps"),
+                        config.get("extract", "sample_rate"), transcript=lambda clip: None, transcriber=None)
+    spent: dict[str, list[float]] = defaultdict(list)
+
+    def timed(step: str, action):
+        def run(*arguments):
+            start = time.perf_counter()
+            try:
+                return action(*arguments)
+            finally:
+                if step == "encode" and torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                spent[step].append(time.perf_counter() - start)
+        return run
+
+    chain.decode = timed("decode", chain.decode)
+    chain.encode_decoded = timed("encode", chain.encode_decoded)
+    start = previous = time.perf_counter()
+    requests = ([(clip, None) for clip in group] for group in grouped(clips, size))
+    for _ in chain.groups(requests, groups_ahead(size)):
+        now = time.perf_counter()
+        spent["iteration"].append(now - previous)
+        previous = now
+    waits = [whole - encoding for whole, encoding in zip(spent["iteration"], spent["encode"])]
+    return GroupTimes(len(waits), sum(spent["decode"]), sum(spent["encode"]), sum(waits[1:]),
+                      time.perf_counter() - start)
+
+
+def groups_table(rows: list[tuple[str, int, int, float, GroupTimes]], device: str) -> Table:
+    table = Table(title=f"the extraction chain in groups on {device} (mer extract --workers 1 --batch-size N: "
+                        "with N > 1 one decoding thread a group ahead)")
+    for column in ("encoder", "model batch", "group (--batch-size)", "groups", "media s", "decode s (thread)",
+                   "encode s", "encoders waited s (after group 1)", "wall s", "media s/wall s", "decoding keeps up"):
+        table.add_column(column, justify="left" if column == "encoder" else "right")
+    for name, model_batch, size, media, times in rows:
+        if not groups_ahead(size):
+            verdict = "n/a (decoded in turn)"
+        else:
+            verdict = "yes" if times.wait <= 0.05 * times.wall else "no (decoding is the bottleneck)"
+        table.add_row(name, str(model_batch), str(size), str(times.groups), f"{media:.1f}", f"{times.decode:.2f}",
+                      f"{times.encode:.2f}", f"{times.wait:.2f}", f"{times.wall:.2f}", f"{media / times.wall:.1f}",
+                      verdict)
+    return table
+
+
+def hf_benchmark(datasets: list[Path], full: bool, group_sizes: list[int], console: Console) -> None:
     import torch
 
     from mer_plugins.encoders.hf_audio import HfAudioEncoder
@@ -427,6 +491,8 @@ def hf_benchmark(datasets: list[Path], full: bool, console: Console) -> None:
         table.add_column(column, justify="left" if column in ("encoder", "model (random weights)", "bottleneck")
                          else "right")
     decoded = {}
+    grouped: list[tuple[str, int, int, float, GroupTimes]] = []
+    every_clip = [clip for folder in datasets for clip in discover(folder)]
     with tempfile.TemporaryDirectory(prefix="mer-bench-hf-") as scratch:
         for name, label, folder in hf_folders(Path(scratch), full):
             encoder_class = HfAudioEncoder if name == "hf-audio" else HfVisionEncoder
@@ -444,7 +510,14 @@ def hf_benchmark(datasets: list[Path], full: bool, console: Console) -> None:
                           f"{seconds:.2f}", f"{len(clips) / seconds:.2f}", f"{model_rate:.1f}", f"{decode_rate:.1f}",
                           "model" if model_rate < decode_rate else "decoding", memory)
             console.print(f"measured {name} {label}: batch {size}, {model_rate:.1f} s of media per s")
+            encoder = encoder_class(model=str(folder), device=device, half=device == "cuda", batch_size=size,
+                                    **({"input": "frame"} if name == "hf-vision" else {}))
+            for group in group_sizes:
+                grouped.append((f"{name} {label}", size, group, media,
+                                chain_in_groups(encoder, every_clip, group, config)))
     console.print(table)
+    if grouped:
+        console.print(groups_table(grouped, device))
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -473,6 +546,9 @@ def main() -> None:
                         help="measure hf-audio and hf-vision on random-weight models instead of the default encoders")
     parser.add_argument("--full", action="store_true",
                         help="with --hf: also the full-size HuBERT-large and CLIP ViT-L/14 configurations")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[], metavar="N",
+                        help="with --hf: also run the extraction chain in groups of N clips (mer extract "
+                             "--batch-size N), timing decoding against encoding per group")
     arguments = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as mer extract does, before torch or CTranslate2 load
     if arguments.threads:
@@ -482,7 +558,7 @@ def main() -> None:
     datasets = datasets_of(arguments)
     console = Console() if Console().is_terminal else Console(width=200)
     if arguments.hf:
-        hf_benchmark(datasets, arguments.full, console)
+        hf_benchmark(datasets, arguments.full, arguments.batch_size, console)
         return
     encoders = configuration.load(None, environ={}).get("extract", "encoders")
     console.print(f"mer extract, default encoders ({', '.join(encoders)}); {os.cpu_count()} CPUs, "

@@ -147,6 +147,7 @@ pass_app = click.make_pass_decorator(App)
 @setting_option("extract.encoders")
 @setting_option("extract.fps")
 @setting_option("extract.workers")
+@setting_option("extract.batch_size")
 @click.option("--shard", metavar="K/N", help="Process only shard K of N (SLURM arrays: --shard $((ID+1))/N).")
 @json_option
 @pass_app

@@ -71,6 +71,8 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("transcriber", str, "whisper", "Speech recogniser for clips whose labels carry no transcript."),
         Option("workers", int, 0, "Worker processes; 0: one per usable CPU, fewer when memory or the clips left to do are fewer.",
                NON_NEGATIVE),
+        Option("batch_size", int, 1, "Clips per group: each encoder takes a group at once (encode_batch) while "
+               "the next group is decoded; GPU encoders (hf-audio, hf-vision) want more, e.g. 16.", AT_LEAST_ONE),
     ),
     "reason": (
         Option("reasoner", str, "local", "Reasoner plug-in (`mer plugins`); its settings go in [reasoner.NAME]."),

@@ -1,7 +1,8 @@
 """The extract stage: every clip of a folder through every selected encoder, into feature sets.
 
 One clip is decoded once and then passed to each encoder whose feature set does not already hold a
-valid result for it, so a re-run only does what is missing. A clip that cannot be decoded, or an
+valid result for it, so a re-run only does what is missing. Clips go in groups of
+``extract.batch_size``: each encoder takes the clips of a group that need it at once. A clip that cannot be decoded, or an
 encoder that fails on it, is recorded as a failure and the batch goes on; a modality the clip lacks
 (no audio track, no face, no speech) is recorded as absent, which is a result, not a failure.
 """
@@ -15,11 +16,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import mercli.plugins as plugins
 import mercli.resources as resources
-from mercli.chain import ClipEncoder, EncodedClip, clip_failure
+from mercli.chain import ClipEncoder, EncodedClip, clip_failure, never
 from mercli.clips import Clip
 from mercli.config import Config
 from mercli.contracts import DecodedClip, Encoder, Transcriber
@@ -27,7 +28,7 @@ from mercli.errors import ConfigError, writing
 from mercli.failures import FailureLog
 from mercli.features import FeatureSet, Manifest
 from mercli.transcripts import TranscriptStore
-from mercli.workers import noticing_ctrl_c, run_in_workers
+from mercli.workers import noticing_ctrl_c, run_in_workers, stopping
 from mercli.workspace import Workspace
 
 
@@ -155,9 +156,10 @@ def prepare(config: Config, features_root: Path, transcripts_root: Path, label_t
 
 class ClipExtractor:
     """The extract stage's cache around :class:`~mercli.chain.ClipEncoder`: a clip goes only to the
-    encoders whose feature set holds no valid result for it, and what they give is stored."""
+    encoders whose feature set holds no valid result for it, and what they give is stored. Clips
+    come in groups of ``extract.batch_size``, each group through each encoder at once."""
 
-    def __init__(self, job: ExtractJob) -> None:
+    def __init__(self, job: ExtractJob, interrupted: Callable[[], bool] = never) -> None:
         self.job = job
         self.sets = {name: FeatureSet.open(job.features_root, m) for name, m in job.manifests.items()}
         self.transcriber = (
@@ -168,16 +170,28 @@ class ClipExtractor:
         encoders = select_encoders(job.config, list(job.manifests))
         self.modalities = {e.name: e.modality for e in encoders}
         self.encode = ClipEncoder(encoders, job.manifests, job.config.get("extract", "fps"),
-                                  job.config.get("extract", "sample_rate"), self._transcript, job.transcriber)
+                                  job.config.get("extract", "sample_rate"), self._transcript, job.transcriber,
+                                  interrupted)
 
-    def __call__(self, clip: Clip) -> ClipOutcome:
-        pending = [name for name, store in self.sets.items() if store.status(clip.clip_id) is None]
+    def __call__(self, group: list[Clip]) -> list[ClipOutcome]:
+        """One group's outcomes, decoded here and now (a worker process's item)."""
+        return next(self.outcomes([group], ahead=0))
+
+    def outcomes(self, groups: Iterable[list[Clip]], ahead: int = 1) -> Iterator[list[ClipOutcome]]:
+        """Each group's outcomes in order, with ``ahead`` groups decoded ahead in a background thread."""
+        requests = ([(clip, self._pending(clip)) for clip in group] for group in groups)
+        for group in self.encode.groups(requests, ahead):
+            yield [self._outcome(clip, only, encoded) for (clip, only), encoded in group]
+
+    def _pending(self, clip: Clip) -> list[str]:
+        """The encoders whose feature set holds no valid result for ``clip``."""
+        return [name for name, store in self.sets.items() if store.status(clip.clip_id) is None]
+
+    def _outcome(self, clip: Clip, pending: list[str], encoded: "EncodedClip | Exception") -> ClipOutcome:
         if not pending:
             return ClipOutcome(clip.clip_id, "skipped")
-        try:
-            encoded = self.encode(clip, only=pending)
-        except Exception as error:  # whatever goes wrong with one clip, the batch goes on
-            reason = clip_failure(error)
+        if isinstance(encoded, Exception):  # whatever goes wrong with one clip, the batch goes on
+            reason = clip_failure(encoded)
             with writing(self.failures.folder, midway=True):
                 self.failures.record(clip.clip_id, reason, path=str(clip.path), stage="extract")
             return ClipOutcome(clip.clip_id, "failed", failures=[reason])
@@ -223,7 +237,7 @@ def start_extractor(job: ExtractJob, threads: int) -> ClipExtractor:
     import torch  # CTranslate2 models take their thread count from torch's (whisper_models.load)
 
     torch.set_num_threads(threads)
-    return ClipExtractor(job)
+    return ClipExtractor(job, interrupted=stopping)
 
 
 def stored_everywhere(job: ExtractJob, clips: list[Clip]) -> set[str]:
@@ -232,25 +246,38 @@ def stored_everywhere(job: ExtractJob, clips: list[Clip]) -> set[str]:
     return {c.clip_id for c in clips if all(s.status(c.clip_id) is not None for s in sets)}
 
 
-def worker_count(requested: int, clips: int) -> int:
-    """Processes for ``clips`` clips to do: ``requested``, or with 0 :func:`~mercli.resources.auto_workers`;
-    never more than there are clips."""
-    return min(requested or resources.auto_workers(clips), clips)
+def worker_count(requested: int, groups: int) -> int:
+    """Processes for ``groups`` groups of clips to do: ``requested``, or with 0
+    :func:`~mercli.resources.auto_workers`; never more than there are groups."""
+    return min(requested or resources.auto_workers(groups), groups)
+
+
+def grouped(clips: list[Clip], size: int) -> list[list[Clip]]:
+    """``clips`` in order, in groups of ``size`` (the last may be smaller)."""
+    return [clips[start:start + size] for start in range(0, len(clips), size)]
+
+
+def groups_ahead(size: int) -> int:
+    """Groups decoded ahead in this process while the encoders work: one when groups hold several
+    clips; none for a clip at a time, which runs as it always did (decoded, then encoded)."""
+    return int(size > 1)
 
 
 def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOutcome]:
-    """Extract ``clips``, yielding each outcome as it completes: in this process when ``workers``
-    is 1, else in that many worker processes."""
+    """Extract ``clips``, yielding each outcome as its group completes: in this process when
+    ``workers`` is 1 (the next group decoded meanwhile: :func:`groups_ahead`), else in that many
+    worker processes, each taking a group at a time."""
+    size = job.config.get("extract", "batch_size")
+    groups = grouped(clips, size)
     if workers == 1:
-        extractor = ClipExtractor(job)
         with noticing_ctrl_c() as pressed:
-            for clip in clips:
-                outcome = extractor(clip)
+            for outcomes in ClipExtractor(job, interrupted=pressed).outcomes(groups, groups_ahead(size)):
                 if pressed():
                     raise KeyboardInterrupt
-                yield outcome
+                yield from outcomes
     elif clips:
-        yield from run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), clips, workers)
+        for outcomes in run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), groups, workers):
+            yield from outcomes
 
 
 @dataclass
@@ -312,7 +339,8 @@ def extract_clips(
     job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
     stored = stored_everywhere(job, clips)
     to_do = [clip for clip in clips if clip.clip_id not in stored]
-    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(to_do)))
+    groups = grouped(to_do, config.get("extract", "batch_size"))
+    summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(groups)))
     started = time.perf_counter()
     skipped = (ClipOutcome(clip.clip_id, "skipped") for clip in clips if clip.clip_id in stored)
     for outcome in itertools.chain(skipped, run(job, to_do, summary.workers)):  # skipped: no worker started

@@ -154,6 +154,12 @@ def _start(make: Callable[..., Callable[[Any], Any]], arguments: tuple) -> None:
     atexit.register(_exit_without_teardown)
 
 
+def stopping() -> bool:
+    """Whether this worker process was told to stop while in the middle of an item (what a library
+    that turns the interrupt into an ordinary error would otherwise hide)."""
+    return _stopping
+
+
 def _stop(signum: int, frame: object) -> None:
     """Ctrl-C, or the main process's terminate(). A second signal (Ctrl-C reaches a worker both from
     the terminal and from the main process) changes nothing: the first is already being acted on."""

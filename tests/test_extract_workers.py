@@ -51,9 +51,9 @@ def tones(tmp_path_factory) -> Path:
     return folder
 
 
-def extract_command(workspace: Path, folder: Path, workers: str) -> list[str]:
+def extract_command(workspace: Path, folder: Path, workers: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "mercli", "-w", str(workspace), "extract", str(folder),
-            "--encoders", "egemaps", "--workers", workers, "--json"]
+            "--encoders", "egemaps", "--workers", workers, *options, "--json"]
 
 
 def start(command: list[str]) -> subprocess.Popen[str]:
@@ -146,6 +146,17 @@ def test_ctrl_c_in_a_terminal_stops_every_process_and_the_next_run_resumes(tones
     assert_stopped_cleanly(process, workspace)
     expected = 0 if workers == "1" else resources.auto_workers(CLIPS)
     assert len(seen_workers) == (0 if expected == 1 else expected)
+    assert_resumes(workspace, tones)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_during_batches_stops_every_process_and_thread_and_the_next_run_resumes(tones, tmp_path, workers):
+    """Groups of 4 clips: in one process the next group is being decoded in a thread meanwhile."""
+    workspace = tmp_path / "ws"
+    process = start(extract_command(workspace, tones, workers, "--batch-size", "4"))
+    wait_until(lambda: stored(workspace) > 0, process)
+    os.killpg(process.pid, signal.SIGINT)
+    assert_stopped_cleanly(process, workspace)
     assert_resumes(workspace, tones)
 
 

@@ -1,8 +1,7 @@
 """``hf-audio`` and ``hf-vision``: transformers models read from a local folder, never from a hub.
 
-The models are built here from transformers configurations (two layers, 32-d, random weights) and
-saved with their processors into a temporary folder, the layout a downloaded folder has: the
-encoders cannot tell them from real ones, and the tests need no network and no large file.
+The models are built from transformers configurations (two layers, 32-d, random weights) and saved
+with their processors into a temporary folder (tests/support/hf_models.py).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.hf_models import tiny_models
 from support.media import write_clip
 from support.mer_process import run_mer
 
@@ -27,15 +27,7 @@ from mer_plugins.encoders.hf_vision import HfVisionEncoder
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
-SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-CONV = dict(conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
 RATE = 16000
-
-
-def _save(folder: Path, model, processor) -> str:
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -43,43 +35,7 @@ def models(tmp_path_factory) -> dict[str, str]:
     """Tiny model folders by kind: speech models with each way of treating padding, Whisper, image
     models (a CLIP vision tower, a whole CLIP model), and models hf-audio does not run (a log-mel
     speech model other than Whisper, a text model)."""
-    from transformers import (BertConfig, BertModel, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig,
-                              CLIPVisionModel, HubertConfig, HubertModel, Speech2TextConfig,
-                              Speech2TextFeatureExtractor, Speech2TextModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor,
-                              Wav2Vec2Model, WhisperConfig, WhisperFeatureExtractor, WhisperModel)
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    vision = dict(SMALL, image_size=32, patch_size=8)
-    return {
-        # layer-normalised convolutions (the large models): batches are padded and masked
-        "wav2vec2": _save(root / "wav2vec2", Wav2Vec2Model(Wav2Vec2Config(
-            **SMALL, **CONV, feat_extract_norm="layer", do_stable_layer_norm=True)),
-            Wav2Vec2FeatureExtractor(return_attention_mask=True)),
-        # group-normalised convolutions (the base models): padding would change the result
-        "hubert": _save(root / "hubert", HubertModel(HubertConfig(**SMALL, **CONV, feat_extract_norm="group")),
-                        Wav2Vec2FeatureExtractor(return_attention_mask=False)),
-        "whisper": _save(root / "whisper", WhisperModel(WhisperConfig(
-            d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-            decoder_start_token_id=1)), WhisperFeatureExtractor()),
-        "clip-vision": _save(root / "clip-vision", CLIPVisionModel(CLIPVisionConfig(**vision)), images),
-        "clip": _save(root / "clip", CLIPModel(CLIPConfig(
-            text_config=dict(SMALL, vocab_size=64, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-            vision_config=vision, projection_dim=8)), images),
-        "speech2text": _save(root / "speech2text", Speech2TextModel(Speech2TextConfig(
-            d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-            encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=64, conv_channels=32)), Speech2TextFeatureExtractor()),
-        "bert": _save(root / "bert", BertModel(BertConfig(**SMALL, vocab_size=64)),
-                      transformers.BertTokenizerFast(vocab_file=_vocab(root))),
-    }
-
-
-def _vocab(root: Path) -> str:
-    path = root / "vocab.txt"
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
-    return str(path)
+    return tiny_models(tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(autouse=True)
