@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from support.media import write_clip
+from support.media import loudness_frames, write_clip
 from support.mer_process import run_mer
 
 from mercli import plugins
@@ -50,9 +50,7 @@ class Loudness(Encoder):
         Loudness.calls.append(clip.clip_id)
         if "boom" in clip.clip_id:
             raise RuntimeError("exploded on purpose")
-        frames = clip.audio[: len(clip.audio) // 1600 * 1600].reshape(-1, 1600)
-        rms = np.sqrt((frames**2).mean(axis=1, keepdims=True)).astype(np.float32)
-        return Features(rms, mask=np.ones(len(rms), dtype=bool))
+        return loudness_frames(clip.audio)
 
 
 class WordCount(Encoder):
