@@ -100,7 +100,9 @@ CORE_SECTIONS: dict[str, tuple[Option, ...]] = {
         Option("epochs", int, 60, "Most epochs per fold.", AT_LEAST_ONE),
         Option("patience", int, 10, "Stop after this many epochs without a better validation WAF (0: never).",
                NON_NEGATIVE),
-        Option("batch_size", int, 32, "Clips per batch.", AT_LEAST_ONE),
+        Option("batch_size", int, 0, "Clips per training batch (0: the largest of 32, 64 and 128 that still gives "
+               "an epoch at least 50 batches: larger batches train faster, a small table needs the steps).",
+               NON_NEGATIVE),
         Option("lr", float, 1e-3, "Peak learning rate (AdamW, cosine decay to zero).", POSITIVE),
         Option("weight_decay", float, 0.01, "AdamW weight decay.", NON_NEGATIVE),
         Option("seed", int, 0, "Seed of every random choice: initialisation, batches, holdout, folds.",

@@ -17,8 +17,7 @@ from mercli.train import predict_logits
 from mercli.trainset import TrainingTable
 
 
-def ensemble_probabilities(run: TrainedRun, table: TrainingTable, indices: Sequence[int], device: Any,
-                           batch_size: int) -> np.ndarray:
+def ensemble_probabilities(run: TrainedRun, table: TrainingTable, indices: Sequence[int], device: Any) -> np.ndarray:
     """``(len(indices), classes)``: the mean over the run's folds of their calibrated probabilities."""
-    return np.mean([calibrated(predict_logits(fold.model.to(device), table, indices, device, batch_size).numpy(),
+    return np.mean([calibrated(predict_logits(fold.model.to(device), table, indices, device).numpy(),
                                fold.temperature) for fold in run.folds], axis=0)

@@ -192,7 +192,7 @@ def _run_table(config: Config, workspace: Workspace, run: TrainedRun, labels: Pa
 def _predict(run: TrainedRun, fold: TrainedFold, table: TrainingTable, indices: Sequence[int],
              settings: dict[str, Any]) -> MemberPredictions:
     device = pick_device(settings["device"])
-    logits = predict_logits(fold.model.to(device), table, indices, device, settings["batch_size"]).numpy()
+    logits = predict_logits(fold.model.to(device), table, indices, device).numpy()
     return MemberPredictions(run.path, fold.fold, fold.temperature, [table.clip_ids[i] for i in indices],
                              table.labels[np.asarray(indices, dtype=np.int64)], calibrated(logits, fold.temperature),
                              calibrated(logits))

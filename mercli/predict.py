@@ -154,7 +154,7 @@ class Predictor:
         if self.priors is not None:
             features.update(self.priors(clip, encoded, self.set_of))
         table = one_clip_table(self.run.classes, clip.clip_id, self.manifests, features)
-        probabilities = ensemble_probabilities(self.run, table, [0], CPU, 1)[0]
+        probabilities = ensemble_probabilities(self.run, table, [0], CPU)[0]
         classes = self.run.classes
         return Prediction(str(clip.path), classes[int(probabilities.argmax())],
                           {c: round(float(p), 6) for c, p in zip(classes, probabilities)}, present,

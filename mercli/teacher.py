@@ -204,8 +204,7 @@ def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoin
         raise DataError(f"{clips_dir}: none of its {len(pool)} clips outside the run's own has features in "
                         f"{', '.join(s.name for s in table.sets)}; run `mer extract` on it first")
     train = config.table("train")
-    probabilities = ensemble_probabilities(run, table, range(len(table.clip_ids)), pick_device(train["device"]),
-                                           train["batch_size"])
+    probabilities = ensemble_probabilities(run, table, range(len(table.clip_ids)), pick_device(train["device"]))
     predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
     names = [run.classes[k] for k in predicted]
     eligible, factors = agreement_factors(config, workspace, table, names)

@@ -11,7 +11,7 @@ import torch
 
 from mercli.parallel_folds import PARALLEL_WORK, fold_workers
 from mercli.resources import threads_per_worker
-from mercli.train import train
+from mercli.train import train, training_batch_size
 from mercli.trainset import TableTensors, build_table, collate
 from mercli.workspace import Workspace
 from support.training import config, write_workspace
@@ -75,3 +75,18 @@ def test_folds_run_side_by_side_only_where_it_pays():
     assert fold_workers(0, cuda, 5, PARALLEL_WORK, 10) == 1
     assert fold_workers(3, cpu, 1, PARALLEL_WORK, 10) == 1  # one fold: nothing to share
     assert fold_workers(8, cpu, 5, 10, 1) == 5  # asked for: never more than the folds
+
+
+def test_the_automatic_batch_size_keeps_an_epoch_fifty_batches():
+    assert training_batch_size(0, 180) == 32  # EmoDB's training folds: larger batches lost WAF there
+    assert training_batch_size(0, 4000) == 64
+    assert training_batch_size(0, 6400) == 128
+    assert training_batch_size(0, 10) == 32
+    assert training_batch_size(16, 100_000) == 16  # asked for
+
+
+def test_a_run_records_the_batch_size_each_fold_trained_with(tmp_path):
+    labels = write_workspace(tmp_path)
+    result = train(config(**{"train.batch_size": 0}), Workspace(tmp_path), labels, name="auto", folds=2)
+    metrics = json.loads((result.run / "metrics.json").read_text())
+    assert [fold["batch_size"] for fold in metrics["folds"]] == [32, 32]
