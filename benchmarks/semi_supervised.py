@@ -62,7 +62,7 @@ def pool_folder(target: Path, rows: list[dict[str, str]], roles: dict[str, str])
 def test_scores(config: Any, space: Workspace, run: Path, labels: Path) -> list[float]:
     table = build_table(config, space.features, labels)
     test = [i for i, split in enumerate(table.splits) if split == "test"]
-    probabilities = ensemble_probabilities(load_run(run), table, test, torch.device("cpu"), 256)
+    probabilities = ensemble_probabilities(load_run(run), table, test, torch.device("cpu"))
     figures = scores(table.labels[test], probabilities.argmax(axis=1))
     return [figures["waf"], figures["macro_f1"]]
 
