@@ -33,6 +33,7 @@ from mercli.config import Config
 from mercli.ensemble import ensemble_probabilities
 from mercli.errors import ConfigError, DataError, writing
 from mercli.labels import map_label, read_labels
+from mercli.prompts import PROMPT_VERSIONS
 from mercli.pseudolabels import Teacher, pseudo_clip_ids, pseudo_labels_csv, pseudo_round
 from mercli.runs import TrainedRun, load_run, resolve_run
 from mercli.traces import list_trace_stores
@@ -84,19 +85,30 @@ def select_by_quota(predicted: np.ndarray, confidence: np.ndarray, eligible: np.
 
 def trace_emotions(config: Config, workspace: Workspace, spec: str, clip_ids: Sequence[str]) -> dict[str, str]:
     """The overall emotion (as a class name, through the label map) of every clip of ``clip_ids``
-    that the reasoner ``spec`` (``reasoner[:model]``) has a trace of; label-conditioned traces are
-    never used (their reasoner saw a label)."""
+    that the reasoner ``spec`` (``reasoner[:model]``) has a trace of, from its newest prompt version
+    where it was asked in several; label-conditioned traces are never used (their reasoner saw a
+    label)."""
     reasoner, _, model = spec.partition(":")
     stores = [s for s in list_trace_stores(workspace.reasoning) if not s.source.label_conditioned
               and s.source.reasoner == reasoner and (not model or s.source.model == model)]
-    if len(stores) != 1:
+    if len({s.source.model for s in stores}) != 1:
         found = ", ".join(str(s.folder) for s in stores) or "none"
-        raise DataError(f"[pseudolabel] agree_with {spec!r}: needs exactly one trace folder of that reasoner "
+        raise DataError(f"[pseudolabel] agree_with {spec!r}: needs the traces of one model of that reasoner "
                         f"under {workspace.reasoning}, found {found}; name the model as reasoner:model")
-    store = stores[0]
-    have = set(store.clip_ids())
     maps, classes = [config.get("data", "label_map")], config.get("data", "classes")
-    return {clip: map_label(store.read(clip)["overall"]["emotion"], maps, classes) for clip in clip_ids if clip in have}
+    traces: dict[str, dict[str, Any]] = {}
+    for store in stores:
+        for clip in set(store.clip_ids()).intersection(clip_ids):
+            trace = store.read(clip)
+            if clip not in traces or prompt_rank(trace) > prompt_rank(traces[clip]):
+                traces[clip] = trace
+    return {clip: map_label(trace["overall"]["emotion"], maps, classes) for clip, trace in traces.items()}
+
+
+def prompt_rank(trace: Mapping[str, Any]) -> int:
+    """How new the prompt a trace answered is (-1: not one of mer's own)."""
+    version = trace["provenance"]["prompt_version"]
+    return PROMPT_VERSIONS.index(version) if version in PROMPT_VERSIONS else -1
 
 
 def agreement(predicted: Sequence[str], clip_ids: Sequence[str], emotions: Mapping[str, str]) -> np.ndarray:

@@ -22,7 +22,9 @@ from mercli.errors import ConfigError, DataError
 from mercli.evaluation import evaluate
 from mercli.pseudolabels import read_pseudo_labels
 from mercli.runs import load_run
-from mercli.teacher import class_quotas, class_thresholds, pseudolabel, select_by_quota, select_by_threshold
+from mercli.prompts import PROMPT_VERSIONS
+from mercli.teacher import (class_quotas, class_thresholds, pseudolabel, select_by_quota, select_by_threshold,
+                            trace_emotions)
 from mercli.traces import TraceSource, TraceStore
 from mercli.train import predict_logits, train
 from mercli.trainset import choose_sets, clip_table
@@ -152,11 +154,13 @@ SOURCE = TraceSource("fake", "m1", "v1")
 
 
 def write_trace(store: TraceStore, clip: str, emotion: str) -> None:
+    """A trace of ``clip`` in ``store``, its prompt version its source's."""
     absent = {"cues": [], "emotion": None, "confidence": None, "absent": "not looked at"}
     store.write(clip, {
         "clip": clip, "visual": absent, "acoustic": absent, "textual": absent,
         "overall": {"emotion": emotion, "confidence": 0.7, "summary": "a test trace"},
-        "provenance": {"reasoner": SOURCE.reasoner, "model": SOURCE.model, "prompt_version": SOURCE.prompt_version,
+        "provenance": {"reasoner": store.source.reasoner, "model": store.source.model,
+                       "prompt_version": store.source.prompt_version,
                        "label_conditioned": False, "usage": {"input_tokens": 1, "output_tokens": 1}, "cost_usd": 0.0,
                        "content_hash": "a" * 64, "created": "2026-01-01T00:00:00+00:00"}})
 
@@ -183,8 +187,22 @@ def test_agreement_requires_or_weighs_the_traces_overall_emotion(setup, teacher,
     for row in weighed:
         factor = 1.0 if row["name"] in agreeing else 0.25
         assert float(row["confidence"]) == pytest.approx(original[row["name"]] * factor, abs=2e-6)
-    with pytest.raises(DataError, match="exactly one trace folder"):
+    with pytest.raises(DataError, match="needs the traces of one model"):
         pseudolabel(config(**{"pseudolabel.agree_with": "other"}), setup.space, setup.clips, "teacher", tmp_path / "x.csv")
+
+
+def test_agreement_reads_the_newest_prompt_version_of_a_clip_asked_in_two(setup, tmp_path):
+    clips = ["c1", "c2"]
+    older = TraceStore.open(setup.space.reasoning, TraceSource("fake", "m1", PROMPT_VERSIONS[0]))
+    newer = TraceStore.open(setup.space.reasoning, TraceSource("fake", "m1", PROMPT_VERSIONS[1]))
+    write_trace(older, "c1", "happy")
+    write_trace(older, "c2", "happy")
+    write_trace(newer, "c1", "angry")
+    assert trace_emotions(config(), setup.space, "fake", clips) == {"c1": "angry", "c2": "happy"}
+    write_trace(TraceStore.open(setup.space.reasoning, TraceSource("fake", "m2", PROMPT_VERSIONS[0])), "c1", "sad")
+    with pytest.raises(DataError, match="name the model"):
+        trace_emotions(config(), setup.space, "fake", clips)
+    assert trace_emotions(config(), setup.space, "fake:m2", clips) == {"c1": "sad"}
 
 
 # --- weights in the loss ----------------------------------------------------------------------
