@@ -76,11 +76,13 @@ class Contender:
 
 
 def run_once(contender: Contender, workspace: Path) -> None:
-    """Time one whole process; read its WAF from its run folder (mer) or its JSON line (reference)."""
+    """Time one whole process; read its WAF from its run folder (mer) or its JSON line (reference).
+    It runs in the workspace, so that ``python -m mercli`` imports the mer its PYTHONPATH names, not
+    a checkout that happens to be the current folder."""
     started = time.perf_counter()
     environment = {**os.environ, **({"PYTHONPATH": contender.pythonpath} if contender.pythonpath else {})}
     process = subprocess.Popen(contender.command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env=environment)
+                               env=environment, cwd=workspace)
     output = process.stdout.read() if process.stdout else ""
     _pid, status, usage = os.wait4(process.pid, 0)
     contender.seconds.append(time.perf_counter() - started)
