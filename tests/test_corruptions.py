@@ -349,7 +349,8 @@ def test_priors_of_corrupted_copies_come_from_the_runs_reasoner_when_asked(with_
     assert len(asked) == len(before) + 21  # one trace per corrupted copy, kept under its content
     [level] = (with_priors.root / SCRATCH).glob("audio-noise-snr-10-*")
     priors = [s for s in list_feature_sets(level / "features") if s.manifest.encoder.startswith("prior-")]
-    assert len(priors) == 4 and all(len(s.clip_ids()) == 21 for s in priors)
+    # the text and the class-score priors of the 4 trace parts (prompt version 2)
+    assert len(priors) == 8 and all(len(s.clip_ids()) == 21 for s in priors)
     assert corrupted_eval(with_priors, "audio-noise:snr=-10", run="pri", priors="reason") == first
     assert traces() == asked  # nothing asked again
 

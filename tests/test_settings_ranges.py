@@ -35,7 +35,7 @@ OUT_OF_RANGE = [
     ("reason.max_cost", -1.0, "a finite number >= 0"),
     ("train.epochs", 0, "an integer >= 1"),
     ("train.patience", -1, "an integer >= 0"),
-    ("train.batch_size", 0, "an integer >= 1"),
+    ("train.batch_size", -1, "an integer >= 0"),
     ("train.lr", 0.0, "a finite number > 0"),
     ("train.weight_decay", -0.01, "a finite number >= 0"),
     ("train.seed", -1, "an integer in [0, 4294967295]"),
