@@ -19,7 +19,7 @@ from support.training import config, write_workspace
 
 @pytest.fixture
 def table(tmp_path):
-    labels = write_workspace(tmp_path)
+    labels = write_workspace(tmp_path, prior=True)
     built = build_table(config(), Workspace(tmp_path).features, labels)
     built.weights = np.linspace(0.5, 1.5, len(built.clip_ids), dtype=np.float32)  # as pseudo-labels make them
     return built
@@ -29,6 +29,7 @@ def test_a_batch_of_the_stacked_table_equals_the_per_clip_collation(table):
     tensors = TableTensors(table, torch.device("cpu"))
     frame_sets = [s.name for s in table.sets if s.frame_level]
     assert frame_sets and len(tensors.stacked) == len(table.sets) - len(frame_sets)
+    assert any(spec.prior for spec in table.inputs)  # a prior set travels like the others
     for indices in ([0, 1, 2], [5, 0, 9, 3], list(range(len(table.clip_ids)))[::-3]):
         fast, slow = tensors.batch(indices), collate(table, indices)
         assert fast.values.keys() == slow.values.keys()
