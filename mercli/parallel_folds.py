@@ -11,7 +11,6 @@ display follows every fold as it trains.
 from __future__ import annotations
 
 import multiprocessing
-import pickle
 import tempfile
 import threading
 from pathlib import Path
@@ -21,6 +20,8 @@ import torch
 
 import mercli.resources as resources
 from mercli.splits import Split
+from mercli.table_files import load_table, save_table
+from mercli.trainset import TrainingTable
 from mercli.workers import run_in_workers
 
 #: Clips x epochs per fold below which folds stay in the main process: a worker's start (importing
@@ -41,17 +42,17 @@ def fold_workers(requested: int, device: torch.device, folds: int, clips: int, e
 FoldTrainer = Callable[[Split, Callable[..., None] | None], Any]
 
 
-def _start_fold_trainer(make: Callable[..., FoldTrainer], arguments: Path, threads: int,
+def _start_fold_trainer(make: Callable[..., FoldTrainer], table: Path, arguments: tuple, threads: int,
                         records: "multiprocessing.SimpleQueue[Any]") -> Callable[[Split], Any]:
     """In a worker: the fold trainer, on ``threads`` threads, sending its epoch records home."""
     torch.set_num_threads(threads)
-    trainer = make(*pickle.loads(arguments.read_bytes()))
+    trainer = make(load_table(table), *arguments)
     return lambda split: trainer(split, lambda *record: records.put(record))
 
 
-def train_side_by_side(make: Callable[..., FoldTrainer], arguments: tuple, splits: Sequence[Split], workers: int,
-                       on_epoch: Callable[..., None] | None) -> list[Any]:
-    """``make(*arguments)(split, on_epoch)`` for every split in ``workers`` processes; the
+def train_side_by_side(make: Callable[..., FoldTrainer], table: TrainingTable, arguments: tuple,
+                       splits: Sequence[Split], workers: int, on_epoch: Callable[..., None] | None) -> list[Any]:
+    """``make(table, *arguments)(split, on_epoch)`` for every split in ``workers`` processes; the
     results in the order of ``splits``. ``on_epoch`` is called in this process."""
     records = multiprocessing.get_context("spawn").SimpleQueue()
 
@@ -62,16 +63,15 @@ def train_side_by_side(make: Callable[..., FoldTrainer], arguments: tuple, split
 
     relaying = threading.Thread(target=relay, daemon=True)
     relaying.start()
-    # The arguments (the whole table) reach the workers through a file: handed to each process as
-    # it starts, they would be written into a pipe that only drains once the process has imported
-    # torch, and the workers would start one after the other.
+    # The table reaches the workers as files they map: handed to each process as it starts, it
+    # would be written into a pipe that only drains once the process has imported torch, and the
+    # workers would start one after the other (each with its own copy).
     with tempfile.TemporaryDirectory(prefix="mer-folds-") as folder:
-        shipped = Path(folder) / "arguments.pickle"
-        shipped.write_bytes(pickle.dumps(arguments, protocol=pickle.HIGHEST_PROTOCOL))
+        save_table(table, Path(folder))
         try:
             results = list(run_in_workers(_start_fold_trainer,
-                                          (make, shipped, resources.threads_per_worker(workers), records),
-                                          splits, workers))
+                                          (make, Path(folder), arguments, resources.threads_per_worker(workers),
+                                           records), splits, workers))
         finally:
             records.put(None)
             relaying.join()

@@ -310,7 +310,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     device = pick_device(settings["device"])
     workers = fold_workers(settings["fold_workers"], device, len(splits), len(table.clip_ids), settings["epochs"])
     if workers > 1:
-        results = train_side_by_side(fold_trainer, (table, settings, config, str(device)), splits, workers, on_epoch)
+        results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch)
     else:
         trainer = fold_trainer(table, settings, config, str(device))
         results = [trainer(split, on_epoch) for split in splits]

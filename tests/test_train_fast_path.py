@@ -11,6 +11,7 @@ import torch
 
 from mercli.parallel_folds import PARALLEL_WORK, fold_workers
 from mercli.resources import threads_per_worker
+from mercli.table_files import load_table, save_table
 from mercli.train import train, training_batch_size
 from mercli.trainset import TableTensors, build_table, collate
 from mercli.workspace import Workspace
@@ -91,3 +92,19 @@ def test_a_run_records_the_batch_size_each_fold_trained_with(tmp_path):
     result = train(config(**{"train.batch_size": 0}), Workspace(tmp_path), labels, name="auto", folds=2)
     metrics = json.loads((result.run / "metrics.json").read_text())
     assert [fold["batch_size"] for fold in metrics["folds"]] == [32, 32]
+
+
+def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
+    folder = tmp_path / "table"
+    folder.mkdir()
+    save_table(table, folder)
+    assert not [p for p in folder.iterdir() if p.suffix not in (".npy", ".json")]  # arrays and JSON, no pickle
+    again = load_table(folder)
+    assert (again.classes, again.clip_ids, again.speakers, again.splits, again.excluded) == \
+        (table.classes, table.clip_ids, table.speakers, table.splits, table.excluded)
+    assert [s.manifest for s in again.sets] == [s.manifest for s in table.sets]
+    assert np.array_equal(again.labels, table.labels) and np.array_equal(again.weights, table.weights)
+    everything = list(range(len(table.clip_ids)))
+    first, second = collate(table, everything), collate(again, everything)
+    for name in first.values:
+        assert torch.equal(first.values[name], second.values[name]) and torch.equal(first.masks[name], second.masks[name])

@@ -1,0 +1,62 @@
+"""A training table written as plain arrays in a folder and read back memory-mapped, so that worker
+processes get it without each receiving a copy through a pipe (:mod:`mercli.parallel_folds`).
+
+Per feature set, ``<k>-present.npy`` marks the clips that have it; an utterance-level set stores
+one row per clip (zeros where absent), a frame-level set its clips' frames one after another with
+``<k>-lengths.npy`` and ``<k>-masks.npy``. ``table.json`` holds everything else. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mercli.features import FeatureSet, Manifest
+from mercli.trainset import TrainingTable
+
+
+def save_table(table: TrainingTable, folder: Path) -> None:
+    for k, feature_set in enumerate(table.sets):
+        rows, masks = table.values[feature_set.name], table.masks[feature_set.name]
+        present = np.array([row is not None for row in rows])
+        np.save(folder / f"{k}-present.npy", present)
+        kept = [row for row in rows if row is not None]
+        dim = feature_set.manifest.dim
+        if feature_set.frame_level:
+            np.save(folder / f"{k}-lengths.npy", np.array([len(row) for row in kept], dtype=np.int64))
+            np.save(folder / f"{k}-values.npy", np.concatenate(kept) if kept else np.zeros((0, dim), np.float32))
+            np.save(folder / f"{k}-masks.npy", np.concatenate([m for m in masks if m is not None] or [np.zeros(0, bool)]))
+        else:
+            np.save(folder / f"{k}-values.npy", np.stack(kept) if kept else np.zeros((0, dim), np.float32))
+    np.save(folder / "labels.npy", table.labels)
+    if table.weights is not None:
+        np.save(folder / "weights.npy", table.weights)
+    document = {"classes": table.classes, "clip_ids": table.clip_ids, "speakers": table.speakers,
+                "splits": table.splits, "excluded": table.excluded,
+                "sets": [{"path": str(s.path), "manifest": s.manifest.to_json(), "read_only": s.read_only}
+                         for s in table.sets]}
+    (folder / "table.json").write_text(json.dumps(document), encoding="utf-8")
+
+
+def load_table(folder: Path) -> TrainingTable:
+    document = json.loads((folder / "table.json").read_text(encoding="utf-8"))
+    sets = [FeatureSet(Path(s["path"]), Manifest.from_json(s["manifest"]), s["read_only"]) for s in document["sets"]]
+    values, masks = {}, {}
+    for k, feature_set in enumerate(sets):
+        present = np.load(folder / f"{k}-present.npy")
+        stored = np.load(folder / f"{k}-values.npy", mmap_mode="r")
+        if feature_set.frame_level:
+            ends = np.cumsum(np.load(folder / f"{k}-lengths.npy"))
+            frames = np.split(stored, ends[:-1]) if len(ends) else []
+            frame_masks = np.split(np.load(folder / f"{k}-masks.npy"), ends[:-1]) if len(ends) else []
+        else:
+            frames, frame_masks = list(stored), [None] * len(stored)
+        found, found_masks = iter(frames), iter(frame_masks)
+        values[feature_set.name] = [next(found) if has else None for has in present]
+        masks[feature_set.name] = [next(found_masks) if has else None for has in present]
+    weights = folder / "weights.npy"
+    return TrainingTable(document["classes"], document["clip_ids"], np.load(folder / "labels.npy"),
+                         document["speakers"], document["splits"], sets, values, masks, document["excluded"],
+                         np.load(weights) if weights.exists() else None)
