@@ -338,7 +338,9 @@ def test_every_error_with_json_prints_one_json_document(tmp_path, case):
 def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names):
     clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
     with FakeGemini() as server:
-        server.script(stalled(2))
+        # Long enough that the interrupt lands while the call is in flight even when this test is slow
+        # to notice the request (a loaded machine); the call in flight is then waited for.
+        server.script(stalled(6))
         environment = mer_environment(GOOGLE_GEMINI_BASE_URL=server.base_url, GEMINI_API_KEY="fake-key-0123456789",
                                       GOOGLE_API_KEY=None)
         process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "reason", str(clips),
@@ -347,6 +349,7 @@ def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names)
         deadline = time.monotonic() + 60
         while not server.generate_requests() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert process.poll() is None and server.generate_requests(), "the run ended before it was interrupted"
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
