@@ -335,6 +335,14 @@ def test_every_error_with_json_prints_one_json_document(tmp_path, case):
     assert fragment in document["error"], document
 
 
+def _as_from_a_shell() -> None:
+    """In the child: Ctrl-C at its default and not blocked, as a terminal's shell starts a command.
+    A child inherits both; in a full test run the pytest process can hold SIGINT ignored by then,
+    and a command started with SIGINT ignored rightly keeps ignoring it (as `cmd &` does)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names):
     clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
     with FakeGemini() as server:
@@ -345,7 +353,8 @@ def test_ctrl_c_with_json_prints_one_json_document(tmp_path, shared_data, names)
                                       GOOGLE_API_KEY=None)
         process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "reason", str(clips),
                                     "--model", "gemini", "--json"], cwd=tmp_path, env=environment,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=_as_from_a_shell)
         deadline = time.monotonic() + 60
         while not server.generate_requests() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
