@@ -231,10 +231,14 @@ def refuse_label_leaks(table: TrainingTable, indices: Sequence[int], role: str) 
                             "--label-conditioned, or leave this set out with --features")
 
 
+#: Rows per chunk when summing squared deviations, so that no full-size temporary is made.
+STATISTICS_CHUNK = 256
+
+
 def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str, tuple[Any, Any]]:
     """Per set, the mean and standard deviation of every feature over the real measurements of the
-    clips at ``indices`` (a feature that never varies gets a scale of 1). The rows stay float32;
-    only the sums are float64, so that a large table costs no second copy in double precision."""
+    clips at ``indices`` (a feature that never varies gets a scale of 1). The rows stay float32 and
+    only the sums are float64, a chunk of rows at a time: a large table costs no second copy."""
     import torch
 
     statistics = {}
@@ -243,11 +247,16 @@ def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str
                 for v, m in [(table.values[feature_set.name][i], table.masks[feature_set.name][i])] if v is not None]
         if not rows:
             continue
-        stacked = np.concatenate([np.atleast_2d(r) for r in rows])
-        mean = stacked.mean(axis=0, dtype=np.float64)
-        std = np.sqrt(np.square(stacked - mean.astype(np.float32), dtype=np.float64).mean(axis=0))
+        chunks = torch.from_numpy(np.concatenate([np.atleast_2d(r) for r in rows])).split(STATISTICS_CHUNK)
+        count = sum(len(chunk) for chunk in chunks)
+        mean = sum(chunk.sum(dim=0, dtype=torch.float64) for chunk in chunks) / count
+        centre, squares = mean.float(), torch.zeros_like(mean)
+        for chunk in chunks:
+            deviation = chunk - centre
+            squares += deviation.mul_(deviation).sum(dim=0, dtype=torch.float64)
+        std = (squares / count).sqrt_()
         std[std < 1e-8] = 1.0
-        statistics[feature_set.name] = (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
+        statistics[feature_set.name] = (mean.float(), std.float())
     return statistics
 
 

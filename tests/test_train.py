@@ -17,6 +17,7 @@ from mercli.model import FusionNetwork, InputSpec, ModelSettings
 from mercli.runs import load_model
 from mercli.splits import plan_splits
 from mercli.train import predict_logits, train, train_fold
+from mercli import trainset
 from mercli.trainset import build_table, collate, feature_statistics
 from mercli.workspace import Workspace
 from support.mer_process import error_document
@@ -316,6 +317,17 @@ def test_features_are_standardised_with_training_statistics_only(workspace):
     assert np.allclose(statistics[audio][1].numpy(), present.std(axis=0), atol=1e-5)
     result = train(config(**{"train.epochs": 1}), space, labels, name="std")
     assert torch.allclose(result.folds[0].state[f"projections.{audio}.feature_mean"], statistics[audio][0])
+
+
+def test_feature_statistics_do_not_depend_on_the_chunk_size(workspace, monkeypatch):
+    space, labels = workspace
+    table = build_table(config(), space.features, labels)
+    indices = list(range(len(table.clip_ids)))
+    whole = feature_statistics(table, indices)
+    monkeypatch.setattr(trainset, "STATISTICS_CHUNK", 3)
+    for name, (mean, scale) in feature_statistics(table, indices).items():
+        assert torch.equal(mean, whole[name][0])
+        assert torch.allclose(scale, whole[name][1], rtol=1e-6)
 
 
 def test_a_diverging_loss_stops_the_run_with_one_line(workspace):
