@@ -204,7 +204,9 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
         started = time.perf_counter()
         model.train()
         order = split.train[torch.randperm(len(split.train), generator=generator).numpy()]
-        total, seen = 0.0, 0
+        # The loss stays on the device until the epoch ends: reading it every step would make a GPU
+        # wait for each step before Python may queue the next one.
+        total = torch.zeros((), device=device)
         for start in range(0, len(order), batch_size):
             batch = tensors.batch(order[start:start + batch_size])
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
@@ -212,18 +214,18 @@ def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], los
             embeddings = output.embeddings if loss_component.uses_embeddings else None
             weighted = () if batch.weights is None else (batch.weights,)
             loss = loss_fn(output.logits, embeddings, batch.labels, *weighted)
-            if not torch.isfinite(loss):
-                raise DataError(f"fold {split.fold}, epoch {epoch}: the training loss is {loss.item()}; "
-                                "lower train.lr or check the features")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             schedule.step()
-            total += loss.item() * len(batch.labels)
-            seen += len(batch.labels)
+            total += loss.detach().float() * len(batch.labels)
+        train_loss = total.item() / len(order)
+        if not math.isfinite(train_loss):
+            raise DataError(f"fold {split.fold}, epoch {epoch}: the training loss is {train_loss}; "
+                            "lower train.lr or check the features")
         predicted = predict_logits(model, tensors, split.val, device).argmax(dim=1).numpy()
-        record = {"epoch": epoch, "train_loss": total / seen, **{f"val_{k}": v for k, v in scores(val_labels, predicted).items()},
+        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores(val_labels, predicted).items()},
                   "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         history.append(record)
         if on_epoch is not None:

@@ -3,6 +3,7 @@ need them are skipped, with the reason, where that folder is absent (a clone els
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,17 @@ def fresh_plugins():
     plugins.reset()
     yield
     plugins.reset()
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_left_as_found():
+    """Every test leaves Ctrl-C as it found it: a SIGINT left ignored or blocked in the pytest process
+    is inherited by the ``mer`` processes later tests start, which then cannot be interrupted."""
+    handler, mask = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    yield
+    left = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    signal.signal(signal.SIGINT, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if left != (handler, mask):
+        pytest.fail(f"the test left SIGINT handled by {left[0]!r} with blocked signals {sorted(left[1])} "
+                    f"(found {handler!r}, {sorted(mask)})")
