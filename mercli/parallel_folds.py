@@ -31,11 +31,14 @@ PARALLEL_WORK = 20_000
 
 def fold_workers(requested: int, device: torch.device, folds: int, clips: int, epochs: int) -> int:
     """Processes for ``folds`` folds: ``requested``, or with 0 as many as the folds and the CPUs
-    allow when the training is long enough. On a GPU folds run one after the other."""
-    if device.type != "cpu" or folds < 2:
+    allow when the training is long enough. On a GPU folds run one after the other unless asked
+    for (each worker holds its own CUDA context; worth it where Python, not the GPU, is the limit)."""
+    if folds < 2:
         return 1
     if requested:
         return min(requested, folds)
+    if device.type != "cpu":
+        return 1
     return min(folds, resources.usable_cpus()) if clips * epochs >= PARALLEL_WORK else 1
 
 

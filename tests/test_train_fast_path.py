@@ -74,7 +74,8 @@ def test_folds_run_side_by_side_only_where_it_pays():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert fold_workers(0, cpu, 5, 100, 10) == 1  # too short to repay the workers' start
     assert fold_workers(0, cpu, 5, PARALLEL_WORK, 1) >= 1
-    assert fold_workers(0, cuda, 5, PARALLEL_WORK, 10) == 1
+    assert fold_workers(0, cuda, 5, PARALLEL_WORK, 10) == 1  # a GPU: one after the other unless asked
+    assert fold_workers(2, cuda, 5, PARALLEL_WORK, 10) == 2
     assert fold_workers(3, cpu, 1, PARALLEL_WORK, 10) == 1  # one fold: nothing to share
     assert fold_workers(8, cpu, 5, 10, 1) == 5  # asked for: never more than the folds
 
