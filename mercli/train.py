@@ -176,16 +176,17 @@ def predict_logits(model: FusionNetwork, source: TrainingTable | TableTensors, i
     return torch.cat(outputs)
 
 
-def train_fold(table: TrainingTable, split: Split, settings: dict[str, Any], loss_component: Any,
-               device: torch.device, on_epoch: EpochCallback | None = None) -> FoldResult:
-    """Train one fold; returns the weights of the epoch with the best validation WAF and the
-    temperature that calibrates them on the same validation clips."""
+def train_fold(tensors: TableTensors, split: Split, settings: dict[str, Any], loss_component: Any,
+               on_epoch: EpochCallback | None = None) -> FoldResult:
+    """Train one fold of the table ``tensors`` holds (on its device); returns the weights of the
+    epoch with the best validation WAF and the temperature that calibrates them on the same
+    validation clips."""
+    table, device = tensors.table, tensors.device
     seed = settings["seed"] + split.fold
     torch.manual_seed(seed)
     model = FusionNetwork(table.inputs, len(table.classes), ModelSettings.from_table(settings))
     model.standardise_with(feature_statistics(table, split.train))
     model.to(device)
-    tensors = TableTensors(table, device)
     loss_fn = loss_component.build(table.class_counts(split.train), settings["projection_dim"]).to(device)
     # One fused kernel for all parameters instead of a few small calls per parameter tensor.
     optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=settings["lr"],
@@ -247,10 +248,11 @@ def fold_trainer(table: TrainingTable, settings: dict[str, Any], config: Config,
     """Train one fold of ``table`` seeded as the run's settings say, in this process or a worker's
     (:mod:`mercli.parallel_folds`)."""
     loss_component = plugins.build("losses", settings["loss"], config)
+    tensors = TableTensors(table, torch.device(device))  # once for all the folds this process trains
 
     def train_one(split: Split, on_epoch: EpochCallback | None) -> FoldResult:
         with seeded(settings["seed"], settings["deterministic"]):
-            return train_fold(table, split, settings, loss_component, torch.device(device), on_epoch)
+            return train_fold(tensors, split, settings, loss_component, on_epoch)
 
     return train_one
 

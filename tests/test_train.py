@@ -18,7 +18,7 @@ from mercli.runs import load_model
 from mercli.splits import plan_splits
 from mercli.train import predict_logits, train, train_fold
 from mercli import trainset
-from mercli.trainset import build_table, collate, feature_statistics
+from mercli.trainset import TableTensors, build_table, collate, feature_statistics
 from mercli.workspace import Workspace
 from support.mer_process import error_document
 from support.training import CLASSES, FAST, config, write_workspace
@@ -345,7 +345,7 @@ def test_a_diverging_loss_stops_the_run_with_one_line(workspace):
     table = build_table(config(), space.features, labels)
     (split,) = plan_splits(table, seed=0)
     with pytest.raises(DataError, match=r"fold 1, epoch 1: the training loss is nan; lower train.lr"):
-        train_fold(table, split, config().table("train"), Diverging(), torch.device("cpu"))
+        train_fold(TableTensors(table, torch.device("cpu")), split, config().table("train"), Diverging())
 
 
 def test_mer_train_shows_inputs_and_folds_on_stderr(workspace):
