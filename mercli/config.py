@@ -2,8 +2,9 @@
 
 Precedence is command line > environment > ``mer.toml`` > defaults, and every resolved value
 remembers where it came from (``mer config show``). The core's settings are declared once, as the
-fields of the settings objects of :mod:`mercli.settings` (one per table, ``config.train``); a plug-in's settings live in a table named after its stage and name
-(``[encoder.whisper]``, ``[loss.bdcl]``) and are declared by the plug-in's ``options``. An unknown
+fields of the settings objects of :mod:`mercli.settings` (one per table: ``config.train``); a
+plug-in's settings live in a table named after its stage and name (``[encoder.whisper]``,
+``[loss.bdcl]``) and are declared by the plug-in's ``options``. An unknown
 key, a value of the wrong type or one outside the option's declared range or choices is a
 :class:`ConfigError` naming the key, the file and the line (or the variable, or the command-line
 setting), raised as the configuration loads, before any stage starts work; so are core settings that

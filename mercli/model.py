@@ -47,20 +47,13 @@ class ModelSettings(Protocol):
     """The sizes of the network, as :class:`mercli.settings.TrainSettings` (``[train]`` in mer.toml,
     and the ``train`` record of a run's config.json) declares them and their defaults."""
 
-    @property
-    def width(self) -> int: ...
-    @property
-    def layers(self) -> int: ...
-    @property
-    def heads(self) -> int: ...
-    @property
-    def dropout(self) -> float: ...
-    @property
-    def modality_dropout(self) -> float: ...
-    @property
-    def projection_dim(self) -> int: ...
-    @property
-    def priors(self) -> bool: ...
+    width: int
+    layers: int
+    heads: int
+    dropout: float
+    modality_dropout: float
+    projection_dim: int
+    priors: bool
 
 
 #: The modality of a prior that concerns the whole clip: it is offered to every stream.

@@ -120,6 +120,11 @@ class DataSettings(Settings):
     label_map: dict[str, str] = setting(DEFAULT_LABEL_MAP, "Dataset spellings folded into class names.")
     dataset: str = setting("auto", "Labels reader: a dataset plug-in name, or auto to detect it.")
 
+    def conflicts(self) -> Iterable[tuple[tuple[str, ...], str]]:
+        twice = sorted({name for name in self.classes if self.classes.count(name) > 1})
+        if twice:  # the network would have two outputs for one class, one never trained
+            yield ("classes",), f"classes names {', '.join(twice)} more than once"
+
 
 @dataclass(frozen=True)
 class ExtractSettings(Settings):
