@@ -14,7 +14,7 @@ import copy
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, TypeVar
 
 from mercli.contracts import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_UNIT, POSITIVE, Option, Range
 from mercli.errors import ConfigError
@@ -79,6 +79,9 @@ class SettingsConflict(ConfigError):
         self.table, self.keys = table, keys
 
 
+S = TypeVar("S", bound="Settings")
+
+
 class Settings:
     """What every core table's settings object does when it is built: check each value against its
     option (ints given for floats become floats), then the rules between values (:meth:`conflicts`)."""
@@ -105,7 +108,7 @@ class Settings:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Any:
+    def from_record(cls: type[S], record: Mapping[str, Any]) -> S:
         """The settings a run recorded (its config.json): keys this version no longer has are left
         out, keys the run predates take their defaults."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]

@@ -6,6 +6,7 @@ each other are a usage error naming the keys and where each came from, before an
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 
@@ -13,9 +14,13 @@ import pytest
 
 from mercli import config
 from mercli.errors import ConfigError
+from mercli.runs import load_run
 from mercli.settings import (CORE_SECTIONS, MER2024_CLASSES, SETTINGS, DataSettings, PseudolabelSettings,
                              SettingsConflict, TrainSettings)
+from mercli.train import train
+from mercli.workspace import Workspace
 from support.mer_process import mer_environment, one_error_line, run_mer
+from support.training import config as fast_config, write_workspace
 
 
 def template_keys() -> dict[str, list[str]]:
@@ -109,6 +114,18 @@ def test_a_run_record_loads_without_the_keys_it_predates_or_those_since_removed(
     recorded = TrainSettings.from_record({"width": 16, "heads": 2, "a_key_of_long_ago": 1})
     assert (recorded.width, recorded.heads, recorded.layers) == (16, 2, TrainSettings().layers)
     assert TrainSettings.from_record(TrainSettings(width=8, heads=2).to_json()) == TrainSettings(width=8, heads=2)
+
+
+def test_a_run_records_its_train_settings_and_loads_across_changes_of_the_train_keys(tmp_path):
+    labels = write_workspace(tmp_path, clips_per_class=8)
+    settings = fast_config(**{"train.epochs": 1, "train.fold_workers": 1})
+    run = train(settings, Workspace(tmp_path), labels, name="old").run
+    document = json.loads((run / "config.json").read_text())
+    assert document["train"] == dataclasses.asdict(settings.train)
+    del document["train"]["fold_workers"]  # a key added since the run was trained
+    document["train"]["a_key_of_long_ago"] = 1  # and one removed since
+    (run / "config.json").write_text(json.dumps(document))
+    assert len(load_run(run).folds) == 1  # its weights fit the recorded sizes (width 32, not the default 128)
 
 
 @pytest.mark.slow

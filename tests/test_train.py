@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from mercli.cli import cli
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, InputSpec
-from mercli.settings import TrainSettings
 from mercli.runs import load_model
+from mercli.settings import TrainSettings
 from mercli.splits import plan_splits
 from mercli.train import predict_logits, train, train_fold
 from mercli.trainset import build_table, collate, feature_statistics
