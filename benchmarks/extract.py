@@ -270,8 +270,8 @@ def time_steps(clips: list[Clip], config: configuration.Config, transcripts: dic
         return result
 
     for clip in clips:
-        decoded = timed("decode", lambda: decode(clip.path, clip.clip_id, fps=config.get("extract", "fps"),
-                                                 sample_rate=config.get("extract", "sample_rate")))
+        decoded = timed("decode", lambda: decode(clip.path, clip.clip_id, fps=config.extract.fps,
+                                                 sample_rate=config.extract.sample_rate))
         if clip.clip_id in transcripts:
             decoded.transcript = transcripts[clip.clip_id]
         elif "audio" not in decoded.absent:
@@ -309,7 +309,7 @@ def breakdown(folder: Path, labels: Path | None, media: Media, console: Console)
     clips = discover(folder)
     transcripts = {r.clip_id: r.transcript for r in read_labels(labels, config) if r.transcript} if labels else {}
     encoders = select_encoders(config)
-    transcriber = plugins.build("transcribers", config.get("extract", "transcriber"), config)
+    transcriber = plugins.build("transcribers", config.extract.transcriber, config)
     by_path = {c.path: c for c in clips}
     videos = [c for c in clips if probe(c.path).has_video] or clips
     first = min(videos, key=lambda c: probe(c.path).duration)
@@ -375,7 +375,7 @@ def decoded_clips(datasets: list[Path], modality: str, config: configuration.Con
     """Every clip of ``datasets`` with the ``modality`` stream ``hf-*`` reads, and the decoding seconds."""
     clips = [clip for folder in datasets for clip in discover(folder)]
     start = time.perf_counter()
-    decoded = [decode(c.path, c.clip_id, fps=config.get("extract", "fps"), sample_rate=config.get("extract", "sample_rate"),
+    decoded = [decode(c.path, c.clip_id, fps=config.extract.fps, sample_rate=config.extract.sample_rate,
                       video=modality == "visual", audio=modality == "audio") for c in clips]
     seconds = time.perf_counter() - start
     return [d for d in decoded if modality not in d.absent], seconds
@@ -428,8 +428,8 @@ def chain_in_groups(encoder, clips: list[Clip], size: int, config: configuration
     encoding and the encoders' waits for decoded groups timed apart."""
     import torch
 
-    chain = ClipEncoder([encoder], {encoder.name: manifest_for(encoder, config, None)}, config.get("extract", "fps"),
-                        config.get("extract", "sample_rate"), transcript=lambda clip: None, transcriber=None)
+    chain = ClipEncoder([encoder], {encoder.name: manifest_for(encoder, config, None)}, config.extract.fps,
+                        config.extract.sample_rate, transcript=lambda clip: None, transcriber=None)
     spent: dict[str, list[float]] = defaultdict(list)
 
     def timed(step: str, action):
@@ -560,7 +560,7 @@ def main() -> None:
     if arguments.hf:
         hf_benchmark(datasets, arguments.full, arguments.batch_size, console)
         return
-    encoders = configuration.load(None, environ={}).get("extract", "encoders")
+    encoders = configuration.load(None, environ={}).extract.encoders
     console.print(f"mer extract, default encoders ({', '.join(encoders)}); {os.cpu_count()} CPUs, "
                   f"Python {sys.version.split()[0]}, repeat {arguments.repeat}, breakdown threads "
                   f"{arguments.threads or 'default'}")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mercli.config import MER2024_CLASSES
+from mercli.settings import MER2024_CLASSES
 
 SETS = {"audio": ("chinese-hubert-large-UTT", 1024), "visual": ("clip-vit-large-patch14-UTT", 768),
         "text": ("Baichuan-13B-Base-UTT", 5120)}

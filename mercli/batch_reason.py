@@ -400,7 +400,7 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
                  wait: bool = False, embed: bool = True) -> BatchSummary:
     """``mer reason --batch``: recover, poll and collect earlier jobs, submit the clips still to
     do; with ``wait``, poll until every job has ended; then embed the traces as priors."""
-    name = config.get("reason", "reasoner")
+    name = config.reason.reasoner
     if not issubclass(plugins.get("reasoners", name).component, BatchReasoner):
         raise ConfigError(f"--batch: reasoner '{name}' has no batch mode")
     run, tasks = open_run(config, workspace, clips_dir, labels, label_conditioned, retry_failed, batch=True)
@@ -414,7 +414,7 @@ def reason_batch(config: Config, workspace: Workspace, clips_dir: Path, *, label
         batch.submit([task for task in tasks if task.clip.clip_id not in busy])
         if wait:
             with job_progress() as show:
-                batch.wait(float(config.get("reason", "batch_poll")), show)
+                batch.wait(config.reason.batch_poll, show)
     except ReasonerError as problem:  # the service cannot be asked now: every state file stands as it is
         batch.summary.stopped = f"{run.reasoner.name}: {one_line(str(problem))}"
     summary = batch.finish()
@@ -433,7 +433,7 @@ def estimate_batch(batch: BatchRun, config: Config, tasks: Sequence[ClipTask]) -
     usage = sum((p.usage for group in groups for p in group), Usage())
     summary.calls, summary.usage, summary.jobs_planned = sum(map(len, groups)), usage, len(groups)
     summary.cost_usd = batch.run.price.of(usage)
-    summary.cost_online_usd = price_for(batch.run.reasoner, config.get("reason", "prices")).of(usage)
+    summary.cost_online_usd = price_for(batch.run.reasoner, config.reason.prices).of(usage)
     summary.pending = [{"job": r.id, "state": r.state, "clips": len(r.clips)} for r in batch.records if r.live]
     return summary
 

@@ -116,9 +116,9 @@ def note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
 
 def setting_option(dotted: str, flag: str | None = None, metavar: str | None = None) -> Callable[[F], F]:
     """The option that sets the core setting ``dotted`` (``extract.fps``) for one command. Its type,
-    help and allowed values come from the setting's declaration (``config.CORE_SECTIONS``), so each
-    is written once; the value joins the configuration as a command-line override and is checked
-    there with every other source. A list setting takes comma-separated names."""
+    help and allowed values come from the setting's declaration (its field in :mod:`mercli.settings`),
+    so each is written once; the value joins the configuration as a command-line override and is
+    checked there with every other source. A list setting takes comma-separated names."""
     table, key = dotted.split(".")
     option = next(o for o in configuration.CORE_SECTIONS[table] if o.name == key)
     name = flag or f"--{key.replace('_', '-')}"

@@ -382,7 +382,7 @@ class Robustness:
         self.config = config
         self.workspace = workspace
         self.corruptions = list(corruptions)
-        noise_dir = config.get("eval", "noise_dir")
+        noise_dir = config.eval.noise_dir
         self.noise_dir = Path(noise_dir).expanduser() if noise_dir else None
         if self.noise_dir is not None and any(c.kind == "audio-noise" for c in corruptions):
             noise_files(self.noise_dir)  # a bad corpus is refused before any work
@@ -418,7 +418,7 @@ class Robustness:
         if not reached:  # the run has no feature set the corruption could change: the clean figures
             return LevelOutcome({})
         others = _with_audio(clips.files.values()) if corruption.kind == "audio-babble" else []
-        recipe = Recipe(corruption, level, self.config.get("eval", "seed"), self.noise_dir,
+        recipe = Recipe(corruption, level, self.config.eval.seed, self.noise_dir,
                         self._sample_rate(manifests), tuple(c.clip_id for c in others))
         root = self.workspace.root / SCRATCH / recipe.key
         copies, failed = self._copies(recipe, root / "clips", clips, others)
@@ -433,7 +433,7 @@ class Robustness:
     def _priors(self, manifests: dict[str, Manifest], reached: list[str], root: Path, copies: list[Clip],
                 clips: EvaluatedClips, run: Path) -> dict[str, FeatureSet | None]:
         """The run's prior sets for the copies, as ``eval.corrupt_priors`` says (clean: unchanged)."""
-        choice = self.config.get("eval", "corrupt_priors")
+        choice = self.config.eval.corrupt_priors
         if choice == "clean":
             return {}
         absent: dict[str, FeatureSet | None] = {n: None for n, m in manifests.items() if is_prior(m.encoder)}
@@ -454,7 +454,7 @@ class Robustness:
     def _sample_rate(self, manifests: dict[str, Manifest]) -> int:
         """The rate the run's audio encoders heard, which noise is mixed at."""
         rates = [m.settings["sample_rate"] for m in manifests.values() if "sample_rate" in m.settings]
-        return int(rates[0]) if rates else self.config.get("extract", "sample_rate")
+        return int(rates[0]) if rates else self.config.extract.sample_rate
 
     @staticmethod
     def _reached(corruption: Corruption, manifests: dict[str, Manifest], clips: EvaluatedClips) -> list[str]:
@@ -494,7 +494,7 @@ class Robustness:
         config = self.config.with_overrides(extraction_overrides(manifests), f"{run / 'config.json'}")
         with progress(len(copies), f"{label}: extract") as advance:
             summary = extract_clips(copies, config, Workspace(root), transcripts,
-                                    workers=config.get("extract", "workers"), observe=lambda outcome: advance())
+                                    workers=config.extract.workers, observe=lambda outcome: advance())
         made = {entry["name"] for entry in summary.feature_sets}
         if set(reached) - made:
             raise DataError(f"{run}: the installed encoders do not reproduce feature set(s) "

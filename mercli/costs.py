@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from mercli.config import DEFAULT_PRICES
+from mercli.settings import DEFAULT_PRICES
 from mercli.contracts import Reasoner, Usage
 from mercli.errors import ConfigError
 

@@ -190,8 +190,8 @@ def _run_table(config: Config, workspace: Workspace, run: TrainedRun, labels: Pa
 
 
 def _predict(run: TrainedRun, fold: TrainedFold, table: TrainingTable, indices: Sequence[int],
-             settings: dict[str, Any]) -> MemberPredictions:
-    device = pick_device(settings["device"])
+             device_name: str) -> MemberPredictions:
+    device = pick_device(device_name)
     logits = predict_logits(fold.model.to(device), table, indices, device).numpy()
     return MemberPredictions(run.path, fold.fold, fold.temperature, [table.clip_ids[i] for i in indices],
                              table.labels[np.asarray(indices, dtype=np.int64)], calibrated(logits, fold.temperature),
@@ -217,7 +217,7 @@ def _validation_members(config: Config, workspace: Workspace, runs: Sequence[Tra
                                 f"longer labelled there with features (first: {', '.join(lost[:5])})")
             indices = [position[c] for c in fold.val_clips]
             refuse_label_leaks(table, indices, "validation")
-            members.append(_predict(run, fold, table, indices, config.table("train")))
+            members.append(_predict(run, fold, table, indices, config.train.device))
     return members
 
 
@@ -265,7 +265,7 @@ def _labels_members(config: Config, workspace: Workspace, runs: Sequence[Trained
     lacking = set(table.excluded)
     excluded = [clip.clip_id for clip in read_labels(labels, _with_classes(config, runs[0]))
                 if clip.clip_id in lacking and (wanted is None or _split_name(clip.split) == wanted)]
-    members = [_predict(run, fold, table, chosen, config.table("train")) for run in runs for fold in run.folds]
+    members = [_predict(run, fold, table, chosen, config.train.device) for run in runs for fold in run.folds]
     return members, excluded, f"{labels} ({rows})"
 
 

@@ -82,7 +82,7 @@ class ExtractJob:
 
 def select_encoders(config: Config, names: list[str] | None = None) -> list[Encoder]:
     """Build the encoders named in ``names`` (default: ``extract.encoders``), each once."""
-    chosen = names or config.get("extract", "encoders")
+    chosen = names or config.extract.encoders
     if not chosen:
         raise ConfigError("no encoders selected (extract.encoders is empty)")
     duplicates = {n for n in chosen if chosen.count(n) > 1}
@@ -104,9 +104,9 @@ def manifest_for(encoder: Encoder, config: Config, transcriber: Transcriber | No
     provenance = plugins.get("encoders", encoder.name).provenance
     settings = dict(encoder.settings)
     if encoder.modality == "visual":
-        settings["fps"] = config.get("extract", "fps")
+        settings["fps"] = config.extract.fps
     if encoder.modality == "audio":
-        settings["sample_rate"] = config.get("extract", "sample_rate")
+        settings["sample_rate"] = config.extract.sample_rate
     if encoder.modality == "text" and transcriber is not None:
         settings["transcriber"] = transcriber_identity(transcriber)
     return Manifest(
@@ -137,7 +137,7 @@ def build_encoders(config: Config, encoder_names: list[str] | None = None) -> En
     identity of what each writes."""
     encoders = select_encoders(config, encoder_names)
     needs_text = any(e.modality == "text" for e in encoders)
-    transcriber_name = config.get("extract", "transcriber") if needs_text else None
+    transcriber_name = config.extract.transcriber if needs_text else None
     transcriber = plugins.build("transcribers", transcriber_name, config) if transcriber_name else None
     return EncoderSetup(encoders, transcriber, {e.name: manifest_for(e, config, transcriber) for e in encoders})
 
@@ -169,8 +169,8 @@ class ClipExtractor:
         self.failures = FailureLog(job.features_root)
         encoders = select_encoders(job.config, list(job.manifests))
         self.modalities = {e.name: e.modality for e in encoders}
-        self.encode = ClipEncoder(encoders, job.manifests, job.config.get("extract", "fps"),
-                                  job.config.get("extract", "sample_rate"), self._transcript, job.transcriber,
+        self.encode = ClipEncoder(encoders, job.manifests, job.config.extract.fps,
+                                  job.config.extract.sample_rate, self._transcript, job.transcriber,
                                   interrupted)
 
     def __call__(self, group: list[Clip]) -> list[ClipOutcome]:
@@ -267,7 +267,7 @@ def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOu
     """Extract ``clips``, yielding each outcome as its group completes: in this process when
     ``workers`` is 1 (the next group decoded meanwhile: :func:`groups_ahead`), else in that many
     worker processes, each taking a group at a time."""
-    size = job.config.get("extract", "batch_size")
+    size = job.config.extract.batch_size
     groups = grouped(clips, size)
     if workers == 1:
         with noticing_ctrl_c() as pressed:
@@ -339,7 +339,7 @@ def extract_clips(
     job = prepare(config, workspace.features, workspace.transcripts, label_transcripts, encoder_names)
     stored = stored_everywhere(job, clips)
     to_do = [clip for clip in clips if clip.clip_id not in stored]
-    groups = grouped(to_do, config.get("extract", "batch_size"))
+    groups = grouped(to_do, config.extract.batch_size)
     summary = ExtractSummary(clips=len(clips), workers=worker_count(workers, len(groups)))
     started = time.perf_counter()
     skipped = (ClipOutcome(clip.clip_id, "skipped") for clip in clips if clip.clip_id in stored)
@@ -367,7 +367,7 @@ def extract_folder(config: Config, workspace: Workspace, clips_dir: Path, labels
     clips = [c for c in found.clips if shard is None or shard.holds(c.clip_id)]
     transcripts = {r.clip_id: r.transcript for r in read_labels(labels, config) if r.transcript} if labels else {}
     with progress(len(clips), "extract") as advance:
-        summary = extract_clips(clips, config, workspace, transcripts, workers=config.get("extract", "workers"),
+        summary = extract_clips(clips, config, workspace, transcripts, workers=config.extract.workers,
                                 observe=lambda outcome: advance())
     summary.clips += len(found.refused)
     summary.failed[:0] = [entry.to_json() for entry in found.refused]

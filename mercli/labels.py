@@ -70,7 +70,7 @@ class FileNameDataset(Dataset):
 
 def choose_reader(source: Path, config: Config) -> Dataset:
     """The reader named by ``data.dataset``, or the first that recognises ``source`` under ``auto``."""
-    name = config.get("data", "dataset")
+    name = config.data.dataset
     if name != "auto":
         return plugins.build("datasets", name, config)
     if not source.exists():
@@ -104,8 +104,8 @@ def read_labels(source: Path, config: Config) -> list[LabelledClip]:
     class names. Clip ids are validated and must be unique; paths recorded by a folder reader
     must lie inside the folder."""
     reader = choose_reader(source, config)
-    maps = (reader.label_map, config.get("data", "label_map"))
-    classes = config.get("data", "classes")
+    maps = (reader.label_map, config.data.label_map)
+    classes = config.data.classes
     folder = source if source.is_dir() else source.parent
     seen: set[str] = set()
     labelled = []

@@ -25,8 +25,8 @@ Reading order, top to bottom:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +46,17 @@ class InputSpec:
     prior: bool
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """The sizes of the network (``[train]`` in mer.toml)."""
+class ModelSettings(Protocol):
+    """The sizes of the network, as :class:`mercli.settings.TrainSettings` (``[train]`` in mer.toml,
+    and the ``train`` record of a run's config.json) declares them and their defaults."""
 
-    width: int = 128
-    layers: int = 2
-    heads: int = 4
-    dropout: float = 0.1
-    modality_dropout: float = 0.1
-    projection_dim: int = 64
-    priors: bool = True
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any]) -> "ModelSettings":
-        return cls(**{k: table[k] for k in asdict(cls()) if k in table})
+    width: int
+    layers: int
+    heads: int
+    dropout: float
+    modality_dropout: float
+    projection_dim: int
+    priors: bool
 
 
 #: The modality of a prior that concerns the whole clip: it is offered to every stream.

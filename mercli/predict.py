@@ -31,11 +31,12 @@ from mercli.ensemble import ensemble_probabilities
 from mercli.errors import DataError, MerError, writing
 from mercli.extract import build_encoders
 from mercli.features import Manifest
-from mercli.model import InputSpec, ModelSettings, injected_priors
+from mercli.model import InputSpec, injected_priors
 from mercli.priors import (embed_trace, embedder, is_scores_prior, label_conditioned, prior_manifests, score_manifests,
                            trace_scores)
 from mercli.reason import ClipTask, HeldInputs, Pacing, ReasonRun
 from mercli.runs import TrainedRun
+from mercli.settings import TrainSettings
 from mercli.traces import TraceSource, TraceStore, content_hash
 from mercli.trainset import one_clip_table
 from mercli.vocabulary import MODALITIES
@@ -111,7 +112,7 @@ class Predictor:
         self.run = run
         manifests = {name: Manifest.from_json(doc) for name, doc in run.config["manifests"].items()}
         inputs = [InputSpec(**spec) for spec in run.config["inputs"]]
-        used_priors = {s.name for s in injected_priors(inputs, ModelSettings.from_table(run.config["train"]))}
+        used_priors = {s.name for s in injected_priors(inputs, TrainSettings.from_record(run.config["train"]))}
         self.manifests = {s.name: manifests[s.name] for s in inputs if not s.prior or s.name in used_priors}
         modality_sets = [s.name for s in inputs if not s.prior]
         self.modalities = {name: manifests[name].modality for name in modality_sets}
@@ -131,8 +132,8 @@ class Predictor:
         def transcript(clip: DecodedClip) -> str | None:
             return None if transcriber is None or "audio" in clip.absent else transcriber.transcribe(clip)
 
-        return ClipEncoder(setup.encoders, setup.manifests, self.config.get("extract", "fps"),
-                           self.config.get("extract", "sample_rate"), transcript, transcriber and transcriber.name)
+        return ClipEncoder(setup.encoders, setup.manifests, self.config.extract.fps,
+                           self.config.extract.sample_rate, transcript, transcriber and transcriber.name)
 
     def predict_all(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """A prediction (or the reason there is none) for every clip under ``paths``, in order."""
@@ -182,7 +183,7 @@ class TracePriors:
                             f"one writes {', '.join(reasoner.trace_version(v) for v in prompts.PROMPT_VERSIONS)}")
         with writing(workspace.reasoning):
             self.store = TraceStore.open(workspace.reasoning, source)
-        self.classes = tuple(numeric[0].settings["classes"] if numeric else config.get("data", "classes"))
+        self.classes = tuple(numeric[0].settings["classes"] if numeric else config.data.classes)
         self.embedder = embedder(config) if embedded else None
         made = {("scores", part): m for part, m in score_manifests(source, self.classes).items()}
         if self.embedder is not None:
@@ -192,7 +193,7 @@ class TracePriors:
         _check_reproduced({m.set_name for m in self.manifests.values()}, wanted, run)
         self.held = HeldInputs()
         self.reasoning = ReasonRun(reasoner, self.store, self.held, self.classes, Pacing.from_config(config),
-                                   price_for(reasoner, config.get("reason", "prices")), Budget(None),
+                                   price_for(reasoner, config.reason.prices), Budget(None),
                                    label_conditioned=False, prompt_version=version)
 
     def __call__(self, clip: Clip, encoded: EncodedClip, set_of: dict[str, str]) -> dict[str, Features]:

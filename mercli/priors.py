@@ -103,7 +103,7 @@ def label_conditioned(manifest: Manifest) -> bool:
 
 def embedder(config: Config) -> Encoder:
     """The text encoder ``[reason] embed_with`` names, built."""
-    encoder: Encoder = plugins.build("encoders", config.get("reason", "embed_with"), config)
+    encoder: Encoder = plugins.build("encoders", config.reason.embed_with, config)
     if encoder.modality != "text":
         raise ConfigError(f"[reason] embed_with: '{encoder.name}' is a {encoder.modality} encoder, not a text encoder")
     return encoder
@@ -129,7 +129,7 @@ def embed_traces(config: Config, features_root: Path, store: TraceStore, refresh
     (traces written by this run, which may replace older ones): the embedded sets, and the numeric
     sets when the source's traces carry scores; returns the prior sets."""
     encoder = embedder(config)
-    classes = config.get("data", "classes")
+    classes = config.data.classes
     kinds: list[tuple[dict[str, FeatureSet], Maker]] = [
         (_opened(features_root, prior_manifests(store, encoder)), lambda t: embed_trace(encoder, t, store.folder))]
     clip_ids = store.clip_ids()

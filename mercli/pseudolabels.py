@@ -123,8 +123,8 @@ def read_pseudo_labels(path: Path, config: Config) -> PseudoLabels:
     if len(rows) < 2:
         raise DataError(f"{path}: no pseudo-labelled clips")
     at = {column: header.index(column) for column in COLUMNS}
-    classes = list(config.get("data", "classes"))
-    maps = [config.get("data", "label_map")]
+    classes = list(config.data.classes)
+    maps = [config.data.label_map]
     clip_ids, labels, confidences, teachers, rounds = [], [], [], set(), set()
     for number, row in enumerate(rows[1:], start=2):
         where = f"{path}:{number}"

@@ -117,9 +117,9 @@ class Pacing:
 
     @classmethod
     def from_config(cls, config: Config) -> "Pacing":
-        table = config.table("reason")
-        return cls(table["concurrency"], table["requests_per_minute"], table["max_retries"], table["backoff"],
-                   table["max_backoff"])
+        reason = config.reason
+        return cls(reason.concurrency, reason.requests_per_minute, reason.max_retries, reason.backoff,
+                   reason.max_backoff)
 
 
 @dataclass
@@ -376,18 +376,18 @@ def open_run(config: Config, workspace: Workspace, clips_dir: Path, labels: Path
              retry_failed: bool, batch: bool = False) -> tuple[ReasonRun, list[ClipTask]]:
     """The run of ``mer reason`` (online, or with ``batch`` priced as a batch job) and its plan:
     the clips to ask; the summary already counts the cached and the failed ones."""
-    table = config.table("reason")
-    reasoner: Reasoner = plugins.build("reasoners", table["reasoner"], config)
-    version = prompts.chosen_version(table["prompt_version"], reasoner, workspace.reasoning, label_conditioned)
+    settings = config.reason
+    reasoner: Reasoner = plugins.build("reasoners", settings.reasoner, config)
+    version = prompts.chosen_version(settings.prompt_version, reasoner, workspace.reasoning, label_conditioned)
     source = TraceSource(reasoner.name, reasoner.model, reasoner.trace_version(version), label_conditioned)
     with writing(workspace.reasoning):
         store = TraceStore.open(workspace.reasoning, source)
     found = scan(clips_dir)
     clips = found.clips
     inputs = ClipInputs(workspace, labelled_clips(config, labels, clips_dir, label_conditioned))
-    price = price_for(reasoner, table["prices"], batch=batch)
-    run = ReasonRun(reasoner, store, inputs, config.get("data", "classes"), Pacing.from_config(config), price,
-                    Budget(table["max_cost"] or None), label_conditioned, version)  # 0: no limit
+    price = price_for(reasoner, settings.prices, batch=batch)
+    run = ReasonRun(reasoner, store, inputs, config.data.classes, Pacing.from_config(config), price,
+                    Budget(settings.max_cost or None), label_conditioned, version)  # 0: no limit
     tasks, cached, failed = run.plan(clips, retry_failed)
     run.summary.clips, run.summary.cached = len(clips) + len(found.refused), cached
     run.summary.failed = [entry.to_json() for entry in found.refused] + failed  # refused: counted as failed

@@ -585,6 +585,6 @@ def write_report(config: Config, workspace: Workspace, references: Sequence[str]
     runs = [load_run_data(workspace, reference) for reference in references]
     unique = list({run.path.resolve(): run for run in runs}.values())
     result = ReportResult(out or default_out(workspace, unique), unique)
-    page = render(workspace, unique, config.table("report")["gallery"], result.gallery)
+    page = render(workspace, unique, config.report.gallery, result.gallery)
     write_text(result.out, page)
     return result

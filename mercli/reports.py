@@ -190,7 +190,7 @@ def pseudolabel_table(summary: "PseudoLabelSummary") -> Table:
     """Per class: clips the teacher predicted as it, kept and dropped; where the file went."""
     document = summary.to_json()
     table = Table(title=_plain(f"mer pseudolabel: round {summary.round}, teacher {summary.teacher.cell()}, "
-                               f"{summary.selection['selection']} selection"))
+                               f"{summary.selection.selection} selection"))
     for column in ("class", "predicted", "kept", "dropped"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in document["classes"].items():

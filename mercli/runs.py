@@ -28,8 +28,9 @@ from typing import Any, Iterator
 import torch
 
 from mercli.atomic import hidden_twin, read_json, write_bytes, write_json
-from mercli.errors import DataError
-from mercli.model import FusionNetwork, InputSpec, ModelSettings
+from mercli.errors import ConfigError, DataError
+from mercli.model import FusionNetwork, InputSpec
+from mercli.settings import TrainSettings
 from mercli.workspace import Workspace
 
 try:
@@ -282,9 +283,9 @@ def _load_fold(run: Path, run_config: dict[str, Any], record: dict[str, Any]) ->
         raise DataError(f"{weights}: not readable safetensors weights ({problem})") from None
     try:
         model = FusionNetwork([InputSpec(**spec) for spec in run_config["inputs"]], len(run_config["classes"]),
-                              ModelSettings.from_table(run_config["train"]))
+                              TrainSettings.from_record(run_config["train"]))
         model.load_state_dict(state)
-    except (RuntimeError, ValueError, TypeError) as problem:
+    except (RuntimeError, ValueError, TypeError, ConfigError) as problem:
         first_line = str(problem).strip().splitlines()[0]
         raise DataError(f"{weights}: does not fit the network {run / CONFIG} describes ({first_line})") from None
     return TrainedFold(int(record["fold"]), model.eval(), float(temperature), list(record["val_clips"]),

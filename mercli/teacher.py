@@ -36,6 +36,7 @@ from mercli.labels import map_label, read_labels
 from mercli.prompts import PROMPT_VERSIONS
 from mercli.pseudolabels import Teacher, pseudo_clip_ids, pseudo_labels_csv, pseudo_round
 from mercli.runs import TrainedRun, load_run, resolve_run
+from mercli.settings import PseudolabelSettings
 from mercli.traces import list_trace_stores
 from mercli.trainset import TrainingTable, check_expected_inputs, choose_sets, clip_table, refuse_label_leaks
 from mercli.vocabulary import pick_device
@@ -45,17 +46,15 @@ from mercli.workspace import Workspace
 # --- selection --------------------------------------------------------------------------------
 
 
-def class_thresholds(settings: Mapping[str, Any], classes: Sequence[str]) -> np.ndarray:
-    """Each class's confidence threshold: ``thresholds[class]``, else ``threshold``."""
-    given = settings["thresholds"]
+def class_thresholds(settings: PseudolabelSettings, classes: Sequence[str]) -> np.ndarray:
+    """Each class's confidence threshold: ``thresholds[class]``, else ``threshold`` (each one's
+    range is checked as the configuration loads; the class names here, against the run's)."""
+    given = settings.thresholds
     unknown = sorted(set(given) - set(classes))
     if unknown:
         raise ConfigError(f"[pseudolabel] thresholds: no class named {', '.join(unknown)} "
                           f"(classes: {', '.join(classes)})")
-    for name, value in given.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise ConfigError(f"[pseudolabel] thresholds.{name}: must be a number in [0, 1], got {value!r}")
-    return np.array([float(given.get(name, settings["threshold"])) for name in classes])
+    return np.array([float(given.get(name, settings.threshold)) for name in classes])
 
 
 def select_by_threshold(predicted: np.ndarray, confidence: np.ndarray, eligible: np.ndarray,
@@ -95,7 +94,7 @@ def trace_emotions(config: Config, workspace: Workspace, spec: str, clip_ids: Se
         found = ", ".join(str(s.folder) for s in stores) or "none"
         raise DataError(f"[pseudolabel] agree_with {spec!r}: needs the traces of one model of that reasoner "
                         f"under {workspace.reasoning}, found {found}; name the model as reasoner:model")
-    maps, classes = [config.get("data", "label_map")], config.get("data", "classes")
+    maps, classes = [config.data.label_map], config.data.classes
     traces: dict[str, dict[str, Any]] = {}
     for store in stores:
         for clip in set(store.clip_ids()).intersection(clip_ids):
@@ -126,7 +125,7 @@ class PseudoLabelSummary:
     out: Path
     teacher: Teacher
     round: int
-    selection: dict[str, Any]
+    selection: PseudolabelSettings
     classes: list[str]
     predicted: list[int]
     kept: list[int]
@@ -138,7 +137,7 @@ class PseudoLabelSummary:
         per_class = {c: {"predicted": p, "kept": k, "dropped": p - k}
                      for c, p, k in zip(self.classes, self.predicted, self.kept)}
         return {"out": str(self.out), "teacher": self.teacher.to_json(), "round": self.round,
-                "selection": self.selection, "pool": sum(self.predicted), "kept": sum(self.kept),
+                "selection": self.selection.to_json(), "pool": sum(self.predicted), "kept": sum(self.kept),
                 "dropped": sum(self.predicted) - sum(self.kept), "classes": per_class,
                 "teacher_clips_skipped": self.teacher_clips, "without_features": self.without_features,
                 "refused": self.refused}
@@ -166,11 +165,11 @@ def labelled_prior(config: Config, run: TrainedRun) -> np.ndarray:
 
 def _keep(config: Config, run: TrainedRun, predicted: np.ndarray, confidence: np.ndarray,
           eligible: np.ndarray) -> np.ndarray:
-    settings = config.table("pseudolabel")
-    if settings["selection"] == "threshold":
+    settings = config.pseudolabel
+    if settings.selection == "threshold":
         return select_by_threshold(predicted, confidence, eligible, class_thresholds(settings, run.classes))
-    quotas = class_quotas(len(predicted), labelled_prior(config, run), settings["fraction"])
-    return select_by_quota(predicted, confidence, eligible, quotas, settings["min_confidence"])
+    quotas = class_quotas(len(predicted), labelled_prior(config, run), settings.fraction)
+    return select_by_quota(predicted, confidence, eligible, quotas, settings.min_confidence)
 
 
 def default_out(workspace: Workspace, run: Path, round_: int) -> Path:
@@ -190,14 +189,14 @@ def agreement_factors(config: Config, workspace: Workspace, table: TrainingTable
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Which clips may be kept (all, unless agreement is required) and the factor on each clip's
     confidence (1, or ``disagree_weight`` under agreement by weight), from ``agree_with``'s traces."""
-    settings = config.table("pseudolabel")
+    settings = config.pseudolabel
     everyone = np.ones(len(names), dtype=bool)
-    if not settings["agree_with"]:
+    if not settings.agree_with:
         return everyone, np.ones(len(names))
-    agrees = agreement(names, table.clip_ids, trace_emotions(config, workspace, settings["agree_with"], table.clip_ids))
-    if settings["agreement"] == "require":
+    agrees = agreement(names, table.clip_ids, trace_emotions(config, workspace, settings.agree_with, table.clip_ids))
+    if settings.agreement == "require":
         return agrees, np.ones(len(names))
-    return everyone, np.where(agrees, 1.0, settings["disagree_weight"])
+    return everyone, np.where(agrees, 1.0, settings.disagree_weight)
 
 
 def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoint: str | None,
@@ -205,8 +204,8 @@ def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoin
     """Label the clips of ``clips_dir`` with the run ``checkpoint`` and write the ones kept."""
     run = load_run(resolve_run(workspace, checkpoint))
     config = config.with_overrides({"data.classes": run.classes}, str(run.path / "config.json"))
-    settings = config.table("pseudolabel")
-    if settings["selection"] == "threshold":
+    settings = config.pseudolabel
+    if settings.selection == "threshold":
         class_thresholds(settings, run.classes)  # a bad setting stops before any work
     found = scan(clips_dir)
     own = labelled_clips(run)
@@ -215,8 +214,7 @@ def pseudolabel(config: Config, workspace: Workspace, clips_dir: Path, checkpoin
     if not table.clip_ids:
         raise DataError(f"{clips_dir}: none of its {len(pool)} clips outside the run's own has features in "
                         f"{', '.join(s.name for s in table.sets)}; run `mer extract` on it first")
-    train = config.table("train")
-    probabilities = ensemble_probabilities(run, table, range(len(table.clip_ids)), pick_device(train["device"]))
+    probabilities = ensemble_probabilities(run, table, range(len(table.clip_ids)), pick_device(config.train.device))
     predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
     names = [run.classes[k] for k in predicted]
     eligible, factors = agreement_factors(config, workspace, table, names)

@@ -33,12 +33,13 @@ import mercli.plugins as plugins
 from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
-from mercli.model import FusionNetwork, InputSpec, ModelSettings, injected_priors
+from mercli.model import FusionNetwork, InputSpec, injected_priors
 from mercli.parallel_folds import fold_workers, train_side_by_side
 import mercli.pseudolabels as pseudolabels
 from mercli.labels import read_labels
 from mercli.plots import Curve, curves_png
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
+from mercli.settings import TrainSettings
 from mercli.splits import SPLIT_NAMES, Split, plan_splits
 from mercli.trainset import (TableTensors, TrainingTable, build_table, check_expected_inputs, clip_table,
                              feature_statistics, refuse_label_leaks)
@@ -94,14 +95,6 @@ class RunResult:
 
 
 # --- settings, device, seeds ------------------------------------------------------------------
-
-
-def checked_settings(table: dict[str, Any]) -> dict[str, Any]:
-    """``[train]`` once the settings agree with each other (each one's range is checked as the
-    configuration loads), or a ConfigError naming them."""
-    if table["width"] % table["heads"]:
-        raise ConfigError(f"[train] heads ({table['heads']}) must divide width ({table['width']})")
-    return table
 
 
 @contextlib.contextmanager
@@ -176,22 +169,22 @@ def predict_logits(model: FusionNetwork, source: TrainingTable | TableTensors, i
     return torch.cat(outputs)
 
 
-def train_fold(tensors: TableTensors, split: Split, settings: dict[str, Any], loss_component: Any,
+def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, loss_component: Any,
                on_epoch: EpochCallback | None = None) -> FoldResult:
     """Train one fold of the table ``tensors`` holds (on its device); returns the weights of the
     epoch with the best validation WAF and the temperature that calibrates them on the same
     validation clips."""
     table, device = tensors.table, tensors.device
-    seed = settings["seed"] + split.fold
+    seed = settings.seed + split.fold
     torch.manual_seed(seed)
-    model = FusionNetwork(table.inputs, len(table.classes), ModelSettings.from_table(settings))
+    model = FusionNetwork(table.inputs, len(table.classes), settings)
     model.standardise_with(feature_statistics(table, split.train))
     model.to(device)
-    loss_fn = loss_component.build(table.class_counts(split.train), settings["projection_dim"]).to(device)
+    loss_fn = loss_component.build(table.class_counts(split.train), settings.projection_dim).to(device)
     # One fused kernel for all parameters instead of a few small calls per parameter tensor.
-    optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=settings["lr"],
-                                  weight_decay=settings["weight_decay"], fused=True)
-    batch_size, epochs = training_batch_size(settings["batch_size"], len(split.train)), settings["epochs"]
+    optimizer = torch.optim.AdamW([*model.parameters(), *loss_fn.parameters()], lr=settings.lr,
+                                  weight_decay=settings.weight_decay, fused=True)
+    batch_size, epochs = training_batch_size(settings.batch_size, len(split.train)), settings.epochs
     total_steps = epochs * math.ceil(len(split.train) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
@@ -234,7 +227,7 @@ def train_fold(tensors: TableTensors, split: Split, settings: dict[str, Any], lo
         if record["val_waf"] > best["waf"]:
             best = {"waf": record["val_waf"], "macro_f1": record["val_macro_f1"], "accuracy": record["val_accuracy"],
                     "epoch": epoch, "state": copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})}
-        elif settings["patience"] and epoch - best["epoch"] >= settings["patience"]:
+        elif settings.patience and epoch - best["epoch"] >= settings.patience:
             break
     model.load_state_dict(best["state"])
     calibration = fit_temperature(predict_logits(model, tensors, split.val, device).numpy(), val_labels)
@@ -243,15 +236,15 @@ def train_fold(tensors: TableTensors, split: Split, settings: dict[str, Any], lo
                       [table.clip_ids[i] for i in split.train], calibration, batch_size)
 
 
-def fold_trainer(table: TrainingTable, settings: dict[str, Any], config: Config, device: str
+def fold_trainer(table: TrainingTable, settings: TrainSettings, config: Config, device: str
                  ) -> Callable[[Split, EpochCallback | None], FoldResult]:
     """Train one fold of ``table`` seeded as the run's settings say, in this process or a worker's
     (:mod:`mercli.parallel_folds`)."""
-    loss_component = plugins.build("losses", settings["loss"], config)
+    loss_component = plugins.build("losses", settings.loss, config)
     tensors = TableTensors(table, torch.device(device))  # once for all the folds this process trains
 
     def train_one(split: Split, on_epoch: EpochCallback | None) -> FoldResult:
-        with seeded(settings["seed"], settings["deterministic"]):
+        with seeded(settings.seed, settings.deterministic):
             return train_fold(tensors, split, settings, loss_component, on_epoch)
 
     return train_one
@@ -286,7 +279,7 @@ def with_pseudo_labels(config: Config, table: TrainingTable, splits: list[Split]
     pseudolabels.refuse_labelled(pseudo, [c.clip_id for c in listed], labels)
     test = [c.clip_id for c in listed if c.split and SPLIT_NAMES.get(c.split.lower()) == "test"]
     seen = pseudolabels.refuse_test_leaks(pseudo, test)
-    weight = config.get("pseudolabel", "weight")
+    weight = config.pseudolabel.weight
     index = {c: i for i, c in enumerate(table.classes)}
     extra = clip_table(table.classes, table.sets, pseudo.clip_ids, [index[label] for label in pseudo.labels],
                        [weight * confidence for confidence in pseudo.confidences])
@@ -302,15 +295,15 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
           on_epoch: EpochCallback | None = None) -> RunResult:
     """Build the training table (with the pseudo-labelled clips of ``pseudo_labels`` in the
     training folds), train every fold and write the run folder."""
-    settings = checked_settings(config.table("train"))
-    loss_component = plugins.build("losses", settings["loss"], config)
-    table = build_table(config, workspace.features, labels, settings["features"] or None)
-    run = workspace.runs / run_name(name, settings["loss"])
+    settings = config.train
+    loss_component = plugins.build("losses", settings.loss, config)
+    table = build_table(config, workspace.features, labels, settings.features or None)
+    run = workspace.runs / run_name(name, settings.loss)
     expected = recorded_manifests(run)
     if expected is not None:
         check_expected_inputs(table.sets, expected, str(run / "config.json"))
-    splits = plan_splits(table, seed=settings["seed"], folds=folds, group_column=group_column,
-                         val_fraction=settings["val_fraction"])
+    splits = plan_splits(table, seed=settings.seed, folds=folds, group_column=group_column,
+                         val_fraction=settings.val_fraction)
     for split in splits:
         refuse_label_leaks(table, split.val, "validation")
         if len(np.unique(table.labels[split.train])) < 2:
@@ -319,15 +312,15 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     if pseudo_labels is not None:
         table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     check_writable(run)
-    device = pick_device(settings["device"])
-    workers = fold_workers(settings["fold_workers"], device, len(splits), len(table.clip_ids), settings["epochs"])
+    device = pick_device(settings.device)
+    workers = fold_workers(settings.fold_workers, device, len(splits), len(table.clip_ids), settings.epochs)
     if workers > 1:
         results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch)
     else:
         trainer = fold_trainer(table, settings, config, str(device))
         results = [trainer(split, on_epoch) for split in splits]
-    used_priors = [p.name for p in injected_priors(table.inputs, ModelSettings.from_table(settings))]
-    priors_note = _priors_note(table.inputs, used_priors, settings["priors"])
+    used_priors = [p.name for p in injected_priors(table.inputs, settings)]
+    priors_note = _priors_note(table.inputs, used_priors, settings.priors)
     for result in results:
         result.weights = weights_name(result.fold, len(results))
     best = {
@@ -348,23 +341,23 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
                      float(np.mean(epoch_seconds)), best, pseudo_record)
 
 
-def _validation(settings: dict[str, Any], folds: int | None, group_column: str | None) -> dict[str, Any]:
+def _validation(settings: TrainSettings, folds: int | None, group_column: str | None) -> dict[str, Any]:
     """How the validation clips were chosen, for config.json."""
     if folds is not None:
         return {"mode": "k-fold", "folds": folds, "group_column": group_column}
     if group_column is not None:
-        return {"mode": "group holdout", "group_column": group_column, "val_fraction": settings["val_fraction"]}
+        return {"mode": "group holdout", "group_column": group_column, "val_fraction": settings.val_fraction}
     return {"mode": "split column"}
 
 
-def _run_config(table: TrainingTable, settings: dict[str, Any], loss_component: Any, used_priors: list[str],
+def _run_config(table: TrainingTable, settings: TrainSettings, loss_component: Any, used_priors: list[str],
                 validation: dict[str, Any], labels: Path, device: torch.device) -> dict[str, Any]:
     """The run's config.json: what eval and predict need to rebuild and check its inputs."""
     return {
         "classes": table.classes,
         "loss": {"name": loss_component.name, "version": loss_component.version, "settings": loss_component.settings},
-        "train": settings,
-        "seed": settings["seed"],
+        "train": settings.to_json(),
+        "seed": settings.seed,
         "inputs": [asdict(spec) for spec in table.inputs],
         "manifests": table.manifests(),
         "priors": used_priors,

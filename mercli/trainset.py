@@ -156,7 +156,7 @@ def build_table(config: Config, features_root: Path, labels_path: Path,
                 feature_names: Sequence[str] | None = None) -> TrainingTable:
     """Join the labels of ``labels_path`` with the chosen feature sets; see the module docstring
     for what is refused and what is excluded."""
-    classes = list(config.get("data", "classes"))
+    classes = list(config.data.classes)
     clips = read_labels(labels_path, config)
     check_classes(clips, classes, labels_path)
     labelled = [c for c in clips if c.label is not None]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mercli import config, plugins
+from mercli import config, plugins, settings
 from mercli.contracts import Encoder, Features, Option
 from mercli.errors import ConfigError
 from mercli.hookspecs import hookimpl
@@ -26,8 +26,8 @@ def write(folder: Path, text: str) -> Path:
 
 def test_defaults_when_nothing_is_configured():
     resolved = config.load(None, environ={})
-    assert resolved.get("extract", "fps") == 2.0
-    assert resolved.get("data", "classes") == config.MER2024_CLASSES
+    assert resolved.extract.fps == 2.0
+    assert resolved.data.classes == settings.MER2024_CLASSES
     assert {s.source for table in resolved.tables.values() for s in table.values()} == {"default"}
     assert resolved.path is None
 
@@ -35,7 +35,7 @@ def test_defaults_when_nothing_is_configured():
 def test_a_missing_default_file_means_defaults(tmp_path):
     resolved = config.load(tmp_path / "mer.toml", environ={})
     assert resolved.path is None
-    assert resolved.get("extract", "workers") == 0
+    assert resolved.extract.workers == 0
 
 
 def test_command_line_beats_environment_beats_file_beats_default(tmp_path):
@@ -67,9 +67,9 @@ def test_environment_values_are_read_as_toml_or_as_bare_strings():
         "MER_DATA_DATASET": "emodb",
         "MER_EXTRACT_FPS": "2",
     })
-    assert resolved.get("data", "classes") == ["calm", "tense"]
-    assert resolved.get("data", "dataset") == "emodb"
-    assert resolved.get("extract", "fps") == 2.0 and isinstance(resolved.get("extract", "fps"), float)
+    assert resolved.data.classes == ["calm", "tense"]
+    assert resolved.data.dataset == "emodb"
+    assert resolved.extract.fps == 2.0 and isinstance(resolved.extract.fps, float)
 
 
 # --- errors: every one names the place --------------------------------------------------------
@@ -167,11 +167,11 @@ def test_text_settings_take_the_option_type_into_account():
     """A name that looks like a number stays a name; a number given as text becomes a number."""
     resolved = config.load(None, environ={"MER_DATA_DATASET": "2024"},
                            overrides={"extract.workers": config.Text("3"), "extract.transcriber": config.Text("7")})
-    assert resolved.get("data", "dataset") == "2024"
-    assert resolved.get("extract", "workers") == 3
-    assert resolved.get("extract", "transcriber") == "7"
+    assert resolved.data.dataset == "2024"
+    assert resolved.extract.workers == 3
+    assert resolved.extract.transcriber == "7"
     quoted = config.load(None, environ={}, overrides={"data.dataset": config.Text('"mer2024"')})
-    assert quoted.get("data", "dataset") == "mer2024"
+    assert quoted.data.dataset == "mer2024"
 
 
 def test_a_file_named_explicitly_must_exist(tmp_path):
@@ -291,6 +291,6 @@ def test_template_documents_every_core_setting():
 def test_the_sample_config_in_examples_loads():
     sample = Path(__file__).resolve().parents[1] / "examples" / "mer.toml"
     resolved = config.load(sample, environ={})
-    assert resolved.get("data", "dataset") == "mer2024"
+    assert resolved.data.dataset == "mer2024"
     assert resolved.table("encoder.whisper")["model"] == "tiny.en"
     assert resolved.table("loss.bdcl") == {"temperature": 0.1, "lambda_intra": 0.5}

@@ -9,7 +9,7 @@ import pytest
 from mercli import config as configuration
 from mercli import labels
 from mercli.clips import discover
-from mercli.config import MER2024_CLASSES
+from mercli.settings import MER2024_CLASSES
 from mercli.contracts import Dataset, LabelRecord
 from mercli.errors import DataError, PluginError
 from mercli.labels import LabelledClip, check_classes, choose_reader, map_label, read_labels

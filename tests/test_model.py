@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mercli.model import Fusion, FusionNetwork, InputSpec, ModelSettings
+from mercli.model import Fusion, FusionNetwork, InputSpec
+from mercli.settings import TrainSettings
 
 
 def reference_encoder(width: int, heads: int, layers: int) -> nn.TransformerEncoder:
@@ -46,7 +47,7 @@ def test_a_seed_gives_the_initial_weights_torchs_encoder_gave():
 def test_dropout_acts_in_training_only():
     torch.manual_seed(0)
     network = FusionNetwork([InputSpec("a", "audio", "utterance", 8, False)], 3,
-                            ModelSettings(width=16, heads=2, dropout=0.5, modality_dropout=0.0))
+                            TrainSettings(width=16, heads=2, dropout=0.5, modality_dropout=0.0))
     values, masks = {"a": torch.randn(4, 8)}, {"a": torch.ones(4, dtype=torch.bool)}
     network.eval()
     assert torch.equal(network(values, masks).logits, network(values, masks).logits)

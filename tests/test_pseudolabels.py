@@ -22,6 +22,7 @@ from mercli.errors import ConfigError, DataError
 from mercli.evaluation import evaluate
 from mercli.pseudolabels import read_pseudo_labels
 from mercli.runs import load_run
+from mercli.settings import PseudolabelSettings
 from mercli.prompts import PROMPT_VERSIONS
 from mercli.teacher import (class_quotas, class_thresholds, pseudolabel, select_by_quota, select_by_threshold,
                             trace_emotions)
@@ -109,7 +110,7 @@ def test_quotas_follow_the_labelled_prior_not_the_teachers_favourite_class():
 
 
 def test_per_class_thresholds_keep_rare_classes_a_lower_bar():
-    thresholds = class_thresholds({"threshold": 0.9, "thresholds": {"happy": 0.5}}, CLASSES)
+    thresholds = class_thresholds(PseudolabelSettings(threshold=0.9, thresholds={"happy": 0.5}), CLASSES)
     assert thresholds.tolist() == [0.9, 0.9, 0.5]
     predicted, confidence = np.array([0, 1, 2, 2]), np.array([0.95, 0.6, 0.6, 0.4])
     assert select_by_threshold(predicted, confidence, np.ones(4, dtype=bool), thresholds).tolist() == \
@@ -120,7 +121,7 @@ def test_per_class_thresholds_keep_rare_classes_a_lower_bar():
                                             ({"happy": 1.5}, "thresholds.happy: must be a number in [0, 1]")])
 def test_bad_per_class_thresholds_are_configuration_errors(given, problem):
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")):
-        class_thresholds({"threshold": 0.9, "thresholds": given}, CLASSES)
+        class_thresholds(PseudolabelSettings(threshold=0.9, thresholds=given), CLASSES)
 
 
 def test_the_pool_is_labelled_class_balanced_and_the_teachers_clips_are_skipped(setup, round_one):

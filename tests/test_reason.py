@@ -16,7 +16,8 @@ import pytest
 
 from mercli import prompts
 from mercli.clips import discover
-from mercli.config import MER2024_CLASSES, load
+from mercli.config import load
+from mercli.settings import MER2024_CLASSES
 from mercli.contracts import (AnswerRejected, Option, Reasoner, ReasoningAnswer, ReasoningRequest, RetryableError,
                               StopRun, Usage)
 from mercli.errors import ConfigError
@@ -264,7 +265,7 @@ def test_prices_are_read_from_mer_toml(tmp_path):
     path = tmp_path / "mer.toml"
     path.write_text('[reason.prices]\n"my-model" = { input = 0.5, output = 1.5 }\n')
     config = load(path, environ={})
-    assert price_for(Scripted(model="my-model"), config.get("reason", "prices")) == Price(0.5, 1.5)
+    assert price_for(Scripted(model="my-model"), config.reason.prices) == Price(0.5, 1.5)
 
 
 def test_model_specs_name_a_reasoner_and_optionally_its_model():

@@ -118,7 +118,7 @@ def test_bounds_themselves_are_accepted_where_they_are_closed():
     resolved = config.load(None, environ={}, overrides={
         "extract.fps": 120, "extract.sample_rate": 8000, "extract.workers": 0, "train.dropout": 0.0,
         "reason.max_cost": 0.0, "train.val_fraction": 0.5})
-    assert resolved.get("extract", "fps") == 120.0 and resolved.get("extract", "workers") == 0
+    assert resolved.extract.fps == 120.0 and resolved.extract.workers == 0
 
 
 def test_a_closed_set_of_names_is_checked_when_the_configuration_loads(fresh_plugins):

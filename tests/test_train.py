@@ -13,8 +13,9 @@ from click.testing import CliRunner
 
 from mercli.cli import cli
 from mercli.errors import ConfigError, DataError
-from mercli.model import FusionNetwork, InputSpec, ModelSettings
+from mercli.model import FusionNetwork, InputSpec
 from mercli.runs import load_model
+from mercli.settings import TrainSettings
 from mercli.splits import plan_splits
 from mercli.train import predict_logits, train, train_fold
 from mercli import trainset
@@ -71,7 +72,7 @@ def test_run_folder_holds_weights_that_load_back_to_the_same_logits(trained):
     model, _ = load_model(run)
     table = build_table(config(), space.features, labels)
     indices = list(range(10))
-    fresh = FusionNetwork(table.inputs, len(CLASSES), ModelSettings.from_table(config().table("train")))
+    fresh = FusionNetwork(table.inputs, len(CLASSES), config().train)
     fresh.load_state_dict(result.folds[0].state)
     expected = predict_logits(fresh, table, indices, torch.device("cpu"), 4)
     assert torch.allclose(predict_logits(model, table, indices, torch.device("cpu"), 4), expected)
@@ -91,7 +92,7 @@ def test_absent_modalities_are_masked_and_padding_changes_nothing(workspace):
     table = build_table(config(), space.features, labels)
     audio = next(s.name for s in table.sets if s.manifest.encoder == "syn-audio")
     assert table.values[audio][0] is None  # clip000 has an absent record
-    model = FusionNetwork(table.inputs, len(CLASSES), ModelSettings(width=16, heads=2, layers=1)).eval()
+    model = FusionNetwork(table.inputs, len(CLASSES), TrainSettings(width=16, heads=2, layers=1)).eval()
     batch = collate(table, [0, 1, 2])
     assert not batch.masks[audio][0] and batch.masks[audio][1]
     with torch.no_grad():
@@ -294,7 +295,7 @@ def test_retraining_a_run_with_fewer_folds_removes_the_old_fold_weights(workspac
 
 def test_prior_injection_starts_closed_and_ignores_clips_without_a_prior():
     inputs = [InputSpec("a", "audio", "utterance", 3, False), InputSpec("prior-a", "audio", "utterance", 2, True)]
-    model = FusionNetwork(inputs, 2, ModelSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
+    model = FusionNetwork(inputs, 2, TrainSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
     values = {"a": torch.randn(2, 3), "prior-a": torch.randn(2, 2)}
     masks = {"a": torch.ones(2, dtype=torch.bool), "prior-a": torch.tensor([True, False])}
     with torch.no_grad():
@@ -345,7 +346,7 @@ def test_a_diverging_loss_stops_the_run_with_one_line(workspace):
     table = build_table(config(), space.features, labels)
     (split,) = plan_splits(table, seed=0)
     with pytest.raises(DataError, match=r"fold 1, epoch 1: the training loss is nan; lower train.lr"):
-        train_fold(TableTensors(table, torch.device("cpu")), split, config().table("train"), Diverging())
+        train_fold(TableTensors(table, torch.device("cpu")), split, config().train, Diverging())
 
 
 def test_mer_train_shows_inputs_and_folds_on_stderr(workspace):
@@ -363,7 +364,7 @@ def test_mer_train_shows_inputs_and_folds_on_stderr(workspace):
 def test_a_prior_of_no_one_modality_is_offered_to_every_stream():
     inputs = [InputSpec("a", "audio", "utterance", 3, False), InputSpec("v", "visual", "utterance", 4, False),
               InputSpec("prior-overall", "unknown", "utterance", 2, True)]
-    model = FusionNetwork(inputs, 2, ModelSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
+    model = FusionNetwork(inputs, 2, TrainSettings(width=8, heads=2, layers=1, modality_dropout=0.0)).eval()
     assert set(model.prior_attention) == {"a", "v"}
     values = {"a": torch.randn(1, 3), "v": torch.randn(1, 4), "prior-overall": torch.randn(1, 2)}
     masks = {name: torch.ones(1, dtype=torch.bool) for name in values}

@@ -66,7 +66,7 @@ def test_folds_side_by_side_give_the_folds_trained_one_after_another(tmp_path):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
     for a, b in zip(alone.folds, together.folds):
         assert all(torch.allclose(a.state[k], b.state[k], atol=1e-5) for k in a.state)
-    epochs = config().get("train", "epochs")
+    epochs = config().train.epochs
     assert sorted(records) == [(fold, epoch) for fold in (1, 2, 3) for epoch in range(1, epochs + 1)]
 
 
