@@ -81,23 +81,27 @@ def _setting(dotted: str, value: Any) -> Any:
     return value
 
 
-def locate(workspace: PathLike | None) -> Workspace:
+def _locate(workspace: PathLike | None) -> Workspace:
     """The workspace ``mer`` would use with ``-w workspace`` (or without it)."""
-    explicit = _path(workspace) if workspace is not None else _path(os.environ.get(WORKSPACE_VARIABLE) or None)
-    return Workspace.locate(explicit)
+    return Workspace.locate(_path(workspace if workspace is not None else os.environ.get(WORKSPACE_VARIABLE) or None))
+
+
+def _configured(located: Workspace, config: PathLike | None, settings: Mapping[str, Any] | None,
+                options: Mapping[str, Any] | None = None) -> configuration.Config:
+    """The configuration of ``located`` (or the file ``config``) with ``settings`` (``-s``) and then
+    the keywords given (``options``, by setting; ``None``: not given) as command-line overrides,
+    checked there."""
+    given = {dotted: _setting(dotted, value) for dotted, value in (options or {}).items() if value is not None}
+    path = _path(config)
+    return configuration.load(path or located.config_path, overrides={**(settings or {}), **given},
+                              required=path is not None)
 
 
 def _open(workspace: PathLike | None, config: PathLike | None, settings: Mapping[str, Any] | None,
-          options: Mapping[str, Any] | None = None, located: Workspace | None = None
-          ) -> tuple[Workspace, configuration.Config]:
-    """The workspace and its configuration with ``settings`` (``-s``) and then the keywords given
-    (``options``, by setting; ``None``: not given) as command-line overrides, checked there."""
-    located = located or locate(workspace)
-    given = {dotted: _setting(dotted, value) for dotted, value in (options or {}).items() if value is not None}
-    path = _path(config)
-    loaded = configuration.load(path or located.config_path, overrides={**(settings or {}), **given},
-                                required=path is not None)
-    return located, loaded
+          options: Mapping[str, Any] | None = None) -> tuple[Workspace, configuration.Config]:
+    """The workspace a stage works in, and its configuration."""
+    located = _locate(workspace)
+    return located, _configured(located, config, settings, options)
 
 
 # --- the stages ------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def evaluate(checkpoint: Names | None = None, *, labels: PathLike | None = None,
     ``corrupt`` specs (``"audio-noise:snr=20,10"``) also score corrupted copies; levels that fail
     are in ``robustness``."""
     from mercli.corruptions import Robustness, parse_specs
-    from mercli.evaluation import evaluate as evaluate_runs
+    from mercli.evaluation import evaluate as evaluate_runs, write_submission as write_evaluated
 
     if labels is None and (split or submission or allow_train_clips):
         raise UsageError("--split, --submission and --allow-train-clips need --labels")
@@ -189,8 +193,6 @@ def evaluate(checkpoint: Names | None = None, *, labels: PathLike | None = None,
         evaluation = evaluate_runs(loaded, space, _names(checkpoint), labels=_path(labels), split=split,
                                    allow_train_clips=allow_train_clips, out=_path(out), robustness=robustness)
     if submission is not None:
-        from mercli.evaluation import write_submission as write_evaluated
-
         write_evaluated(Path(submission), evaluation)
     return evaluation
 
@@ -271,9 +273,9 @@ def load_run(run: PathLike | None = None, workspace: PathLike | None = None,
     if workspace is None and folder is not None and folder.parent.name == "runs" and folder.is_dir():
         located = Workspace(folder.parent.parent.resolve())
     else:
-        located = locate(workspace)
+        located = _locate(workspace)
     trained = load_trained_run(resolve_run(located, None if run is None else str(run)))
-    return Run(trained, *_open(None, config, settings, located=located))
+    return Run(trained, located, _configured(located, config, settings))
 
 
 def predict(paths: Iterable[PathLike] | PathLike, *, checkpoint: PathLike | None = None,

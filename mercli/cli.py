@@ -32,7 +32,7 @@ class App:
     def config(self) -> configuration.Config:
         return configuration.load(self.config_path, overrides=self.overrides, required=self.config_named)
 
-    def run(self, stage: Callable[..., T], *args: Any, **options: Any) -> T:
+    def call(self, stage: Callable[..., T], *args: Any, **options: Any) -> T:
         """Call the Python API's ``stage`` with the group's workspace, ``-c`` file and ``-s``
         settings; options it refuses together are a usage error, as click's own are."""
         try:
@@ -164,7 +164,7 @@ def extract(app: App, as_json: bool, **options: Any) -> None:
     """Turn a folder of clips into feature sets; resumable, parallel and shardable."""
     from mercli.reports import extract_table
 
-    summary = app.run(api.extract, progress=True, **options)
+    summary = app.call(api.extract, progress=True, **options)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -196,7 +196,7 @@ def reason(app: App, as_json: bool, **options: Any) -> None:
     """Per-modality reasoning traces for every clip, cached by clip content; then prior feature sets."""
     from mercli.reports import reason_table
 
-    summary = app.run(api.reason, progress=True, **options)
+    summary = app.call(api.reason, progress=True, **options)
     dry_run = options["dry_run"]
     if as_json:
         emit_json(summary.to_json())
@@ -232,7 +232,7 @@ def train(app: App, as_json: bool, **options: Any) -> None:
     """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
     from mercli.reports import train_table
 
-    result = app.run(api.train, progress=True, **options)
+    result = app.call(api.train, progress=True, **options)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -261,7 +261,7 @@ def eval_command(app: App, as_json: bool, **options: Any) -> None:
     from mercli.corruptions import failures
     from mercli.reports import eval_tables
 
-    evaluation = app.run(api.evaluate, progress=True, **options)
+    evaluation = app.call(api.evaluate, progress=True, **options)
     if as_json:
         emit_json(evaluation.to_json())
     else:
@@ -283,7 +283,7 @@ def pseudolabel(app: App, as_json: bool, **options: Any) -> None:
     """Label unlabelled clips with a run's fold ensemble; keep a class-balanced, confident share."""
     from mercli.reports import pseudolabel_table
 
-    summary = app.run(api.pseudolabel, **options)
+    summary = app.call(api.pseudolabel, **options)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -299,7 +299,7 @@ def pseudolabel(app: App, as_json: bool, **options: Any) -> None:
 @pass_app
 def report(app: App, as_json: bool, **options: Any) -> None:
     """Write one self-contained HTML page comparing runs (names under runs/ or run folders)."""
-    result = app.run(api.report, **options)
+    result = app.call(api.report, **options)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -318,7 +318,7 @@ def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submissio
     """Emotion probabilities for video or audio files (or folders of them) from a trained run."""
     from mercli.reports import predictions_table
 
-    run = app.run(api.load_run, checkpoint)
+    run = app.call(api.load_run, checkpoint)
     predictions = []
     for prediction in run.predict(paths):  # printed as each is made
         predictions.append(prediction)

@@ -253,3 +253,18 @@ def test_the_readme_example_runs_the_stages_from_extract_to_predict(shared_data,
     clip, label = prediction.split(" ")[:2]
     assert clip == "new-clip.mp4" and label in CREMA_CLASSES
     assert any((tmp_path / "workspace" / "features").glob("prior-*"))  # reason made its priors
+
+
+def test_reason_asks_the_local_reasoner_then_keeps_its_traces(tmp_path, capfd):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "tone.mp4")
+    write_clip(clips / "voice.wav", video=False)
+    api.extract(clips, encoders="egemaps", workers=1, workspace=tmp_path)
+    first = api.reason(clips, no_embed=True, concurrency=1, workspace=tmp_path)
+    assert (first.clips, sorted(first.done), first.failed, first.priors) == (2, ["tone", "voice"], [], [])
+    assert first.to_json()["source"]["reasoner"] == "local"
+    plan = api.reason(clips, model="local", dry_run=True, workspace=tmp_path)
+    assert plan.dry_run and sorted(plan.cached) == ["tone", "voice"] and plan.calls == 0
+    printed = capfd.readouterr()
+    assert printed.out == "" and printed.err == ""
