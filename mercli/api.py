@@ -4,8 +4,8 @@ predicts with its models loaded once for as many calls as the notebook makes.
     from mercli import api as mer
     mer.extract("clips", labels="clips/labels.csv", encoders="egemaps", workspace="ws")
     mer.reason("clips", workspace="ws")
-    result = mer.train("clips/labels.csv", folds=2, epochs=20, name="first", workspace="ws")
-    print(mer.evaluate("first", workspace="ws").to_json()["metrics"])
+    mer.train("clips/labels.csv", folds=2, epochs=20, name="first", workspace="ws")
+    print(mer.evaluate("first", workspace="ws").figures["waf"])
     run = mer.load_run("first", workspace="ws")
     for p in run.predict(["a.mp4", "b.wav"]):
         print(p.clip, p.label, p.probs, p.modalities)
@@ -18,8 +18,9 @@ the :class:`~mercli.errors.ConfigError` whose line the command prints. Every fun
 ``workspace`` (default: found as ``mer`` finds it: ``MER_WORKSPACE``, else the nearest folder
 holding ``mer.toml``, else the current one), ``config`` (a ``mer.toml`` path, ``-c``) and
 ``settings`` (``-s``: ``{"train.epochs": 5}``). It returns what the command prints with ``--json``
-(``.to_json()`` gives that document) and raises :class:`~mercli.errors.MerError` on what the command
-exits 2 for; items that fail on their own are listed in the result, as the command lists them.
+(``.to_json()`` gives that document) and raises :class:`~mercli.errors.MerError` where the command
+prints an error and stops; items that fail on their own are listed in the result, as the command
+lists them.
 Nothing is written to stdout, and progress bars (stderr) show only with ``progress=True``.
 
 The stage modules of the core bear the commands' names (``mercli.extract``, ``mercli.train``), so

@@ -129,64 +129,61 @@ def test_the_workspace_is_found_as_mer_finds_it(tmp_path, monkeypatch):
 # --- real stages on a tiny workspace ---------------------------------------------------------------
 
 
-@pytest.fixture
-def synthetic(tmp_path):
-    """A workspace of separable synthetic feature sets (tests/support/training.py) with a labels file."""
-    return tmp_path, write_workspace(tmp_path)
-
-
-def test_train_evaluate_report_and_pseudolabel_run_their_stages_quietly(synthetic, capfd):
-    root, labels = synthetic
-    trained = api.train(labels, name="first", folds=2, epochs=3, seed=4, workspace=root, settings=SETTINGS)
-    recorded = json.loads((root / "runs" / "first" / "config.json").read_text())
-    assert recorded["train"]["epochs"] == 3 and recorded["train"]["seed"] == 4 and len(trained.folds) == 2
-    assert set(trained.to_json()) >= {"run", "folds", "best"}
-
-    evaluation = api.evaluate("first", workspace=root, settings=SETTINGS)
-    assert evaluation.out == root / "runs" / "first" / "eval" and (evaluation.out / "metrics.json").is_file()
-    assert evaluation.figures["waf"] == pytest.approx(json.loads((evaluation.out / "metrics.json").read_text())["waf"])
-
-    page = api.report("first", gallery=0, workspace=root)
-    assert page.out == root / "runs" / "first" / "report.html" and page.out.is_file()
-
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    """A synthetic workspace (tests/support/training.py) whose run ``first`` trained through the API
+    on half the training clips; ``clips`` holds (empty) files of the other clips, the pool."""
+    root = tmp_path_factory.mktemp("api")
+    labels = write_workspace(root)
+    header, *rows = labels.read_text().splitlines()
+    labelled = root / "half.csv"
+    labelled.write_text("\n".join([header, *(r for n, r in enumerate(rows) if not r.endswith(",train") or n % 2)]) + "\n")
     clips = root / "clips"
     clips.mkdir()
-    for line in labels.read_text().splitlines()[1:]:
-        if not line.endswith(",test"):  # test clips are never pseudo-labelled
-            (clips / f"{line.split(',')[0]}.wav").write_bytes(b"")
-    labelled = root / "half.csv"  # half the training clips keep their label; the others are the pool
-    header, *rows = labels.read_text().splitlines()
-    kept = [row for number, row in enumerate(rows) if not row.endswith(",train") or number % 2]
-    labelled.write_text("\n".join([header, *kept]) + "\n")
-    api.train(labelled, name="teacher", workspace=root, settings=SETTINGS)
-    pseudo = api.pseudolabel(clips, checkpoint="teacher", out=root / "pseudo.csv", workspace=root, settings=SETTINGS)
-    assert pseudo.out == root / "pseudo.csv" and pseudo.out.is_file()
-    student = api.train(labelled, name="student", pseudo_labels=pseudo.out, pseudo_weight=0.5, workspace=root,
-                        settings=SETTINGS)
+    for row in rows:
+        if not row.endswith(",test"):  # test clips are never pseudo-labelled
+            (clips / f"{row.split(',')[0]}.wav").write_bytes(b"")
+    trained = api.train(labelled, name="first", folds=2, epochs=2, seed=4, workspace=root, settings=SETTINGS)
+    return root, labelled, clips, trained
+
+
+def test_train_records_the_keywords_given(taught):
+    root, _labels, _clips, trained = taught
+    recorded = json.loads((root / "runs" / "first" / "config.json").read_text())
+    assert recorded["train"]["epochs"] == 2 and recorded["train"]["seed"] == 4 and len(trained.folds) == 2
+    assert trained.run == root / "runs" / "first" and set(trained.to_json()) >= {"run", "folds", "best"}
+
+
+def test_evaluate_report_pseudolabel_and_a_student_run_their_stages_quietly(taught, capfd):
+    root, labels, clips, _trained = taught
+    evaluation = api.evaluate("first", workspace=root, settings=SETTINGS)
+    assert evaluation.out == root / "runs" / "first" / "eval"
+    assert evaluation.figures["waf"] == pytest.approx(json.loads((evaluation.out / "metrics.json").read_text())["waf"])
+    page = api.report("first", gallery=0, workspace=root)
+    assert page.out == root / "runs" / "first" / "report.html" and page.out.is_file()
+    pseudo = api.pseudolabel(clips, checkpoint="first", out=root / "pseudo.csv", workspace=root, settings=SETTINGS)
+    assert pseudo.out == root / "pseudo.csv" and pseudo.out.is_file() and pseudo.to_json()["kept"]
+    student = api.train(labels, name="student", epochs=1, pseudo_labels=pseudo.out, pseudo_weight=0.5,
+                        workspace=root, settings=SETTINGS)
     assert student.to_json()["pseudo_labels"]["path"] == str(pseudo.out.resolve())
     assert json.loads((root / "runs" / "student" / "config.json").read_text())["pseudo_labels"]["weight"] == 0.5
-
     printed = capfd.readouterr()
     assert printed.out == "" and printed.err == ""
 
 
-def test_progress_true_shows_the_commands_progress_on_stderr_only(synthetic, capfd):
-    root, labels = synthetic
-    api.train(labels, name="shown", epochs=2, workspace=root, settings=SETTINGS, progress=True)
-    printed = capfd.readouterr()
-    assert printed.out == "" and "fold" in printed.err
-
-
-def test_the_json_the_command_prints_is_the_functions_result(synthetic):
-    root, labels = synthetic
+def test_the_json_the_command_prints_is_the_functions_result(taught, tmp_path):
+    root, labels, _clips, _trained = taught
     settings = [a for k, v in SETTINGS.items() for a in ("-s", f"{k}={json.dumps(v)}")]
-    outcome = CliRunner().invoke(cli, ["-w", str(root), *settings, "train", "--labels", str(labels), "--name", "cli",
-                                       "--epochs", "2", "--deterministic", "--json"])
+    outcome = CliRunner().invoke(cli, ["-w", str(root), *settings, "eval", "--checkpoint", "first", "--labels",
+                                       str(labels), "--split", "test", "--out", str(tmp_path / "cli"), "--json"])
     assert outcome.exit_code == 0, outcome.output
     printed = json.loads(outcome.stdout)
-    result = api.train(labels, name="api", epochs=2, deterministic=True, workspace=root, settings=SETTINGS)
-    assert set(result.to_json()) == set(printed)
-    assert result.best == pytest.approx(printed["best"])  # the same run, by the same function
+    evaluation = api.evaluate("first", labels=labels, split="test", out=tmp_path / "api", submission=tmp_path / "s.csv",
+                              workspace=root, settings=SETTINGS)
+    document = json.loads(json.dumps(evaluation.to_json(), default=str))
+    assert document.pop("out") == str(tmp_path / "api") and printed.pop("out") == str(tmp_path / "cli")
+    assert document == printed  # the same figures, by the same function
+    assert (tmp_path / "s.csv").read_text().startswith("name,discrete\n")
 
 
 class MeanColour(Encoder):
@@ -218,10 +215,13 @@ def test_extract_runs_the_stage_with_the_keywords_settings(fresh_plugins, tmp_pa
     assert [s["name"] for s in summary.feature_sets] == [s["name"] for s in summary.to_json()["feature_sets"]]
     (made,) = summary.feature_sets
     assert json.loads((Path(made["path"]) / "manifest.json").read_text())["settings"]["fps"] == 4.0
-    again = api.extract(clips, encoders=["test-api-colour"], fps=4, workers=1, workspace=tmp_path / "ws")
-    assert again.skipped == 2  # the same settings: the same set, resumed
     printed = capfd.readouterr()
     assert printed.out == "" and printed.err == ""
+    again = api.extract(clips, encoders=["test-api-colour"], fps=4, workers=1, workspace=tmp_path / "ws",
+                        progress=True)
+    assert again.skipped == 2  # the same settings: the same set, resumed
+    printed = capfd.readouterr()
+    assert printed.out == "" and "extract" in printed.err  # the command's progress bar, on stderr
 
 
 # --- the README's example, on real clips ---------------------------------------------------------
