@@ -1,14 +1,16 @@
 """mer: multimodal video emotion recognition with reasoning priors.
 
-``mercli.load_run(path)`` gives a trained run to predict with from Python (:mod:`mercli.api`); it
-is imported on first use, so that ``import mercli`` and ``mer --help`` stay light.
+From Python, :mod:`mercli.api` has every stage as a function (``api.extract``, ``api.train``, ...)
+and ``mercli.load_run(path)`` a trained run to predict with; they are imported on first use, so
+that ``import mercli`` and ``mer --help`` stay light.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from mercli.version import __version__
+
 __all__ = ["load_run"]
 
 

@@ -444,8 +444,11 @@ def job_progress() -> Iterator[Callable[[int, int, str], None]]:
     jobs' states as its description."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mercli.console import stderr
+    from mercli.console import ignore, showing, stderr
 
+    if not showing():
+        yield ignore
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr) as bar:
         task = bar.add_task("batch jobs", total=None)

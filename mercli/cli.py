@@ -1,4 +1,5 @@
-"""The ``mer`` command line. Each subcommand parses its options and hands over to the core."""
+"""The ``mer`` command line. Each stage command parses its options and hands them, by the same
+names, to the stage's function in :mod:`mercli.api`; it prints the result and sets the exit status."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import click
-from click.core import ParameterSource
 
-from mercli import __version__, config as configuration
+from mercli import __version__, api, config as configuration
 from mercli.console import emit_json, error, stderr
-from mercli.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError, unwritable_message, writing
+from mercli.errors import (EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError, UsageError,
+                           unwritable_message, writing)
 from mercli.vocabulary import one_line
 from mercli.workspace import Workspace
 
@@ -31,13 +32,18 @@ class App:
     def config(self) -> configuration.Config:
         return configuration.load(self.config_path, overrides=self.overrides, required=self.config_named)
 
-    def override(self, settings: dict[str, Any]) -> None:
-        """Record command-line options (``{"extract.fps": 4}``); ``None`` means not given."""
-        self.overrides.update({k: v for k, v in settings.items() if v is not None})
-        self.__dict__.pop("config", None)
+    def call(self, stage: Callable[..., T], *args: Any, **options: Any) -> T:
+        """Call the Python API's ``stage`` with the group's workspace, ``-c`` file and ``-s``
+        settings; options it refuses together are a usage error, as click's own are."""
+        try:
+            return stage(*args, **options, workspace=self.workspace.root,
+                         config=self.config_path if self.config_named else None, settings=self.overrides)
+        except UsageError as problem:
+            raise click.UsageError(str(problem)) from problem
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 JSON_REQUESTED = "mer.json"  # ctx.meta key: the subcommand was given --json
 
@@ -114,26 +120,29 @@ def note_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     return value
 
 
+class SettingOption(click.Option):
+    """An option that sets the configuration key ``setting``; the stage function takes it as the
+    keyword of the same name and makes it a command-line override, checked with every other source."""
+
+    def __init__(self, *args: Any, setting: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.setting = setting
+
+
 def setting_option(dotted: str, flag: str | None = None, metavar: str | None = None) -> Callable[[F], F]:
     """The option that sets the core setting ``dotted`` (``extract.fps``) for one command. Its type,
     help and allowed values come from the setting's declaration (its field in :mod:`mercli.settings`),
-    so each is written once; the value joins the configuration as a command-line override and is
-    checked there with every other source. A list setting takes comma-separated names."""
+    so each is written once. A list setting takes comma-separated names."""
     table, key = dotted.split(".")
     option = next(o for o in configuration.CORE_SECTIONS[table] if o.name == key)
     name = flag or f"--{key.replace('_', '-')}"
     allowed = f"; {option.allowed()}" if option.range or option.choices else ""
     details = f"{option.help.rstrip('.')}{allowed} [default: {dotted}]."
-
-    def record(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
-        if value is not None:
-            ctx.find_object(App).override({dotted: value.split(",") if option.kind is list else value})
-
     if option.kind is bool:
-        return click.option(f"{name}/--no-{name[2:]}", default=None, expose_value=False, callback=record, help=details)
+        return click.option(f"{name}/--no-{name[2:]}", default=None, cls=SettingOption, setting=dotted, help=details)
     kind = str if option.kind is list else option.kind
     return click.option(name, type=kind, metavar=metavar or ("NAMES" if option.kind is list else None),
-                        expose_value=False, callback=record, help=details)
+                        cls=SettingOption, setting=dotted, help=details)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, is_eager=True, callback=note_json,
@@ -151,12 +160,11 @@ pass_app = click.make_pass_decorator(App)
 @click.option("--shard", metavar="K/N", help="Process only shard K of N (SLURM arrays: --shard $((ID+1))/N).")
 @json_option
 @pass_app
-def extract(app: App, clips_dir: Path, labels: Path | None, shard: str | None, as_json: bool) -> None:
+def extract(app: App, as_json: bool, **options: Any) -> None:
     """Turn a folder of clips into feature sets; resumable, parallel and shardable."""
-    from mercli.extract import Shard, extract_folder
     from mercli.reports import extract_table
 
-    summary = extract_folder(app.config, app.workspace, clips_dir, labels, Shard.parse(shard) if shard else None)
+    summary = app.call(api.extract, progress=True, **options)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -166,7 +174,7 @@ def extract(app: App, clips_dir: Path, labels: Path | None, shard: str | None, a
 
 @cli.command()
 @click.argument("clips_dir", type=click.Path(path_type=Path))
-@click.option("--model", "model_spec", metavar="REASONER[:MODEL]",
+@click.option("--model", metavar="REASONER[:MODEL]",
               help="Reasoner, and optionally its model, e.g. local, gemini, gemini:gemini-2.5-pro, openai:qwen2.5-vl "
                    "[default: reason.reasoner].")
 @click.option("--labels", type=click.Path(path_type=Path), help="Labels file (transcripts; labels only with --label-conditioned).")
@@ -184,23 +192,12 @@ def extract(app: App, clips_dir: Path, labels: Path | None, shard: str | None, a
 @click.option("--wait", is_flag=True, help="With --batch: poll until every job has ended, showing progress.")
 @json_option
 @pass_app
-def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | None, dry_run: bool, retry_failed: bool,
-           label_conditioned: bool, no_embed: bool, batch: bool, wait: bool, as_json: bool) -> None:
+def reason(app: App, as_json: bool, **options: Any) -> None:
     """Per-modality reasoning traces for every clip, cached by clip content; then prior feature sets."""
-    from mercli.batch_reason import reason_batch
-    from mercli.reason import reason_folder, parse_model
     from mercli.reports import reason_table
 
-    refuse_with_batch(click.get_current_context(), batch, wait)
-    if model_spec:
-        reasoner, model = parse_model(model_spec)
-        app.override({"reason.reasoner": reasoner, f"reasoner.{reasoner}.model": model})
-    asked = dict(labels=labels, label_conditioned=label_conditioned, retry_failed=retry_failed, dry_run=dry_run,
-                 embed=not no_embed)
-    if batch:
-        summary = reason_batch(app.config, app.workspace, clips_dir, wait=wait, **asked)
-    else:
-        summary = reason_folder(app.config, app.workspace, clips_dir, **asked)
+    summary = app.call(api.reason, progress=True, **options)
+    dry_run = options["dry_run"]
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -209,14 +206,6 @@ def reason(app: App, clips_dir: Path, model_spec: str | None, labels: Path | Non
         error(summary.stopped)
     unfinished = summary.failed or summary.skipped or summary.stopped or getattr(summary, "returned", None)
     sys.exit(EXIT_SOME_FAILED if unfinished and not dry_run else 0)
-
-
-def refuse_with_batch(ctx: click.Context, batch: bool, wait: bool) -> None:
-    """Options that mean nothing for batch jobs (the service paces them), or --wait without --batch."""
-    if wait and not batch:
-        raise click.UsageError("--wait: only with --batch")
-    if batch and ctx.get_parameter_source("rpm") == ParameterSource.COMMANDLINE:
-        raise click.UsageError("--rpm: means nothing with --batch (the service paces batch jobs)")
 
 
 @cli.command()
@@ -239,16 +228,11 @@ def refuse_with_batch(ctx: click.Context, batch: bool, wait: bool) -> None:
 @setting_option("pseudolabel.weight", "--pseudo-weight")
 @json_option
 @pass_app
-def train(app: App, labels: Path, name: str | None, group_column: str | None, folds: int | None,
-          pseudo_labels: Path | None, as_json: bool) -> None:
+def train(app: App, as_json: bool, **options: Any) -> None:
     """Train the fusion network on the workspace's feature sets; writes runs/NAME/."""
-    from mercli.console import fold_progress
     from mercli.reports import train_table
-    from mercli.train import train as train_run
 
-    with fold_progress() as on_epoch:
-        result = train_run(app.config, app.workspace, labels, name=name, group_column=group_column, folds=folds,
-                           pseudo_labels=pseudo_labels, on_epoch=on_epoch)
+    result = app.call(api.train, progress=True, **options)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -256,7 +240,7 @@ def train(app: App, labels: Path, name: str | None, group_column: str | None, fo
 
 
 @cli.command(name="eval")
-@click.option("--checkpoint", "checkpoints", multiple=True, metavar="RUN",
+@click.option("--checkpoint", multiple=True, metavar="RUN",
               help="A run name under runs/ or a run folder; repeat it to aggregate seeds [default: the newest run].")
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Evaluate on these clips instead of each fold's validation clips.")
@@ -267,26 +251,17 @@ def train(app: App, labels: Path, name: str | None, group_column: str | None, fo
               help="Folder for metrics.json, predictions.csv and confusion.png [default: RUN/eval].")
 @click.option("--submission", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the predictions as a MER2024 submission CSV (name,discrete).")
-@click.option("--corrupt", "corrupt", multiple=True, metavar="SPEC",
+@click.option("--corrupt", multiple=True, metavar="SPEC",
               help="Also score corrupted copies of the clips, e.g. 'audio-noise:snr=20,10,0 video-blur:sigma=4 "
                    "drop:audio' (repeatable).")
 @json_option
 @pass_app
-def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, split: str | None,
-                 allow_train_clips: bool, out: Path | None, submission: Path | None, corrupt: tuple[str, ...],
-                 as_json: bool) -> None:
+def eval_command(app: App, as_json: bool, **options: Any) -> None:
     """Score a run: WAF, accuracy, macro-F1, UAR, ECE, per-class figures and the confusion matrix."""
-    from mercli.corruptions import Robustness, failures, parse_specs
-    from mercli.evaluation import evaluate, write_submission
+    from mercli.corruptions import failures
     from mercli.reports import eval_tables
 
-    if labels is None and (split or submission or allow_train_clips):
-        raise click.UsageError("--split, --submission and --allow-train-clips need --labels")
-    robustness = Robustness(app.config, app.workspace, parse_specs(corrupt)) if corrupt else None
-    evaluation = evaluate(app.config, app.workspace, checkpoints, labels=labels, split=split,
-                          allow_train_clips=allow_train_clips, out=out, robustness=robustness)
-    if submission is not None:
-        write_submission(submission, evaluation)
+    evaluation = app.call(api.evaluate, progress=True, **options)
     if as_json:
         emit_json(evaluation.to_json())
     else:
@@ -304,14 +279,11 @@ def eval_command(app: App, checkpoints: tuple[str, ...], labels: Path | None, sp
               help="Keep (or weigh) clips by agreement with this reasoner's traces [default: pseudolabel.agree_with].")
 @json_option
 @pass_app
-def pseudolabel(app: App, clips_dir: Path, checkpoint: str | None, out: Path | None, agree_with: str | None,
-                as_json: bool) -> None:
+def pseudolabel(app: App, as_json: bool, **options: Any) -> None:
     """Label unlabelled clips with a run's fold ensemble; keep a class-balanced, confident share."""
     from mercli.reports import pseudolabel_table
-    from mercli.teacher import pseudolabel as label_pool
 
-    app.override({"pseudolabel.agree_with": agree_with})
-    summary = label_pool(app.config, app.workspace, clips_dir, checkpoint, out)
+    summary = app.call(api.pseudolabel, **options)
     if as_json:
         emit_json(summary.to_json())
     else:
@@ -325,11 +297,9 @@ def pseudolabel(app: App, clips_dir: Path, checkpoint: str | None, out: Path | N
 @setting_option("report.gallery")
 @json_option
 @pass_app
-def report(app: App, runs: tuple[str, ...], out: Path | None, as_json: bool) -> None:
+def report(app: App, as_json: bool, **options: Any) -> None:
     """Write one self-contained HTML page comparing runs (names under runs/ or run folders)."""
-    from mercli.report_html import write_report
-
-    result = write_report(app.config, app.workspace, runs, out)
+    result = app.call(api.report, **options)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -346,14 +316,11 @@ def report(app: App, runs: tuple[str, ...], out: Path | None, as_json: bool) -> 
 @pass_app
 def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submission: Path | None, as_json: bool) -> None:
     """Emotion probabilities for video or audio files (or folders of them) from a trained run."""
-    from mercli.evaluation import write_name_discrete
-    from mercli.predict import predict_paths
     from mercli.reports import predictions_table
-    from mercli.runs import load_run, resolve_run
 
-    run = load_run(resolve_run(app.workspace, checkpoint))
+    run = app.call(api.load_run, checkpoint)
     predictions = []
-    for prediction in predict_paths(app.config, app.workspace, run, paths):
+    for prediction in run.predict(paths):  # printed as each is made
         predictions.append(prediction)
         if prediction.error:
             error(prediction.error)
@@ -362,7 +329,7 @@ def predict(app: App, paths: tuple[Path, ...], checkpoint: str | None, submissio
     if not as_json:
         stderr.print(predictions_table(predictions, run.path.name))
     if submission is not None:
-        write_name_discrete(submission, [(Path(p.clip).stem, p.label) for p in predictions if not p.error])
+        api.write_submission(submission, predictions)
     sys.exit(EXIT_SOME_FAILED if any(p.error for p in predictions) else 0)
 
 

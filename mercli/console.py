@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
@@ -17,6 +18,30 @@ from mercli.vocabulary import one_line
 
 #: Everything meant for a person goes here, so that stdout stays machine-readable.
 stderr = Console(stderr=True)
+
+#: Whether progress bars and notes are shown: yes for the command, no inside a call of the Python API
+#: (:mod:`mercli.api`) unless it asks for them, so that a notebook stays quiet.
+_shown: ContextVar[bool] = ContextVar("mer_progress_shown", default=True)
+
+
+@contextmanager
+def progress_shown(shown: bool) -> Iterator[None]:
+    """Show (or hide) the progress bars and notes of the stages run inside."""
+    token = _shown.set(shown)
+    try:
+        yield
+    finally:
+        _shown.reset(token)
+
+
+def showing() -> bool:
+    """Whether a stage shows its progress now (decide in the calling thread: worker threads do not
+    see the switch)."""
+    return _shown.get()
+
+
+def ignore(*_args: Any) -> None:
+    """The progress callback of a stage that shows none."""
 
 
 def emit_json(document: Any) -> None:
@@ -47,6 +72,9 @@ class RateColumn(ProgressColumn):
 @contextmanager
 def progress(total: int, description: str, unit: str = "clips") -> Iterator[Callable[[], None]]:
     """A progress bar on stderr with rate and ETA; yields the function that advances it by one."""
+    if not showing():
+        yield ignore
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as bar:
@@ -57,6 +85,9 @@ def progress(total: int, description: str, unit: str = "clips") -> Iterator[Call
 @contextmanager
 def fold_progress() -> Iterator[Callable[[int, int, int, dict[str, Any]], None]]:
     """A rich progress bar on stderr, one line per fold, showing the loss and validation WAF."""
+    if not showing():
+        yield ignore
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr) as bar:
         tasks: dict[int, Any] = {}

@@ -23,6 +23,11 @@ class ConfigError(MerError):
     """A configuration file, environment variable or option that cannot be used."""
 
 
+class UsageError(MerError):
+    """Options that do not go together, or one that needs another (the command prints its usage
+    line too)."""
+
+
 class PluginError(MerError):
     """A plug-in that failed to load or that clashes with another one."""
 

@@ -399,14 +399,15 @@ def reason_folder(config: Config, workspace: Workspace, clips_dir: Path, *, labe
                   embed: bool = True) -> ReasonSummary:
     """``mer reason``: plan, ask with a progress bar, store; then embed the traces as prior
     feature sets (:mod:`mercli.priors`), unless ``embed`` is off or nothing is stored."""
-    from mercli.console import progress, stderr
+    from mercli.console import progress, showing, stderr
 
     run, tasks = open_run(config, workspace, clips_dir, labels, label_conditioned, retry_failed)
     if dry_run:
         return estimate(run, tasks)
     with progress(len(tasks), f"reason ({run.reasoner.name})") as advance:
         run.observe = lambda clip, outcome: advance()
-        run.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
+        if showing():
+            run.say = lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True)
         run.run(tasks)
     if embed:
         embed_priors(config, workspace, run)

@@ -38,7 +38,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mercli import __version__
 from mercli.atomic import read_json, write_text
 from mercli.clips import scan
 from mercli.config import Config
@@ -47,6 +46,7 @@ from mercli.plots import (ROBUSTNESS_FIGURES, Curve, confusion_png, curves_png, 
                           reliability_png, robustness_png)
 from mercli.runs import CONFIG, HISTORY, METRICS, resolve_run
 from mercli.traces import TraceSource, TraceStore, list_trace_stores
+from mercli.version import __version__
 from mercli.vocabulary import TRACE_MODALITIES, one_line
 from mercli.workspace import Workspace
 
