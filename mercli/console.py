@@ -19,6 +19,7 @@ from rich.text import Text
 
 from mercli.vocabulary import one_line
 
+
 class HumanConsole(Console):
     """Rich's console on stderr, but a reader that went away is no crash: rich's own answer points
     stdout (not this console's stream) at /dev/null and exits 1 from whichever thread wrote."""

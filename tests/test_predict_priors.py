@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,19 @@ def test_a_run_whose_priors_cannot_be_made_again_is_refused_with_one_line(runs, 
     assert result.returncode == 2, result.stderr
     line = one_error_line(result)
     assert line.startswith(f"error: {copy}: its priors come from local mer-trace-v9"), line
+
+
+def test_predict_whose_reader_closes_after_the_first_line_ends_quietly_with_141(runs, shared_data, tmp_path):
+    """``mer predict clips/ --json | head -1``: one JSON line per clip, the reader goes after the first."""
+    from support.mer_process import mer_environment
+
+    workspace = runs["numeric"].parent.parent
+    process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(workspace), "predict",
+                                str(shared_data / "crema-d"), "--checkpoint", "numeric", "--json"], cwd=tmp_path,
+                               env=mer_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = json.loads(process.stdout.readline())
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 141, stderr
+    assert list(first["probs"]) == CLASSES
+    assert "error" not in stderr and "Traceback" not in stderr, stderr
