@@ -150,7 +150,7 @@ def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, ov
     Stages: extract -> reason -> train -> eval -> predict (and pseudolabel -> train for self-training). Human output goes to stderr; with
     --json, stdout carries exactly one JSON document (predict: one object per line), an error's
     too. Exit status: 0 all done, 1 finished but some items failed, 2 usage or configuration
-    error, 130 interrupted.
+    error, 130 interrupted, 141 the output's reader went away (| head -1).
     """
     located = Workspace.locate(workspace)
     ctx.obj = App(located, config_path or located.config_path, config_path is not None, dict(overrides))
