@@ -12,9 +12,9 @@ from typing import Any, Callable, TypeVar
 import click
 
 from mercli import __version__, api, config as configuration
-from mercli.console import emit_json, error, stderr
-from mercli.errors import (EXIT_INTERRUPTED, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError, UsageError,
-                           unwritable_message, writing)
+from mercli.console import emit_json, error, print_nothing_more, stderr
+from mercli.errors import (EXIT_INTERRUPTED, EXIT_READER_GONE, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError,
+                           UsageError, unwritable_message, writing)
 from mercli.vocabulary import one_line
 from mercli.workspace import Workspace
 
@@ -46,6 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 JSON_REQUESTED = "mer.json"  # ctx.meta key: the subcommand was given --json
+JSON_ON_COMMAND_LINE = "mer.json-word"  # ctx.meta key: --json is among the command line's words
+JSON_SENT = "mer.json-sent"  # ctx.meta key: the error's JSON document is printed
 
 
 def fail(message: str, exit_code: int, as_json: bool, short: str | None = None) -> None:
@@ -57,21 +59,62 @@ def fail(message: str, exit_code: int, as_json: bool, short: str | None = None) 
     sys.exit(exit_code)
 
 
+def json_on_command_line(words: list[str]) -> bool:
+    """Whether ``--json`` is among the command line's words (before a lone ``--``, after which
+    words are arguments): a usage error found before the option was parsed still owes the JSON
+    document."""
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
+
+
+def usage_error_as_json(meta: dict[str, Any], problem: click.ClickException) -> None:
+    """Print a usage error's JSON document when the command line asks for JSON, once (a nested
+    group passes the error up to its parent's handler)."""
+    if (meta.get(JSON_ON_COMMAND_LINE) or meta.get(JSON_REQUESTED)) and not meta.get(JSON_SENT):
+        meta[JSON_SENT] = True
+        emit_json({"error": problem.format_message(), "exit_code": problem.exit_code})
+
+
 class MerGroup(click.Group):
     """Turns a :class:`MerError` into one line on stderr and its exit status, Ctrl-C into a short
     note (every stage writes atomically, so running it again resumes), and an OSError that no stage
     expected (a disk that filled up, a folder that cannot be created) into one line naming the
-    path: exit 2, the user's to fix. With --json each of them also prints its JSON document."""
+    path: exit 2, the user's to fix. With --json each of them also prints its JSON document, and so
+    does a usage error (click prints its usage text on stderr after it). A reader that closed the
+    output early (``mer ... | head -1``) ends the command quietly."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        meta = parent.meta if parent is not None else {JSON_ON_COMMAND_LINE: json_on_command_line(args)}
+        try:
+            ctx = super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as problem:  # the group's own options: before its context exists
+            usage_error_as_json(meta, problem)
+            raise
+        ctx.meta.setdefault(JSON_ON_COMMAND_LINE, meta[JSON_ON_COMMAND_LINE])
+        return ctx
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            return self.invoke_reporting_errors(ctx)
+        except BrokenPipeError:
+            # Exit status 141 (128 + SIGPIPE), what the shell reports for a tool killed by SIGPIPE, as
+            # 130 and 143 are for SIGINT and SIGTERM; Python's recipe exits 1, which here would read
+            # "finished, but some items failed". No error message: the reader asked for no more.
+            # SIGPIPE itself stays ignored (Python's default): at its default action a closed
+            # network connection would kill the process too, in the middle of writing a file.
+            print_nothing_more()
+            sys.exit(EXIT_READER_GONE)
+
+    def invoke_reporting_errors(self, ctx: click.Context) -> Any:
+        try:
             return super().invoke(ctx)
         except click.ClickException as problem:  # a usage error: click prints it, after the JSON document
-            if ctx.meta.get(JSON_REQUESTED):
-                emit_json({"error": problem.format_message(), "exit_code": problem.exit_code})
+            usage_error_as_json(ctx.meta, problem)
             raise
         except MerError as problem:
             fail(str(problem), problem.exit_code, ctx.meta.get(JSON_REQUESTED, False))
+        except BrokenPipeError:
+            raise
         except OSError as problem:
             fail(unwritable_message(None, problem), EXIT_USAGE, ctx.meta.get(JSON_REQUESTED, False))
         except KeyboardInterrupt:
@@ -107,7 +150,7 @@ def cli(ctx: click.Context, workspace: Path | None, config_path: Path | None, ov
     Stages: extract -> reason -> train -> eval -> predict (and pseudolabel -> train for self-training). Human output goes to stderr; with
     --json, stdout carries exactly one JSON document (predict: one object per line), an error's
     too. Exit status: 0 all done, 1 finished but some items failed, 2 usage or configuration
-    error, 130 interrupted.
+    error, 130 interrupted, 141 the output's reader went away (| head -1).
     """
     located = Workspace.locate(workspace)
     ctx.obj = App(located, config_path or located.config_path, config_path is not None, dict(overrides))
@@ -412,5 +455,5 @@ def main() -> None:
     try:
         plugins.register_commands(cli)
     except MerError as problem:  # before any command is parsed: --json can only be seen among the words
-        fail(str(problem), EXIT_USAGE, "--json" in sys.argv[1:])
+        fail(str(problem), EXIT_USAGE, json_on_command_line(sys.argv[1:]))
     cli(prog_name="mer")

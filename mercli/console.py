@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator
@@ -16,8 +19,22 @@ from rich.text import Text
 
 from mercli.vocabulary import one_line
 
+
+class HumanConsole(Console):
+    """Rich's console on stderr, but a reader that went away is no crash: rich's own answer points
+    stdout (not this console's stream) at /dev/null and exits 1 from whichever thread wrote."""
+
+    def on_broken_pipe(self) -> None:
+        """Print nothing more; in the main thread, stop the command as for a closed stdout
+        (:class:`mercli.cli.MerGroup`); in rich's refresh thread, just go quiet: the stage goes on
+        and finishes its work, which the user can no longer watch."""
+        self.quiet = True
+        if threading.current_thread() is threading.main_thread():
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 #: Everything meant for a person goes here, so that stdout stays machine-readable.
-stderr = Console(stderr=True)
+stderr = HumanConsole(stderr=True)
 
 #: Whether progress bars and notes are shown: yes for the command, no inside a call of the Python API
 #: (:mod:`mercli.api`) unless it asks for them, so that a notebook stays quiet.
@@ -50,11 +67,24 @@ def emit_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def print_nothing_more() -> None:
+    """The reader of stdout or stderr has gone (``mer ... | head -1``): point both at /dev/null, so
+    that nothing more is written, not even by Python's flush at exit (which would report the
+    broken pipe once more, as "Exception ignored ..."). The recipe of Python's documentation
+    (signal module, "Note on SIGPIPE")."""
+    stderr.quiet = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
 def error(message: str) -> None:
     """Print ``error: MESSAGE`` as one line: messages quoted from elsewhere (a library's exception)
     may hold line breaks, which are folded into spaces."""
     stderr.print(f"[bold red]error:[/] {escape(one_line(message))}", highlight=False, soft_wrap=True)
-
 
 
 class RateColumn(ProgressColumn):

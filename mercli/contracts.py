@@ -230,14 +230,16 @@ class Encoder(Component):
 
     ``dim`` is the output width; an encoder whose width depends on its settings (a model path)
     overrides it as a property. ``level`` is declared on the class (what ``mer plugins`` shows); an
-    encoder whose level is one of its settings declares its default there and sets the instance's
-    own in ``__init__``, since manifests and shape checks read it from the instance.
+    encoder whose level is one of its settings declares its default there, names that option in
+    ``level_option`` (so ``mer plugins`` says the level is a setting) and sets the instance's own
+    in ``__init__``, since manifests and shape checks read it from the instance.
     ``weights_identity`` names the exact weights (a file hash, a model id and revision) so that the
     feature store never mixes features from two models.
     """
 
     modality: ClassVar[Modality]
     level: Level
+    level_option: ClassVar[str | None] = None
     dim: int
 
     def weights_identity(self) -> str:

@@ -11,6 +11,7 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's convention for a command stopped by Ctrl-C
 EXIT_TERMINATED = 143  # ... and for one stopped by SIGTERM (kill, timeout, a batch scheduler's time limit)
+EXIT_READER_GONE = 141  # ... and for one whose output pipe was closed by its reader (SIGPIPE: `mer ... | head -1`)
 
 
 class MerError(Exception):

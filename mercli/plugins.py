@@ -144,6 +144,8 @@ def contract_problem(component: type[Component]) -> str | None:
             return f"must declare modality as one of {', '.join(MODALITIES)}"
         if getattr(component, "level", None) not in LEVELS:
             return f"must declare level as one of {', '.join(LEVELS)}"
+        if component.level_option is not None and component.level_option not in {o.name for o in component.options}:
+            return f"names level_option '{component.level_option}', which is not one of its options"
     return None
 
 
@@ -222,7 +224,9 @@ def describe(stage: str, registered: Registered) -> dict[str, object]:
     }
     if stage == "encoders":
         dim = getattr(component, "dim", None)  # a property when the width depends on settings
-        row.update(modality=component.modality, level=component.level, dim=dim if isinstance(dim, int) else None)
+        row.update(modality=component.modality, level=component.level, dim=dim if isinstance(dim, int) else None,
+                   level_setting=component.level_option and f"{STAGES[stage].table}.{component.name}."
+                                                            f"{component.level_option}")
     elif stage == "reasoners":
         row["needs_network"] = component.needs_network
     elif stage == "losses":

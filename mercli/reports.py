@@ -26,6 +26,8 @@ def _plain(value: object) -> Text:
 
 
 def _component_details(row: dict[str, Any]) -> str:
+    if row.get("level_setting"):  # the level shown is the default of a setting
+        row = {**row, "level": f"{row['level']} (setting: {row['level_setting']})"}
     facts = [f"{key} {row[key]}" for key in ("modality", "level", "dim", "needs_network", "uses_embeddings")
              if row.get(key) is not None]
     if row["options"]:

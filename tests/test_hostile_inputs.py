@@ -413,3 +413,83 @@ def _still_running(pids: list[int], within: float) -> list[int]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+# --- a reader that closes the pipe early (`mer ... | head -1`) -------------------------------------
+
+
+def closed_early(arguments: list[str], stream: str, cwd: Path, lines: int = 0) -> tuple[int, str]:
+    """Run ``mer ARGUMENTS`` with ``stream`` (stdout or stderr) a real pipe whose reader reads
+    ``lines`` lines and closes it; returns the exit status and what the other stream carried."""
+    process = subprocess.Popen([sys.executable, "-m", "mercli", *arguments], cwd=cwd, env=mer_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader, other = (process.stdout, process.stderr) if stream == "stdout" else (process.stderr, process.stdout)
+    for _ in range(lines):
+        reader.readline()
+    reader.close()
+    rest = other.read()
+    return process.wait(timeout=300), rest
+
+
+CLOSED_EARLY = {"plugins --json, stdout": (["plugins", "--json"], "stdout"),
+                "config show --json, stdout": (["config", "show", "--json"], "stdout"),
+                "plugins table, stderr": (["plugins"], "stderr"),
+                "config show table, stderr": (["config", "show"], "stderr")}
+
+
+@pytest.mark.parametrize("case", CLOSED_EARLY, ids=list(CLOSED_EARLY))
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_141(tmp_path, case):
+    arguments, stream = CLOSED_EARLY[case]
+    status, other = closed_early(["-w", str(tmp_path), *arguments], stream, cwd=tmp_path)
+    assert status == 141, other
+    assert other == "", other  # no error message, no traceback, nothing else either
+
+
+def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path):
+    from support.training import CLASSES, FAST, write_workspace
+
+    labels = write_workspace(tmp_path / "ws")
+    settings = [a for k, v in {**FAST, "data.classes": CLASSES}.items() for a in ("-s", f"{k}={json.dumps(v)}")]
+    status, stderr = closed_early(["-w", str(tmp_path / "ws"), *settings, "train", "--labels", str(labels),
+                                   "--name", "piped", "--json"], "stdout", cwd=tmp_path)
+    assert status == 141, stderr
+    assert "error" not in stderr and "Traceback" not in stderr, stderr
+    evaluated = run_mer("-w", str(tmp_path / "ws"), *settings, "eval", "--checkpoint", "piped", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr  # the run folder is complete
+    assert "waf" in json.dumps(summary(evaluated)).lower()
+
+
+# --- a usage error with --json: its JSON document too ----------------------------------------------
+
+
+USAGE_ERRORS = {
+    "unknown option after --json": (["plugins", "--json", "--bogus"], "No such option '--bogus'"),
+    "unknown option before --json": (["plugins", "--bogus", "--json"], "No such option '--bogus'"),
+    "--json given to the group": (["--json", "plugins"], "No such option '--json'"),
+    "missing argument": (["extract", "--json"], "Missing argument 'CLIPS_DIR'"),
+    "missing required option": (["train", "--json"], "Missing option '--labels'"),
+    "unknown option of a nested command": (["config", "show", "--bogus", "--json"], "No such option '--bogus'"),
+    "bad group option value": (["-s", "novalue", "plugins", "--json"], "is not KEY=VALUE"),
+}
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS, ids=list(USAGE_ERRORS))
+def test_a_usage_error_with_json_prints_one_json_document_and_the_usage(tmp_path, case):
+    arguments, fragment = USAGE_ERRORS[case]
+    result = run_mer("-w", str(tmp_path), *arguments, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Usage: mer" in result.stderr, result.stderr
+    assert result.stdout.count("\n") == 1, result.stdout
+    document = json.loads(result.stdout)
+    assert set(document) == {"error", "exit_code"} and document["exit_code"] == 2, document
+    assert fragment in document["error"], document
+
+
+@pytest.mark.parametrize("case", [c for c in USAGE_ERRORS if c != "--json given to the group"])
+def test_a_usage_error_without_json_is_clicks_usage_message_alone(tmp_path, case):
+    arguments, fragment = USAGE_ERRORS[case]
+    result = run_mer("-w", str(tmp_path), *(a for a in arguments if a != "--json"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith("Usage: mer") and "\nError: " in result.stderr, result.stderr
+    assert fragment in result.stderr, result.stderr

@@ -248,3 +248,26 @@ def test_contract_problem_accepts_a_complete_encoder():
     assert plugins.contract_problem(Complete) is None
     Complete.level = "clip"
     assert "level" in plugins.contract_problem(Complete)
+
+
+def test_an_encoder_whose_level_is_a_setting_says_so_in_the_inventory_and_the_table():
+    from mercli.reports import _component_details
+
+    rows = {row["name"]: row for row in plugins.inventory()["encoders"]}
+    for name in ("hf-audio", "hf-vision"):
+        row = rows[name]
+        assert row["level"] == "utterance"  # the default, where it always was
+        assert row["level_setting"] == f"encoder.{name}.level"
+        assert f"level utterance (setting: encoder.{name}.level)" in _component_details(row)
+    assert rows["egemaps"]["level_setting"] is None and "level utterance," in _component_details(rows["egemaps"])
+
+
+def test_a_level_option_that_the_encoder_does_not_declare_is_a_contract_problem():
+    class Chosen(Encoder):
+        name = "chosen"
+        modality = "audio"
+        level = "utterance"
+        level_option = "granularity"
+        dim = 2
+
+    assert "granularity" in plugins.contract_problem(Chosen)

@@ -175,6 +175,7 @@ class TransformersEncoder(Encoder):
     inputs: ClassVar[tuple[str, ...]]
     reads: ClassVar[str]  # the inputs in words, for messages: "speech", "images"
     level = "utterance"
+    level_option = "level"
 
     common_options = (
         Option("model", str, None, "Local folder of the transformers model (never downloaded)."),
