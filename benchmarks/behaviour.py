@@ -29,6 +29,7 @@ compared). The stages' exit statuses are compared too. Prints a table per kind a
 listing each differing path, when anything differs beyond the tolerance or exists in one only.
 
     .venv/bin/python benchmarks/behaviour.py --before CHECKOUT [--data DIR ...] [--clips 6] [--keep DIR]
+        [--tolerance 1e-6] [--train-set KEY=VALUE ...]
     .venv/bin/python benchmarks/behaviour.py --compare BEFORE_WORKSPACE AFTER_WORKSPACE
 """
 
@@ -269,14 +270,15 @@ def copy_clips(source: Path, target: Path, count: int) -> None:
             csv.writer(handle).writerows([rows[0], *(row for row in rows[1:] if row and row[0] in keep)])
 
 
-def stage_commands(folders: list[Path]) -> list[list[str]]:
+def stage_commands(folders: list[Path], train_settings: list[str]) -> list[list[str]]:
     """The mer commands (after ``mer -w WORKSPACE``) both versions run, in order."""
     commands = []
     for folder in folders:
         labels = ["--labels", str(folder / "labels.csv")] if (folder / "labels.csv").is_file() else []
         commands.append(["extract", str(folder), *labels])
     commands += [["reason", str(folder), "--model", "local"] for folder in folders]
-    commands.append(["-s", "train.epochs=3", "train", "--labels", str(folders[0] / "labels.csv"),
+    overrides = [part for setting in ["train.epochs=3", *train_settings] for part in ("-s", setting)]
+    commands.append([*overrides, "train", "--labels", str(folders[0] / "labels.csv"),
                      "--folds", "2", "--loss", "ce", "--deterministic", "--name", RUN])
     commands.append(["eval", "--checkpoint", RUN])
     return commands
@@ -304,7 +306,7 @@ def run_both(arguments: argparse.Namespace, scratch: Path) -> bool:
     for source in arguments.data:
         copy_clips(source, scratch / "clips" / source.name, arguments.clips)
         folders.append(scratch / "clips" / source.name)
-    commands = stage_commands(folders)
+    commands = stage_commands(folders, arguments.train_set)
     statuses, wall = {}, {}
     for name, pythonpath in (("before", arguments.before.resolve()), ("after", ROOT)):
         statuses[name], wall[name] = run_version(pythonpath, scratch, commands)
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="clip folders; the first one's labels train the run")
     parser.add_argument("--clips", type=int, default=6, help="clips per folder")
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another -s setting for mer train in both versions, e.g. train.dropout=0")
     parser.add_argument("--keep", type=Path, help="folder for the clips and both workspaces (kept)")
     arguments = parser.parse_args(argv)
     if arguments.compare:
