@@ -19,8 +19,8 @@ workspaces are then compared file by file, by kind:
 - run metrics, run history and eval metrics (``runs/*/metrics.json``, ``history.json``,
   ``eval/metrics.json``): equal JSON, numbers within ``--tolerance`` (default 1e-6);
 - eval predictions (``eval/predictions.csv``): equal cells, numbers within the tolerance plus one
-  unit of their last printed digit; weights (``*.safetensors``): same tensors, values within the
-  tolerance.
+  unit of their last printed digit; weights (``*.safetensors``): same tensors, values within
+  ``--weights-tolerance`` (default: the tolerance).
 
 What is ignored, and nothing else: the JSON key ``created`` (a timestamp, in feature manifests,
 trace provenance and the manifests a run config copies), the key ``seconds`` in run history (an
@@ -29,7 +29,7 @@ compared). The stages' exit statuses are compared too. Prints a table per kind a
 listing each differing path, when anything differs beyond the tolerance or exists in one only.
 
     .venv/bin/python benchmarks/behaviour.py --before CHECKOUT [--data DIR ...] [--clips 6] [--keep DIR]
-        [--tolerance 1e-6] [--train-set KEY=VALUE ...]
+        [--tolerance 1e-6] [--weights-tolerance T] [--train-set KEY=VALUE ...]
     .venv/bin/python benchmarks/behaviour.py --compare BEFORE_WORKSPACE AFTER_WORKSPACE
 """
 
@@ -201,8 +201,10 @@ def files(workspace: Path) -> set[str]:
     return {path.relative_to(workspace).as_posix() for path in workspace.rglob("*") if path.is_file()}
 
 
-def compare_workspaces(before: Path, after: Path, tolerance: float) -> dict[str, Tally]:
-    """Every file of either workspace, tallied under its kind."""
+def compare_workspaces(before: Path, after: Path, tolerance: float,
+                       weights_tolerance: float | None = None) -> dict[str, Tally]:
+    """Every file of either workspace, tallied under its kind; weights within ``weights_tolerance``
+    (default ``tolerance``): Adam turns float-level gradient differences into larger weight ones."""
     tallies = {name: Tally() for name, _, _ in KINDS}
     left, right = files(before), files(after)
     for relative in sorted(left | right):
@@ -220,7 +222,7 @@ def compare_workspaces(before: Path, after: Path, tolerance: float) -> dict[str,
             if a.read_bytes() == b.read_bytes():
                 tally.identical += 1
                 continue
-            outcome = compare(a, b, tolerance)
+            outcome = compare(a, b, tolerance if name != "weights" or weights_tolerance is None else weights_tolerance)
             tally.gap = max(tally.gap, outcome.gap)
             if outcome.problem:
                 tally.differing.append(f"{relative}: {outcome.problem}")
@@ -230,7 +232,7 @@ def compare_workspaces(before: Path, after: Path, tolerance: float) -> dict[str,
             if tally.compared or tally.skipped or tally.only_before or tally.only_after}
 
 
-def print_table(tallies: dict[str, Tally], tolerance: float) -> bool:
+def print_table(tallies: dict[str, Tally], tolerance: float, weights_tolerance: float | None = None) -> bool:
     """The table and the differing paths; whether everything agreed."""
     print(f"{'kind':<22} {'in both':>7} {'compared':>8} {'identical':>9} {'equivalent':>10} {'differing':>9} "
           f"{'only before':>11} {'only after':>10} {'max |diff|':>10}")
@@ -240,7 +242,7 @@ def print_table(tallies: dict[str, Tally], tolerance: float) -> bool:
     problems = [(label, path) for t in tallies.values()
                 for label, paths in (("differs", t.differing), ("only before", t.only_before),
                                      ("only after", t.only_after)) for path in paths]
-    print(f"(tolerance {tolerance:g}; ignored: JSON key 'created', 'seconds' in run history, *.png)")
+    print(f"(tolerance {tolerance:g}, weights {tolerance if weights_tolerance is None else weights_tolerance:g}; ignored: JSON key 'created', 'seconds' in run history, *.png)")
     for label, path in problems:
         print(f"{label}: {path}")
     return not problems
@@ -317,8 +319,12 @@ def run_both(arguments: argparse.Namespace, scratch: Path) -> bool:
     for command, b, a in zip(commands, statuses["before"], statuses["after"]):
         if b != a:
             print(f"exit status differs: mer {' '.join(command)}: before {b}, after {a}")
-    return print_table(compare_workspaces(scratch / "before", scratch / "after", arguments.tolerance),
-                       arguments.tolerance) and agreed
+    return report(scratch / "before", scratch / "after", arguments) and agreed
+
+
+def report(before: Path, after: Path, arguments: argparse.Namespace) -> bool:
+    tolerances = arguments.tolerance, arguments.weights_tolerance
+    return print_table(compare_workspaces(before, after, *tolerances), *tolerances)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,12 +337,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="clip folders; the first one's labels train the run")
     parser.add_argument("--clips", type=int, default=6, help="clips per folder")
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--weights-tolerance", type=float, help="for *.safetensors [default: --tolerance]")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="another -s setting for mer train in both versions, e.g. train.dropout=0")
     parser.add_argument("--keep", type=Path, help="folder for the clips and both workspaces (kept)")
     arguments = parser.parse_args(argv)
     if arguments.compare:
-        return 0 if print_table(compare_workspaces(*arguments.compare, arguments.tolerance), arguments.tolerance) else 1
+        return 0 if report(*arguments.compare, arguments) else 1
     if arguments.keep:
         arguments.keep.mkdir(parents=True)
         return 0 if run_both(arguments, arguments.keep.resolve()) else 1

@@ -57,8 +57,8 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return before, Path(shutil.copytree(before, tmp_path / "after"))
 
 
-def check(behaviour, pair, capsys) -> tuple[int, str]:
-    status = behaviour.main(["--compare", *map(str, pair)])
+def check(behaviour, pair, capsys, *options: str) -> tuple[int, str]:
+    status = behaviour.main(["--compare", *map(str, pair), *options])
     return status, capsys.readouterr().out
 
 
@@ -136,3 +136,11 @@ def test_clips_are_spread_over_the_folder(behaviour):
     items = [Path(f"{index:02d}") for index in range(12)]
     assert [p.name for p in behaviour.spread(items, 6)] == ["00", "02", "04", "06", "08", "10"]
     assert behaviour.spread(items[:3], 6) == items[:3]
+
+
+def test_weights_have_their_own_tolerance_and_only_weights(behaviour, pair, capsys):
+    save_file({"head.weight": np.full((2, 3), 1.001, dtype=np.float32)}, str(pair[1] / "runs/r/model-fold1.safetensors"))
+    assert check(behaviour, pair, capsys, "--weights-tolerance", "2e-3")[0] == 0
+    write_json(pair[1] / "runs/r/eval/metrics.json", {"waf": 0.5, "accuracy": 0.5001})
+    status, out = check(behaviour, pair, capsys, "--weights-tolerance", "2e-3")
+    assert status == 1 and "runs/r/eval/metrics.json: .accuracy" in out
