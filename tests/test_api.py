@@ -11,15 +11,14 @@ import shutil
 from pathlib import Path
 
 import click
-import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.encoders import MeanColour
 from support.media import write_clip
 from support.training import CLASSES, FAST, write_workspace
 
 from mercli import api, plugins
 from mercli.cli import SettingOption, cli
-from mercli.contracts import DecodedClip, Encoder, Features
 from mercli.errors import ConfigError, DataError, MerError, UsageError
 from mercli.hookspecs import hookimpl
 
@@ -186,16 +185,6 @@ def test_the_json_the_command_prints_is_the_functions_result(taught, tmp_path):
     assert (tmp_path / "s.csv").read_text().startswith("name,discrete\n")
 
 
-class MeanColour(Encoder):
-    name = "test-api-colour"
-    version = "1"
-    modality = "visual"
-    level = "utterance"
-    dim = 3
-
-    def encode(self, clip: DecodedClip) -> Features:
-        return Features(clip.frames.reshape(-1, 3).mean(axis=0).astype(np.float32))
-
 
 class ColourPlugin:
     @hookimpl
@@ -210,14 +199,14 @@ def test_extract_runs_the_stage_with_the_keywords_settings(fresh_plugins, tmp_pa
     write_clip(clips / "red.mp4")
     write_clip(clips / "blue.mp4", colour=(20, 20, 220))
     (clips / "broken.mp4").write_bytes(b"not a video")
-    summary = api.extract(clips, encoders="test-api-colour", fps=4, workers=1, workspace=tmp_path / "ws")
+    summary = api.extract(clips, encoders="test-colour", fps=4, workers=1, workspace=tmp_path / "ws")
     assert summary.clips == 3 and len(summary.failed) == 1 and summary.failed[0]["clip"] == "broken"
     assert [s["name"] for s in summary.feature_sets] == [s["name"] for s in summary.to_json()["feature_sets"]]
     (made,) = summary.feature_sets
     assert json.loads((Path(made["path"]) / "manifest.json").read_text())["settings"]["fps"] == 4.0
     printed = capfd.readouterr()
     assert printed.out == "" and printed.err == ""
-    again = api.extract(clips, encoders=["test-api-colour"], fps=4, workers=1, workspace=tmp_path / "ws",
+    again = api.extract(clips, encoders=["test-colour"], fps=4, workers=1, workspace=tmp_path / "ws",
                         progress=True)
     assert again.skipped == 2  # the same settings: the same set, resumed
     printed = capfd.readouterr()

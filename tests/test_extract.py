@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from support.encoders import MeanColour
 from support.media import loudness_frames, write_clip
 from support.mer_process import run_mer
 
@@ -26,16 +27,6 @@ from mercli.workspace import Workspace
 
 av = pytest.importorskip("av")
 
-
-class MeanColour(Encoder):
-    name = "test-colour"
-    version = "1"
-    modality = "visual"
-    level = "utterance"
-    dim = 3
-
-    def encode(self, clip: DecodedClip) -> Features:
-        return Features(clip.frames.reshape(-1, 3).mean(axis=0).astype(np.float32))
 
 
 class Loudness(Encoder):
