@@ -146,11 +146,12 @@ def load(folder: Path, config: dict[str, Any], device: str) -> Bert:
     """The BERT encoder of ``folder`` with its ``model.safetensors`` weights, in eval mode."""
     from safetensors.torch import load_file
 
-    model = Bert(config)
+    with torch.device("meta"):  # no random initialisation: every parameter is then replaced
+        model = Bert(config)
     weights = load_file(folder / "model.safetensors")
     unused = {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
     try:
-        model.load_state_dict({k: v for k, v in weights.items() if k not in unused}, strict=True)
+        model.load_state_dict({k: v for k, v in weights.items() if k not in unused}, strict=True, assign=True)
     except RuntimeError as error:
         raise ConfigError(f"{folder}: not the BERT weights its config.json describes ({error})") from None
     return model.to(device).eval()
