@@ -5,7 +5,9 @@ labelled folder, then times, in separate processes: ``mer predict ONE_CLIP`` (co
 start, imports, model loading, one clip) and ``mer predict FOLDER --json`` (the per-clip
 ``seconds`` of every clip after the first, models already loaded). With ``--reference PYTHONPATH``
 the same commands also run on another version of mer (a checkout of an older commit, first on
-the path), interleaved with this one, so that both are measured under the same load.
+the path, e.g. ``git worktree add --detach ../before fcbb5b8``), interleaved with this one, so
+that both are measured under the same load; the machine's load average is printed with the
+table, since a shared machine's figures move with it.
 
     .venv/bin/python benchmarks/predict.py [--clips ../shared/data/crema-d] [--repeat 3] [--reference DIR]
 """
@@ -76,6 +78,8 @@ def main() -> None:
                 cold, warm, wall = measure(workspace, one, videos, pythonpath)
                 results[name] = (results[name][0] + [cold], results[name][1] + warm, max(results[name][2], wall))
         one_seconds, others_seconds = duration(one), statistics.mean(map(duration, videos[1:]))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'version':<10} {'measure':<34} {'clips':>5} {'clip s':>7} {'seconds':>8}")
     for name, (cold, warm, wall) in results.items():
         print(f"{name:<10} {'cold: one clip, whole process':<34} {1:>5} {one_seconds:>7.2f} {statistics.median(cold):>8.2f}"

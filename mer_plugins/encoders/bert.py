@@ -2,12 +2,14 @@
 ``BertModel`` (its SDPA attention, in eval mode), without importing transformers' modelling stack,
 which costs a ``mer predict`` process about two seconds of start-up on two CPUs.
 
-The modules mirror transformers' layer for layer, with the same parameter names, so that the
-``model.safetensors`` of a BERT checkpoint loads as it is (the pooler, which a sentence embedding
-does not use, is left out). Attention gets no mask when no token is padding and a boolean one
-otherwise, as transformers gives SDPA. The tokenizer is the ``tokenizers`` pipeline saved in the
-folder's ``tokenizer.json``. Which models take this path is the text encoder's decision
-(:func:`mer_plugins.encoders.text_embedding.load`); tests check that it equals transformers bit for bit.
+The forward pass calls the functions that transformers' layers call (``F.linear`` where it has an
+``nn.Linear``, and so on), in the same order, on the tensors of the folder's ``model.safetensors``
+under transformers' own names; no module is built, so no random initialisation is paid for and
+thrown away (building on the meta device instead would import torch's compiler, 2 s). Attention
+gets no mask when no token is padding and a boolean one otherwise, as transformers gives SDPA. The
+tokenizer is the ``tokenizers`` pipeline saved in the folder's ``tokenizer.json``. Which models take
+this path is the text encoder's decision (:func:`mer_plugins.encoders.text_embedding.SentenceModel`);
+tests check that it equals transformers bit for bit.
 """
 
 from __future__ import annotations
@@ -17,109 +19,59 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from mercli.plugin_api import ConfigError
 
-
-class Embeddings(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        width = config["hidden_size"]
-        self.word_embeddings = nn.Embedding(config["vocab_size"], width, padding_idx=config.get("pad_token_id", 0))
-        self.position_embeddings = nn.Embedding(config["max_position_embeddings"], width)
-        self.token_type_embeddings = nn.Embedding(config["type_vocab_size"], width)
-        self.LayerNorm = nn.LayerNorm(width, eps=config["layer_norm_eps"])
-
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        summed = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        return self.LayerNorm(summed + self.position_embeddings(positions))
+EMBEDDINGS = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
+              "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias")
+#: Per layer, after ``encoder.layer.<i>.``: the dense layers and LayerNorms, each a weight and a bias.
+LAYER_PARTS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+               "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm")
 
 
-class Projection(nn.Module):
-    """A dense layer, then the residual and LayerNorm (``attention.output`` and ``output``)."""
-
-    def __init__(self, width_in: int, width_out: int, eps: float) -> None:
-        super().__init__()
-        self.dense = nn.Linear(width_in, width_out)
-        self.LayerNorm = nn.LayerNorm(width_out, eps=eps)
-
-    def forward(self, states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dense(states) + residual)
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        width = config["hidden_size"]
-        self.head_size = width // config["num_attention_heads"]
-        self.query, self.key, self.value = nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        heads = (*states.shape[:-1], -1, self.head_size)
-        query, key, value = (layer(states).view(heads).transpose(1, 2) for layer in (self.query, self.key, self.value))
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
-                                                  scale=self.head_size ** -0.5, is_causal=False)
-        attended = attended.transpose(1, 2).contiguous()
-        return attended.reshape(*states.shape[:-1], -1).contiguous()
-
-
-class Attention(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.self = SelfAttention(config)
-        self.output = Projection(config["hidden_size"], config["hidden_size"], config["layer_norm_eps"])
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(states, mask), states)
-
-
-class Intermediate(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config["hidden_size"], config["intermediate_size"])
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.dense(states))
-
-
-class Layer(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.attention = Attention(config)
-        self.intermediate = Intermediate(config)
-        self.output = Projection(config["intermediate_size"], config["hidden_size"], config["layer_norm_eps"])
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        attended = self.attention(states, mask)
-        return self.output(self.intermediate(attended), attended)
-
-
-class Encoder(nn.Module):
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.layer = nn.ModuleList(Layer(config) for _ in range(config["num_hidden_layers"]))
-
-
-class Bert(nn.Module):
+class Bert:
     """``BertModel`` without its pooler: token ids in, last hidden states out."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
+    def __init__(self, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+        self.weights = weights
+        self.layers = config["num_hidden_layers"]
+        self.head_size = config["hidden_size"] // config["num_attention_heads"]
+        self.eps = config["layer_norm_eps"]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        states = self.embeddings(input_ids, token_type_ids)
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor) -> torch.Tensor:
+        w = self.weights
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        states = (F.embedding(input_ids, w["embeddings.word_embeddings.weight"])
+                  + F.embedding(token_type_ids, w["embeddings.token_type_embeddings.weight"]))
+        states = self._norm(states + F.embedding(positions, w["embeddings.position_embeddings.weight"]),
+                            "embeddings.LayerNorm")
         batch, length = input_ids.shape
         mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :].expand(
             batch, 1, length, length)
-        for layer in self.encoder.layer:
-            states = layer(states, mask)
+        for index in range(self.layers):
+            layer = f"encoder.layer.{index}."
+            attended = self._norm(self._dense(self._attend(states, mask, layer), layer + "attention.output.dense")
+                                  + states, layer + "attention.output.LayerNorm")
+            inner = F.gelu(self._dense(attended, layer + "intermediate.dense"))
+            states = self._norm(self._dense(inner, layer + "output.dense") + attended, layer + "output.LayerNorm")
         return states
+
+    def _attend(self, states: torch.Tensor, mask: torch.Tensor | None, layer: str) -> torch.Tensor:
+        heads = (*states.shape[:-1], -1, self.head_size)
+        query, key, value = (self._dense(states, layer + f"attention.self.{name}").view(heads).transpose(1, 2)
+                             for name in ("query", "key", "value"))
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
+                                                  scale=self.head_size ** -0.5, is_causal=False)
+        return attended.transpose(1, 2).contiguous().reshape(*states.shape[:-1], -1).contiguous()
+
+    def _dense(self, states: torch.Tensor, name: str) -> torch.Tensor:
+        return F.linear(states, self.weights[f"{name}.weight"], self.weights[f"{name}.bias"])
+
+    def _norm(self, states: torch.Tensor, name: str) -> torch.Tensor:
+        return F.layer_norm(states, (states.shape[-1],), self.weights[f"{name}.weight"],
+                            self.weights[f"{name}.bias"], self.eps)
 
 
 class Tokenizer:
@@ -143,18 +95,16 @@ class Tokenizer:
 
 
 def load(folder: Path, config: dict[str, Any], device: str) -> Bert:
-    """The BERT encoder of ``folder`` with its ``model.safetensors`` weights, in eval mode."""
+    """The BERT encoder of ``folder`` with its ``model.safetensors`` weights."""
     from safetensors.torch import load_file
 
-    with torch.device("meta"):  # no random initialisation: every parameter is then replaced
-        model = Bert(config)
-    weights = load_file(folder / "model.safetensors")
-    unused = {"embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias"}
-    try:
-        model.load_state_dict({k: v for k, v in weights.items() if k not in unused}, strict=True, assign=True)
-    except RuntimeError as error:
-        raise ConfigError(f"{folder}: not the BERT weights its config.json describes ({error})") from None
-    return model.to(device).eval()
+    weights = load_file(folder / "model.safetensors", device=device)
+    wanted = [*EMBEDDINGS, *(f"encoder.layer.{index}.{part}.{kind}" for index in range(config["num_hidden_layers"])
+                            for part in LAYER_PARTS for kind in ("weight", "bias"))]
+    missing = [name for name in wanted if name not in weights]
+    if missing:
+        raise ConfigError(f"{folder}: not the BERT weights its config.json describes (no {missing[0]})")
+    return Bert({name: weights[name] for name in wanted}, config)
 
 
 def max_length_of(folder: Path) -> int:
