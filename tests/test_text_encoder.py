@@ -177,3 +177,14 @@ def test_embedding_with_the_bundled_model_imports_no_transformers(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_bert_weights_that_lack_a_layer_are_refused_by_name(encoder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mer_plugins.encoders import bert, text_embedding
+
+    weights = load_file(encoder.folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layer.5." not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(tmp_path))}: not the BERT weights .*encoder\.layer\.5\."):
+        bert.load(tmp_path, text_embedding.read_config(encoder.folder), "cpu")
