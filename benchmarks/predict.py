@@ -5,7 +5,9 @@ labelled folder, then times, in separate processes: ``mer predict ONE_CLIP`` (co
 start, imports, model loading, one clip) and ``mer predict FOLDER --json`` (the per-clip
 ``seconds`` of every clip after the first, models already loaded). With ``--reference PYTHONPATH``
 the same commands also run on another version of mer (a checkout of an older commit, first on
-the path), interleaved with this one, so that both are measured under the same load.
+the path, e.g. ``git worktree add --detach ../before fcbb5b8``), interleaved with this one, so
+that both are measured under the same load; the machine's load average is printed with the
+table, since a shared machine's figures move with it.
 
     .venv/bin/python benchmarks/predict.py [--clips ../shared/data/crema-d] [--repeat 3] [--reference DIR]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,16 +38,22 @@ def mer(workspace: Path, *args: str, pythonpath: str | None = None) -> subproces
     return subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
 
 
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(workspace: Path, one: Path, videos: list[Path], pythonpath: str | None
-            ) -> tuple[float, list[float], float]:
-    """(cold whole-process seconds of one clip, warm per-clip seconds, folder wall seconds)."""
-    started = time.perf_counter()
+            ) -> tuple[float, float, list[float], float]:
+    """(cold whole-process seconds of one clip, its CPU seconds (user + system: less moved by other
+    processes' load than the wall clock), warm per-clip seconds, folder wall seconds)."""
+    started, cpu = time.perf_counter(), children_cpu()
     mer(workspace, "predict", str(one), pythonpath=pythonpath)
-    cold = time.perf_counter() - started
+    cold, cold_cpu = time.perf_counter() - started, children_cpu() - cpu
     started = time.perf_counter()
     output = mer(workspace, "predict", *map(str, videos), "--json", pythonpath=pythonpath).stdout
     folder_wall = time.perf_counter() - started
-    return cold, [json.loads(line)["seconds"] for line in output.splitlines()[1:]], folder_wall
+    return cold, cold_cpu, [json.loads(line)["seconds"] for line in output.splitlines()[1:]], folder_wall
 
 
 def duration(path: Path) -> float:
@@ -70,16 +79,22 @@ def main() -> None:
         videos = sorted(p for p in clips.iterdir() if p.suffix.lower() in VIDEO)
         one = videos[0]
         versions = {"this": None, **({"reference": arguments.reference} if arguments.reference else {})}
-        results: dict[str, tuple[list[float], list[float], float]] = {name: ([], [], 0.0) for name in versions}
+        results: dict[str, tuple[list[float], list[float], list[float], float]] = {
+            name: ([], [], [], 0.0) for name in versions}
         for _ in range(arguments.repeat):  # interleaved: both versions see the same load
             for name, pythonpath in versions.items():
-                cold, warm, wall = measure(workspace, one, videos, pythonpath)
-                results[name] = (results[name][0] + [cold], results[name][1] + warm, max(results[name][2], wall))
+                cold, cpu, warm, wall = measure(workspace, one, videos, pythonpath)
+                colds, cpus, warms, slowest = results[name]
+                results[name] = (colds + [cold], cpus + [cpu], warms + warm, max(slowest, wall))
         one_seconds, others_seconds = duration(one), statistics.mean(map(duration, videos[1:]))
+    print(f"load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} CPUs")
     print(f"{'version':<10} {'measure':<34} {'clips':>5} {'clip s':>7} {'seconds':>8}")
-    for name, (cold, warm, wall) in results.items():
+    for name, (cold, cpu, warm, wall) in results.items():
         print(f"{name:<10} {'cold: one clip, whole process':<34} {1:>5} {one_seconds:>7.2f} {statistics.median(cold):>8.2f}"
               f"   (median of {len(cold)}: {', '.join(f'{c:.2f}' for c in cold)})")
+        print(f"{name:<10} {'cold: its CPU seconds (user+sys)':<34} {1:>5} {one_seconds:>7.2f} {statistics.median(cpu):>8.2f}"
+              f"   (median of {len(cpu)}: {', '.join(f'{c:.2f}' for c in cpu)})")
         print(f"{name:<10} {'warm: per clip in a folder':<34} {len(warm):>5} {others_seconds:>7.2f} "
               f"{statistics.median(warm):>8.2f}   (max {max(warm):.2f})")
         print(f"{name:<10} {'folder: whole process (slowest)':<34} {len(videos):>5} {'':>7} {wall:>8.2f}")

@@ -21,10 +21,11 @@ LOG_T_BOUNDS = (-math.log(100.0), math.log(100.0))
 
 
 def calibrated(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """softmax(logits / T), row by row, computed stably in float64."""
-    from scipy.special import softmax
-
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+    """softmax(logits / T), row by row, computed stably in float64: scipy's ``softmax`` step for
+    step (the same numbers), without importing scipy in ``mer predict`` (a fifth of a second)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:

