@@ -104,6 +104,21 @@ class SetProjection(nn.Module):
         return (weights.unsqueeze(-1) * projected).sum(dim=1)
 
 
+def attention(projections: nn.MultiheadAttention, query: Tensor, keys: Tensor, attend: Tensor) -> Tensor:
+    """Multi-head attention of ``query`` (B, Q, d) over ``keys`` (B, K, d), which serve as values
+    too, where ``attend`` (B, K) is True, with the weights of ``projections`` and its dropout on the
+    attention weights while training. Computed here rather than by ``projections`` itself, whose
+    mask checks import torch's symbolic-shapes machinery (sympy: half a second of every cold start)."""
+    batch, width, heads = query.shape[0], query.shape[-1], projections.num_heads
+    weight, bias = projections.in_proj_weight, projections.in_proj_bias
+    asked = F.linear(query, weight[:width], bias[:width])
+    key, value = F.linear(keys, weight[width:], bias[width:]).chunk(2, dim=-1)
+    split = [t.view(batch, -1, heads, width // heads).transpose(1, 2) for t in (asked, key, value)]
+    dropout = projections.dropout if projections.training else 0.0
+    attended = F.scaled_dot_product_attention(*split, attn_mask=attend[:, None, None, :], dropout_p=dropout)
+    return projections.out_proj(attended.transpose(1, 2).reshape(batch, -1, width))
+
+
 class GatedPriorAttention(nn.Module):
     """token + tanh(gate) * CrossAttention(token -> prior tokens), for clips that have a prior."""
 
@@ -117,9 +132,7 @@ class GatedPriorAttention(nn.Module):
         has_prior = prior_present.any(dim=1)
         # Rows without any prior would attend to nothing (NaN): let them see everything, then drop
         # their update.
-        padding = ~(prior_present | ~has_prior[:, None])
-        update, _ = self.attention(self.norm(token)[:, None], priors, priors, key_padding_mask=padding,
-                                   need_weights=False)
+        update = attention(self.attention, self.norm(token)[:, None], priors, prior_present | ~has_prior[:, None])
         return token + torch.tanh(self.gate) * update[:, 0] * has_prior[:, None].to(token.dtype)
 
 
@@ -131,26 +144,19 @@ class FusionLayer(nn.Module):
 
     def __init__(self, width: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)  # holds the projections
+        self.dropout = dropout
+        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
         self.linear1, self.linear2 = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
 
     def forward(self, x: Tensor, attend: Tensor, rows: int | None = None) -> Tensor:
         """``x`` (B, T, d); ``attend`` (B, T), False for tokens no one may attend to."""
-        batch, tokens, width = x.shape
         kept = x if rows is None else x[:, :rows]
         normed = self.norm1(x)
-        weight, bias = self.self_attn.in_proj_weight, self.self_attn.in_proj_bias
-        query = F.linear(normed[:, : kept.shape[1]], weight[:width], bias[:width])
-        key, value = F.linear(normed, weight[width:], bias[width:]).chunk(2, dim=-1)
-        heads = [t.view(batch, -1, self.heads, width // self.heads).transpose(1, 2) for t in (query, key, value)]
-        dropout = self.dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(*heads, attn_mask=attend[:, None, None, :], dropout_p=dropout)
-        attended = self.self_attn.out_proj(attended.transpose(1, 2).reshape(batch, -1, width))
-        kept = kept + F.dropout(attended, dropout, self.training)
-        hidden = F.dropout(F.gelu(self.linear1(self.norm2(kept))), dropout, self.training)
-        return kept + F.dropout(self.linear2(hidden), dropout, self.training)
+        kept = kept + F.dropout(attention(self.self_attn, normed[:, : kept.shape[1]], normed, attend),
+                                self.dropout, self.training)
+        hidden = F.dropout(F.gelu(self.linear1(self.norm2(kept))), self.dropout, self.training)
+        return kept + F.dropout(self.linear2(hidden), self.dropout, self.training)
 
 
 class Fusion(nn.Module):

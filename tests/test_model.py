@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mercli.model import Fusion, FusionNetwork, InputSpec
+from mercli.model import Fusion, FusionNetwork, GatedPriorAttention, InputSpec
 from mercli.settings import TrainSettings
 
 
@@ -68,3 +68,19 @@ def test_training_scores_are_scikit_learns(seed):
     assert got["waf"] == pytest.approx(f1_score(labels, predicted, average="weighted", zero_division=0), abs=1e-12)
     assert got["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro", zero_division=0), abs=1e-12)
     assert got["accuracy"] == pytest.approx(accuracy_score(labels, predicted), abs=1e-12)
+
+
+def test_prior_attention_is_torchs_multi_head_attention_with_its_weights():
+    torch.manual_seed(0)
+    gated = GatedPriorAttention(16, 4, 0.1).eval()
+    gated.gate.data.fill_(0.7)
+    token, priors = torch.randn(6, 16), torch.randn(6, 3, 16)
+    present = torch.rand(6, 3) > 0.4
+    present[0] = False  # a clip without any prior keeps its token
+    with torch.no_grad():
+        update, _ = gated.attention(gated.norm(token)[:, None], priors, priors, key_padding_mask=~present,
+                                    need_weights=False)
+        expected = token + torch.tanh(gated.gate) * update[:, 0] * present.any(dim=1, keepdim=True)
+        got = gated(token, priors, present)
+    assert torch.allclose(got[1:], expected[1:], atol=1e-6)
+    assert torch.equal(got[0], token[0])
