@@ -64,7 +64,7 @@ def test_listed_by_mer_plugins(tmp_path, installed):
     assert encoder | {"description": None} == {
         "name": "energy-contour", "version": "1", "description": None, "plugin": "example",
         "package": "mer-example-plugin", "package_version": "0.1.0", "options": ["frame_ms", "hop_ms"],
-        "modality": "audio", "level": "frame", "dim": 2,
+        "modality": "audio", "level": "frame", "level_setting": None, "dim": 2,
     }
     loss = next(row for row in inventory["losses"] if row["name"] == "label-smoothing")
     assert (loss["package"], loss["options"], loss["uses_embeddings"]) == ("mer-example-plugin", ["smoothing"], False)
