@@ -385,9 +385,11 @@ def test_ctrl_c_while_folds_train_side_by_side_leaves_no_run_and_no_worker(tmp_p
     from support.training import write_workspace
 
     labels = write_workspace(tmp_path / "ws")
-    process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "train", "--labels",
-                                str(labels), "--folds", "3", "--fold-workers", "2", "--epochs", "100000",
-                                "--name", "cut", "--json"], cwd=tmp_path, env=mer_environment(),
+    # No early stopping: these clips are separable, and a fold would stop after patience + 1 epochs,
+    # a second or two, before the interrupt comes.
+    process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "-s", "train.patience=0",
+                                "train", "--labels", str(labels), "--folds", "3", "--fold-workers", "2", "--epochs",
+                                "100000", "--name", "cut", "--json"], cwd=tmp_path, env=mer_environment(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
