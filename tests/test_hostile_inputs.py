@@ -336,9 +336,9 @@ def test_every_error_with_json_prints_one_json_document(tmp_path, case):
 
 
 def _as_from_a_shell() -> None:
-    """In the child: Ctrl-C at its default and not blocked, as a terminal's shell starts a command.
-    A child inherits both; in a full test run the pytest process can hold SIGINT ignored by then,
-    and a command started with SIGINT ignored rightly keeps ignoring it (as `cmd &` does)."""
+    """In the child: Ctrl-C at its default and not blocked, as a terminal's shell starts a command
+    (a child inherits both, and a command started with SIGINT ignored rightly keeps ignoring it, as
+    `cmd &` does; tests/conftest.py checks that no test leaves the pytest process so)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
