@@ -75,8 +75,7 @@ def _names(value: Names | None) -> list[str]:
 def _setting(dotted: str, value: Any) -> Any:
     """A keyword's value as its setting takes it: a list setting also takes comma-separated names,
     as its option does (``encoders="egemaps,whisper"``)."""
-    table, key = dotted.split(".", 1)
-    declared = next((o for o in configuration.CORE_SECTIONS.get(table, ()) if o.name == key), None)
+    declared = configuration.declaration(dotted)
     if declared is not None and declared.kind is list and not isinstance(value, list):
         return value.split(",") if isinstance(value, str) else list(value)
     return value

@@ -137,7 +137,7 @@ def parse_set(_ctx: click.Context, _param: click.Parameter, values: tuple[str, .
 
 @click.group(cls=MerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mer")
-@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), envvar="MER_WORKSPACE",
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), envvar=api.WORKSPACE_VARIABLE,
               help="Workspace folder [default: the folder holding mer.toml, else the current one].")
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Configuration file [default: WORKSPACE/mer.toml].")
@@ -176,9 +176,10 @@ def setting_option(dotted: str, flag: str | None = None, metavar: str | None = N
     """The option that sets the core setting ``dotted`` (``extract.fps``) for one command. Its type,
     help and allowed values come from the setting's declaration (its field in :mod:`mercli.settings`),
     so each is written once. A list setting takes comma-separated names."""
-    table, key = dotted.split(".")
-    option = next(o for o in configuration.CORE_SECTIONS[table] if o.name == key)
-    name = flag or f"--{key.replace('_', '-')}"
+    option = configuration.declaration(dotted)
+    if option is None:
+        raise ValueError(f"{dotted} is not a core setting")
+    name = flag or f"--{option.name.replace('_', '-')}"
     allowed = f"; {option.allowed()}" if option.range or option.choices else ""
     details = f"{option.help.rstrip('.')}{allowed} [default: {dotted}]."
     if option.kind is bool:

@@ -44,6 +44,13 @@ class Setting:
     source: str
 
 
+def declaration(dotted: str) -> Option | None:
+    """The declaration of the core setting ``dotted`` (``extract.fps``); ``None`` for a plug-in's
+    setting or an unknown one."""
+    table, _, key = dotted.partition(".")
+    return next((option for option in CORE_SECTIONS.get(table, ()) if option.name == key), None)
+
+
 def coerce(option: Option, value: Any, where: str) -> Any:
     """Check ``value`` against ``option`` (its type, the items of lists and tables, its range or
     choices) and return it in the option's type; ``where`` says where the value was given."""
