@@ -23,6 +23,26 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: CPU flags (Linux ``/proc/cpuinfo``) of instructions that multiply bfloat16 natively: x86's
+#: AVX-512 BF16 and AMX, Arm's BF16 extension.
+NATIVE_BFLOAT16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_bfloat16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 natively: there its matrix products run 3.5-4x as fast
+    as float32's (measured on an AMD EPYC with AVX-512 BF16); elsewhere they are emulated, slower
+    than float32. ``False`` where the flags cannot be read (not Linux)."""
+    try:
+        lines = cpuinfo.read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(NATIVE_BFLOAT16_FLAGS & set(value.split()))
+    return False
+
+
 def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """Bytes that can be allocated without swapping (Linux ``MemAvailable``); ``None`` elsewhere."""
     try:

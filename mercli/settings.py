@@ -187,6 +187,10 @@ class TrainSettings(Settings):
                         Range(0, 2**32 - 1))
     deterministic: bool = setting(False, "Deterministic kernels only (slower on GPU, identical reruns).")
     device: str = setting("auto", "auto (cuda, then mps, then cpu), or a torch device such as cuda:1.")
+    precision: str = setting(AUTO, "Number format of the network's products while training (weights stay float32): "
+                             "auto (float16 on CUDA, bfloat16 on a CPU that multiplies it natively, else float32), "
+                             "float32, bfloat16, or float16 (CUDA only).",
+                             choices=(AUTO, "float32", "bfloat16", "float16"))
     fold_workers: int = setting(0, "Folds trained side by side, each in its own process (1: one after the other; 0: "
                                 "on a CPU as many as the folds and CPUs allow once the training is long enough to "
                                 "repay starting the processes, on a GPU one).", NON_NEGATIVE)

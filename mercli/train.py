@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import mercli.plugins as plugins
+import mercli.resources as resources
 from mercli.calibration import TemperatureFit, fit_temperature
 from mercli.config import Config
 from mercli.errors import ConfigError, DataError
@@ -115,6 +116,18 @@ def seeded(seed: int, deterministic: bool) -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+def training_precision(requested: str, device: torch.device) -> torch.dtype:
+    """The number format of the network's products while training (``train.precision``); float32
+    means no autocast. Losses compute in float32 whatever it is (mer_plugins.losses.objectives)."""
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if device.type == "cpu" and resources.native_bfloat16() else torch.float32
+    if requested == "float16" and device.type != "cuda":
+        raise ConfigError(f"train.precision = float16 needs a CUDA device, not {device}; on a CPU use bfloat16")
+    return getattr(torch, requested)
+
+
 # --- one fold ---------------------------------------------------------------------------------
 
 
@@ -188,8 +201,9 @@ def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, los
     total_steps = epochs * math.ceil(len(split.train) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    precision = training_precision(settings.precision, device)
+    # Gradients in float16 underflow without scaling; bfloat16 has float32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     generator = torch.Generator().manual_seed(seed)
     val_labels = table.labels[split.val]
     best: dict[str, Any] = {"waf": -1.0}
@@ -203,7 +217,7 @@ def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, los
         total = torch.zeros((), device=device)
         for start in range(0, len(order), batch_size):
             batch = tensors.batch(order[start:start + batch_size])
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device_type=device.type, dtype=precision, enabled=precision != torch.float32):
                 output = model(batch.values, batch.masks)
             embeddings = output.embeddings if loss_component.uses_embeddings else None
             weighted = () if batch.weights is None else (batch.weights,)
@@ -313,6 +327,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     check_writable(run)
     device = pick_device(settings.device)
+    training_precision(settings.precision, device)  # a format the device cannot train in is refused before any fold
     workers = fold_workers(settings.fold_workers, device, len(splits), len(table.clip_ids), settings.epochs)
     if workers > 1:
         results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch)
@@ -365,7 +380,7 @@ def _run_config(table: TrainingTable, settings: TrainSettings, loss_component: A
         "labels": str(labels.resolve()),
         "excluded": table.excluded,
         "device": str(device),
-        "mixed_precision": device.type == "cuda",
+        "precision": str(training_precision(settings.precision, device)).removeprefix("torch."),
     }
 
 

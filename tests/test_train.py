@@ -273,7 +273,7 @@ def test_mixed_precision_training_on_cuda(workspace):
     space, labels = workspace
     result = train(config(**{"train.device": "cuda"}), space, labels, name="gpu")
     assert result.device.startswith("cuda") and result.best["waf"] > 0.9
-    assert json.loads((result.run / "config.json").read_text())["mixed_precision"] is True
+    assert json.loads((result.run / "config.json").read_text())["precision"] == "float16"
 
 
 def test_deterministic_mode_runs_and_restores_torch_global_mode(workspace):
