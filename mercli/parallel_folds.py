@@ -4,8 +4,10 @@ The fusion network is small: on a CPU a fold spends most of its time in many sma
 one thread runs nearly as fast as two (measured: 93 %), so two folds on one thread each finish
 sooner than two folds one after the other on two threads. Each fold seeds itself
 (:func:`mercli.train.train_fold`), so a fold gives the same result in a worker as in the main
-process on the same number of threads. Epoch records travel back through a queue, so the progress
-display follows every fold as it trains.
+process on the same number of threads. Once fewer folds are left than workers, the CPUs of the
+idle workers go to the folds still training (except in deterministic runs, whose thread counts stay
+fixed). Epoch records travel back through a queue, so the progress display follows every fold as it
+trains.
 """
 
 from __future__ import annotations
@@ -45,19 +47,35 @@ def fold_workers(requested: int, device: torch.device, folds: int, clips: int, e
 FoldTrainer = Callable[[Split, Callable[..., None] | None], Any]
 
 
-def _start_fold_trainer(make: Callable[..., FoldTrainer], table: Path, arguments: tuple, threads: int,
-                        records: "multiprocessing.SimpleQueue[Any]") -> Callable[[Split], Any]:
-    """In a worker: the fold trainer, on ``threads`` threads, sending its epoch records home."""
+def _start_fold_trainer(make: Callable[..., FoldTrainer], table: Path, arguments: tuple, workers: int,
+                        unfinished: Any | None, records: "multiprocessing.SimpleQueue[Any]") -> Callable[[Split], Any]:
+    """In a worker: the fold trainer, on its share of the CPUs, sending its epoch records home. With
+    ``unfinished`` (a shared count of the folds not yet done) the share grows between epochs once
+    fewer folds are left than workers: the last fold need not train on one CPU while the others idle."""
+    threads = resources.threads_per_worker(workers)
     torch.set_num_threads(threads)
     trainer = make(load_table(table), *arguments)
-    return lambda split: trainer(split, lambda *record: records.put(record))
+
+    def on_epoch(*record: Any) -> None:
+        nonlocal threads
+        records.put(record)
+        if unfinished is not None and (share := resources.threads_per_worker(min(workers, unfinished.value))) != threads:
+            threads = share
+            torch.set_num_threads(threads)
+
+    return lambda split: trainer(split, on_epoch)
 
 
 def train_side_by_side(make: Callable[..., FoldTrainer], table: TrainingTable, arguments: tuple,
-                       splits: Sequence[Split], workers: int, on_epoch: Callable[..., None] | None) -> list[Any]:
+                       splits: Sequence[Split], workers: int, on_epoch: Callable[..., None] | None,
+                       rebalance: bool = True) -> list[Any]:
     """``make(table, *arguments)(split, on_epoch)`` for every split in ``workers`` processes; the
-    results in the order of ``splits``. ``on_epoch`` is called in this process."""
-    records = multiprocessing.get_context("spawn").SimpleQueue()
+    results in the order of ``splits``. ``on_epoch`` is called in this process. With ``rebalance``
+    the CPUs of workers left without a fold go to those still training (a thread count that
+    changes with timing changes sums in the last bits: off for reruns that must be identical)."""
+    context = multiprocessing.get_context("spawn")
+    records = context.SimpleQueue()
+    unfinished = context.Value("i", len(splits), lock=False) if rebalance else None
 
     def relay() -> None:
         while (record := records.get()) is not None:
@@ -69,12 +87,15 @@ def train_side_by_side(make: Callable[..., FoldTrainer], table: TrainingTable, a
     # The table reaches the workers as files they map: handed to each process as it starts, it
     # would be written into a pipe that only drains once the process has imported torch, and the
     # workers would start one after the other (each with its own copy).
+    results = []
     with tempfile.TemporaryDirectory(prefix="mer-folds-") as folder:
         save_table(table, Path(folder))
         try:
-            results = list(run_in_workers(_start_fold_trainer,
-                                          (make, Path(folder), arguments, resources.threads_per_worker(workers),
-                                           records), splits, workers))
+            for result in run_in_workers(_start_fold_trainer, (make, Path(folder), arguments, workers, unfinished,
+                                                               records), splits, workers):
+                results.append(result)
+                if unfinished is not None:
+                    unfinished.value -= 1
         finally:
             records.put(None)
             relaying.join()

@@ -325,12 +325,13 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     pseudo_record = None
     if pseudo_labels is not None:
         table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
-    check_writable(run)
     device = pick_device(settings.device)
     training_precision(settings.precision, device)  # a format the device cannot train in is refused before any fold
+    check_writable(run)
     workers = fold_workers(settings.fold_workers, device, len(splits), len(table.clip_ids), settings.epochs)
     if workers > 1:
-        results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch)
+        results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch,
+                                     rebalance=not settings.deterministic)
     else:
         trainer = fold_trainer(table, settings, config, str(device))
         results = [trainer(split, on_epoch) for split in splits]

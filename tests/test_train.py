@@ -17,7 +17,9 @@ from mercli.model import FusionNetwork, InputSpec
 from mercli.runs import load_model
 from mercli.settings import TrainSettings
 from mercli.splits import plan_splits
-from mercli.train import predict_logits, train, train_fold
+import mercli.resources as resources
+from mercli.resources import native_bfloat16
+from mercli.train import predict_logits, train, train_fold, training_precision
 from mercli import trainset
 from mercli.trainset import TableTensors, build_table, collate, feature_statistics
 from mercli.workspace import Workspace
@@ -274,6 +276,51 @@ def test_mixed_precision_training_on_cuda(workspace):
     result = train(config(**{"train.device": "cuda"}), space, labels, name="gpu")
     assert result.device.startswith("cuda") and result.best["waf"] > 0.9
     assert json.loads((result.run / "config.json").read_text())["precision"] == "float16"
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert native_bfloat16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not native_bfloat16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")  # Arm
+    assert native_bfloat16(cpuinfo)
+    assert not native_bfloat16(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("native, on_cpu", [(True, torch.bfloat16), (False, torch.float32)])
+def test_automatic_precision_follows_the_device(monkeypatch, native, on_cpu):
+    monkeypatch.setattr(resources, "native_bfloat16", lambda: native)
+    assert training_precision("auto", torch.device("cpu")) == on_cpu
+    assert training_precision("auto", torch.device("cuda")) == torch.float16
+    assert training_precision("auto", torch.device("mps")) == torch.float32
+    assert training_precision("float32", torch.device("cuda")) == torch.float32
+    assert training_precision("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_float16_on_a_cpu_is_refused_before_training(workspace):
+    space, labels = workspace
+    outcome = CliRunner().invoke(cli, ["-w", str(space.root), "-s", "train.device=cpu", "-s", "train.precision=float16",
+                                       "-s", f"data.classes={json.dumps(CLASSES)}", "train", "--labels", str(labels)])
+    assert outcome.exit_code == 2
+    assert outcome.stderr.strip() == ("error: train.precision = float16 needs a CUDA device, not cpu; "
+                                      "on a CPU use bfloat16")
+    assert not (space.root / "runs").exists()
+
+
+def test_bfloat16_training_computes_in_bfloat16_and_says_so(workspace):
+    space, labels = workspace
+    runs = {name: train(config(**{"train.epochs": 2, "train.deterministic": True, "train.precision": precision}),
+                        space, labels, name=name)
+            for name, precision in [("f32", "float32"), ("bf16", "bfloat16"), ("bf16-again", "bfloat16")]}
+    recorded = {name: json.loads((run.run / "config.json").read_text())["precision"] for name, run in runs.items()}
+    assert recorded == {"f32": "float32", "bf16": "bfloat16", "bf16-again": "bfloat16"}
+    loss = {name: run.folds[0].history[-1]["train_loss"] for name, run in runs.items()}
+    assert loss["bf16"] == loss["bf16-again"]  # reproducible
+    assert loss["bf16"] != loss["f32"]  # the products were rounded to bfloat16
+    assert abs(loss["bf16"] - loss["f32"]) < 0.05 * loss["f32"]  # and the training is the same otherwise
+    assert all(t.dtype == torch.float32 for t in runs["bf16"].folds[0].state.values() if t.is_floating_point())
 
 
 def test_deterministic_mode_runs_and_restores_torch_global_mode(workspace):

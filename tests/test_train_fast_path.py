@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from mercli.parallel_folds import PARALLEL_WORK, fold_workers
-from mercli.resources import threads_per_worker
+from mercli.parallel_folds import PARALLEL_WORK, fold_workers, train_side_by_side
+from mercli.resources import threads_per_worker, usable_cpus
+from mercli.splits import Split
 from mercli.table_files import load_table, save_table
 from mercli.train import train, training_batch_size
 from mercli.trainset import TableTensors, build_table, collate
 from mercli.workspace import Workspace
+from support.folds import threads_noting_trainer
 from support.training import config, write_workspace
 
 
@@ -109,3 +111,22 @@ def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
     first, second = collate(table, everything), collate(again, everything)
     for name in first.values:
         assert torch.equal(first.values[name], second.values[name]) and torch.equal(first.masks[name], second.masks[name])
+
+
+def _threads_per_fold(table, rebalance, patience):
+    """Three folds on two workers; fold 2 trains on until it has all the CPUs or ``patience`` s pass."""
+    splits = [Split(fold, np.arange(2), np.arange(2, 4)) for fold in (1, 2, 3)]
+    results = train_side_by_side(threads_noting_trainer, table, (5, 2, threads_per_worker(1), patience), splits, 2,
+                                 None, rebalance=rebalance)
+    assert [r.fold for r in results] == [1, 2, 3]
+    return {r.fold: r.threads for r in results}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(usable_cpus() < 2, reason="one CPU: there is nothing to share out")
+def test_the_last_fold_training_takes_the_cpus_the_others_left(table):
+    threads = _threads_per_fold(table, rebalance=True, patience=60)
+    assert threads[1][0] == threads_per_worker(2)  # two folds side by side: half the CPUs each
+    assert threads[2][-1] == threads_per_worker(1)  # alone at the end: all of them
+    fixed = _threads_per_fold(table, rebalance=False, patience=3)[2]  # deterministic runs: alone or not, fixed
+    assert len(fixed) > 5 and set(fixed) == {threads_per_worker(2)}
