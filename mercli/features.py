@@ -21,12 +21,15 @@ never start with ``.`` (:func:`mercli.clips.validate_clip_id`), so temporary fil
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import struct
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from functools import lru_cache, partial
+from typing import Any, BinaryIO, Callable, Literal
 
 import numpy as np
 
@@ -129,35 +132,63 @@ def _read_manifest(path: Path) -> Manifest:
 
 # --- .npy files -------------------------------------------------------------------------------
 
-_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+#: Per .npy format version: numpy's header reader, and the format of the header's length field.
+_HEADER_FORMATS = {(1, 0): (np.lib.format.read_array_header_1_0, "<H"),
+                   (2, 0): (np.lib.format.read_array_header_2_0, "<I")}
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of an ``.npy`` file from its header alone, after checking that the file
-    holds exactly the bytes the header announces (a truncated write is caught without loading)."""
+@lru_cache(maxsize=256)
+def _parse_header(version: tuple[int, int], header: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """numpy's reading of one header (its length field and text): the files of a set share a few
+    headers, and numpy parses each with ``ast.literal_eval``, a third of reading a small file."""
+    return _HEADER_FORMATS[version][0](io.BytesIO(header))
+
+
+def _read_header(handle: BinaryIO, path: Path) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and Fortran order of the ``.npy`` file open in ``handle``, from its header, after
+    checking that the file holds exactly the bytes the header announces (a truncated write is
+    caught without reading the values)."""
     try:
-        with path.open("rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            reader = _HEADER_READERS.get(version)
-            if reader is None:
-                raise ValueError(f"unsupported .npy format version {version}")
-            shape, _fortran, dtype = reader(handle)
-            data_start = handle.tell()
-    except (OSError, ValueError) as problem:
+        version = np.lib.format.read_magic(handle)
+        if version not in _HEADER_FORMATS:
+            raise ValueError(f"unsupported .npy format version {version}")
+        length_format = _HEADER_FORMATS[version][1]
+        length_field = handle.read(struct.calcsize(length_format))
+        header = length_field + handle.read(struct.unpack(length_format, length_field)[0])
+        shape, fortran, dtype = _parse_header(version, header)
+    except (OSError, ValueError, struct.error) as problem:
         raise DataError(f"{path}: not a readable .npy file ({problem})") from None
     if dtype.hasobject:
         raise DataError(f"{path}: holds Python objects, not numbers")
-    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if path.stat().st_size != expected:
-        raise DataError(f"{path}: truncated or padded ({path.stat().st_size} bytes, header announces {expected})")
+    expected = handle.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = os.fstat(handle.fileno()).st_size
+    if size != expected:
+        raise DataError(f"{path}: truncated or padded ({size} bytes, header announces {expected})")
+    return shape, dtype, fortran
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an ``.npy`` file, from its header alone (see :func:`_read_header`)."""
+    try:
+        with path.open("rb") as handle:
+            shape, dtype, _fortran = _read_header(handle, path)
+    except OSError as problem:
+        raise DataError(f"{path}: not a readable .npy file ({problem})") from None
     return shape, dtype
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, check: Callable[[tuple[int, ...], np.dtype], Any]) -> np.ndarray:
+    """The array of an ``.npy`` file, whose header is read once and passed to ``check`` (which
+    raises DataError) before any value is read: tens of thousands of small files are read per
+    training, and parsing each header twice cost as much as reading the values."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as problem:
+        with path.open("rb") as handle:
+            shape, dtype, fortran = _read_header(handle, path)
+            check(shape, dtype)
+            values = np.fromfile(handle, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)))
+    except (OSError, ValueError) as problem:
         raise DataError(f"{path}: not a readable .npy file ({problem})") from None
+    return values.reshape(shape[::-1]).transpose() if fortran else values.reshape(shape)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -278,13 +309,12 @@ class FeatureSet:
     def read(self, clip_id: str) -> Features:
         values, mask, absent = self._files(clip_id)
         if values.exists():
-            frames = self._check_values(clip_id)
-            array = _load_npy(values).astype(np.float32, copy=False)
+            array = _load_npy(values, partial(self._check_shape, values)).astype(np.float32, copy=False)
             if not self.frame_level:
                 return Features(array)
             if self.read_only:
-                return Features(array, np.ones(frames, dtype=bool))
-            return Features(array, _load_npy(mask))
+                return Features(array, np.ones(len(array), dtype=bool))
+            return Features(array, _load_npy(mask, partial(self._check_mask, mask, len(array))))
         if absent.exists():
             return Features(None, None, self._absent_reason(absent))
         raise DataError(f"{values}: no features stored for clip {clip_id} in {self.path}")
@@ -313,7 +343,13 @@ class FeatureSet:
     def _check_values(self, clip_id: str) -> int:
         """Validate the stored values (and mask) from their headers; returns the frame count."""
         values_path, mask_path, _absent = self._files(clip_id)
-        shape, dtype = _npy_header(values_path)
+        frames = self._check_shape(values_path, *_npy_header(values_path))
+        if self.frame_level and not self.read_only:
+            self._check_mask(mask_path, frames, *_npy_header(mask_path))
+        return frames
+
+    def _check_shape(self, values_path: Path, shape: tuple[int, ...], dtype: np.dtype) -> int:
+        """Refuse values of another kind or shape than the manifest's; returns the frame count."""
         dim = self.manifest.dim
         if dtype.kind != "f":
             raise DataError(f"{values_path}: holds {dtype}, not floating-point values")
@@ -323,11 +359,12 @@ class FeatureSet:
             return 1
         if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
             raise DataError(f"{values_path}: shape {shape}, expected (T, {dim}) for {self.name}")
-        if not self.read_only:
-            mask_shape, mask_dtype = _npy_header(mask_path)
-            if mask_dtype != np.bool_ or mask_shape != (shape[0],):
-                raise DataError(f"{mask_path}: {mask_dtype} mask of shape {mask_shape}, expected bool ({shape[0]},)")
         return shape[0]
+
+    @staticmethod
+    def _check_mask(mask_path: Path, frames: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if dtype != np.bool_ or shape != (frames,):
+            raise DataError(f"{mask_path}: {dtype} mask of shape {shape}, expected bool ({frames},)")
 
     @staticmethod
     def _absent_reason(path: Path) -> str:
@@ -367,7 +404,7 @@ def _mertools_set(folder: Path) -> FeatureSet | None:
     """A MERTools folder as a read-only set, its dimension taken from its first file; None when
     it holds no clip yet."""
     level = MERTOOLS_SUFFIXES[folder.name[-4:]]
-    first = next(iter(sorted(p for p in folder.glob("*.npy") if not p.name.startswith("."))), None)
+    first = min((p for p in folder.glob("*.npy") if not p.name.startswith(".")), default=None)
     if first is None:
         return None
     shape, _dtype = _npy_header(first)

@@ -400,6 +400,15 @@ def test_mertools_frame_folder_has_every_frame_real(tmp_path):
     assert only.read("a").mask.tolist() == [True] * 5
 
 
+def test_mertools_frames_stored_in_fortran_order_read_as_numpy_loads_them(tmp_path):
+    frames = np.arange(15, dtype=np.float64).reshape(5, 3)
+    folder = _mertools_folder(tmp_path, "clip-vit-FRA", {"a": np.asfortranarray(frames), "b": frames})
+    (only,) = list_feature_sets(tmp_path)
+    for clip in ("a", "b"):
+        read = only.read(clip).values
+        assert read.dtype == np.float32 and np.array_equal(read, np.load(folder / f"{clip}.npy")), clip
+
+
 def test_mertools_folder_of_the_wrong_shape_is_refused(tmp_path):
     _mertools_folder(tmp_path, "bert-UTT", {"a": np.ones((2, 3))})
     with pytest.raises(DataError, match="does not fit a MERTools utterance-level folder"):
