@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +51,10 @@ class TrainingTable:
     excluded: list[str]
     #: Each clip's weight in the loss (pseudo-labelled clips: weight x confidence); ``None``: all 1.
     weights: np.ndarray | None = None
+    #: Utterance-level sets already stacked, where the table was read that way (mercli.table_files):
+    #: per set name, the (clips, dim) float32 values, zeros where absent, of which ``values`` holds
+    #: views. :class:`TableTensors` then takes them as they are instead of stacking a copy.
+    stacked: dict[str, np.ndarray] | None = None
 
     @property
     def inputs(self) -> list[InputSpec]:
@@ -238,7 +242,8 @@ STATISTICS_CHUNK = 256
 def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str, tuple[Any, Any]]:
     """Per set, the mean and standard deviation of every feature over the real measurements of the
     clips at ``indices`` (a feature that never varies gets a scale of 1). The rows stay float32 and
-    only the sums are float64, a chunk of rows at a time: a large table costs no second copy."""
+    only the sums are float64, a chunk of clips at a time: a large table costs no second copy (a
+    fresh copy of 0.1 GB cost about a second of page faults on the development machine)."""
     import torch
 
     statistics = {}
@@ -247,11 +252,15 @@ def feature_statistics(table: TrainingTable, indices: Sequence[int]) -> dict[str
                 for v, m in [(table.values[feature_set.name][i], table.masks[feature_set.name][i])] if v is not None]
         if not rows:
             continue
-        chunks = torch.from_numpy(np.concatenate([np.atleast_2d(r) for r in rows])).split(STATISTICS_CHUNK)
-        count = sum(len(chunk) for chunk in chunks)
-        mean = sum(chunk.sum(dim=0, dtype=torch.float64) for chunk in chunks) / count
+
+        def chunks() -> Iterator[Any]:
+            for start in range(0, len(rows), STATISTICS_CHUNK):
+                yield torch.from_numpy(np.concatenate([np.atleast_2d(r) for r in rows[start:start + STATISTICS_CHUNK]]))
+
+        count = sum(len(np.atleast_2d(r)) for r in rows)
+        mean = sum(chunk.sum(dim=0, dtype=torch.float64) for chunk in chunks()) / count
         centre, squares = mean.float(), torch.zeros_like(mean)
-        for chunk in chunks:
+        for chunk in chunks():
             deviation = chunk - centre
             squares += deviation.mul_(deviation).sum(dim=0, dtype=torch.float64)
         std = (squares / count).sqrt_()
@@ -325,10 +334,19 @@ class TableTensors:
 
         self.table, self.device = table, device
         everything = range(len(table.clip_ids))
-        self.stacked = {s.name: tuple(t.to(device) for t in _stack(table, s, everything))
+        self.stacked = {s.name: tuple(t.to(device) for t in self._stacked(s, everything))
                         for s in table.sets if not s.frame_level}
         self.labels = torch.from_numpy(table.labels).to(device)
         self.weights = None if table.weights is None else torch.from_numpy(table.weights).to(device)
+
+    def _stacked(self, feature_set: FeatureSet, everything: Sequence[int]) -> tuple[Any, Any]:
+        import torch
+
+        stacked = self.table.stacked
+        if stacked is None or feature_set.name not in stacked:
+            return _stack(self.table, feature_set, everything)
+        present = np.array([row is not None for row in self.table.values[feature_set.name]])
+        return torch.from_numpy(stacked[feature_set.name]), torch.from_numpy(present)
 
     def batch(self, indices: Sequence[int]) -> Batch:
         import torch

@@ -112,6 +112,15 @@ def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
     first, second = collate(table, everything), collate(again, everything)
     for name in first.values:
         assert torch.equal(first.values[name], second.values[name]) and torch.equal(first.masks[name], second.masks[name])
+    # The read table's utterance-level sets come stacked, and its tensors are those arrays, not copies.
+    assert table.stacked is None and set(again.stacked) == {s.name for s in again.sets if not s.frame_level}
+    built, read = TableTensors(table, torch.device("cpu")), TableTensors(again, torch.device("cpu"))
+    for name, array in again.stacked.items():
+        assert read.stacked[name][0].data_ptr() == array.ctypes.data
+    for indices in (everything, [4, 0, 7]):
+        fast, slow = read.batch(indices), built.batch(indices)
+        for name in slow.values:
+            assert torch.equal(fast.values[name], slow.values[name]) and torch.equal(fast.masks[name], slow.masks[name])
 
 
 def _threads_per_fold(table, rebalance, patience):
