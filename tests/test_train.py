@@ -309,6 +309,14 @@ def test_float16_on_a_cpu_is_refused_before_training(workspace):
     assert not (space.root / "runs").exists()
 
 
+def test_an_unknown_precision_is_refused_naming_the_choices(workspace):
+    space, labels = workspace
+    outcome = CliRunner().invoke(cli, ["-w", str(space.root), "-s", "train.precision=half", "train", "--labels",
+                                       str(labels)])
+    assert outcome.exit_code == 2 and len(outcome.stderr.strip().splitlines()) == 1
+    assert "train.precision" in outcome.stderr and "bfloat16" in outcome.stderr and "half" in outcome.stderr
+
+
 def test_bfloat16_training_computes_in_bfloat16_and_says_so(workspace):
     space, labels = workspace
     runs = {name: train(config(**{"train.epochs": 2, "train.deterministic": True, "train.precision": precision}),
