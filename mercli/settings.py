@@ -179,8 +179,8 @@ class TrainSettings(Settings):
     patience: int = setting(10, "Stop after this many epochs without a better validation WAF (0: never).",
                             NON_NEGATIVE)
     batch_size: int = setting(0, "Clips per training batch (0: the largest of 32, 64 and 128 that still gives an "
-                              "epoch at least 30 batches: larger batches train faster, a small table needs the "
-                              "steps).", NON_NEGATIVE)
+                              "epoch at least 30 batches, 128 at twice train.lr: larger batches train faster, a "
+                              "small table needs the steps).", NON_NEGATIVE)
     lr: float = setting(1e-3, "Peak learning rate (AdamW, cosine decay to zero).", POSITIVE)
     weight_decay: float = setting(0.01, "AdamW weight decay.", NON_NEGATIVE)
     seed: int = setting(0, "Seed of every random choice: initialisation, batches, holdout, folds.",

@@ -66,12 +66,14 @@ class FoldResult:
     train_clip_ids: list[str]
     calibration: TemperatureFit
     batch_size: int
+    lr: float
     weights: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"fold": self.fold, "best_epoch": self.best_epoch, "waf": self.waf, "macro_f1": self.macro_f1,
                 "accuracy": self.accuracy, "train_clips": self.train_clips, "val_clips": self.val_clips,
-                "train_clip_ids": self.train_clip_ids, "batch_size": self.batch_size, "weights": self.weights,
+                "train_clip_ids": self.train_clip_ids, "batch_size": self.batch_size, "lr": self.lr,
+                "weights": self.weights,
                 "temperature": self.calibration.temperature, "calibration": self.calibration.to_json()}
 
 
@@ -135,21 +137,24 @@ def training_precision(requested: str, device: torch.device) -> torch.dtype:
 # --- one fold ---------------------------------------------------------------------------------
 
 
-#: Batch sizes ``[train] batch_size = 0`` chooses from, and the batches an epoch must keep. Measured
-#: (benchmarks/train_quality.py, train_speed.py): on EmoDB's ~180 training clips, batches of 64 or
-#: 128 lost WAF (0.544 -> 0.522 -> 0.513 with bdcl); on 4,000 synthetic MER2024-size clips (31
-#: batches of 128), 128 lost none against 64 (3 seeds, 5 folds: test WAF 0.599-0.602 against
-#: 0.602-0.608, within one standard deviation) and trains about 1.4x faster per clip.
-AUTO_BATCH_SIZES = (128, 64, 32)
+#: Batch sizes ``[train] batch_size = 0`` chooses from, each with the factor it applies to
+#: ``train.lr``, and the batches an epoch must keep. Measured (benchmarks/train_quality.py,
+#: train_speed.py): on EmoDB's ~180 training clips, batches of 64 or 128 lost WAF (0.544 -> 0.522 ->
+#: 0.513 with bdcl); on 4,000 synthetic MER2024-size clips (31 batches of 128), 128 at the rate of 64
+#: lost a point of WAF in 10 epochs (ce, 3 seeds) and 128 at twice the rate none, while it trains
+#: about 1.4x faster per clip.
+AUTO_BATCHES = ((128, 2.0), (64, 1.0), (32, 1.0))
 MIN_BATCHES_PER_EPOCH = 30
 
 
-def training_batch_size(requested: int, train_clips: int) -> int:
-    """``requested``, or with 0 the largest automatic size that leaves an epoch enough batches."""
+def training_batch(requested: int, train_clips: int, lr: float) -> tuple[int, float]:
+    """A fold's batch size and peak learning rate: ``requested`` and ``lr`` as they are, or with 0
+    the largest automatic size that leaves an epoch enough batches, and its rate."""
     if requested:
-        return requested
-    return next((size for size in AUTO_BATCH_SIZES if train_clips / size >= MIN_BATCHES_PER_EPOCH),
-                AUTO_BATCH_SIZES[-1])
+        return requested, lr
+    size, factor = next(((size, factor) for size, factor in AUTO_BATCHES if train_clips / size >= MIN_BATCHES_PER_EPOCH),
+                        AUTO_BATCHES[-1])
+    return size, lr * factor
 
 
 def scores(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
@@ -200,8 +205,9 @@ def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, los
     model.standardise_with(feature_statistics(table, split.train))
     model.to(device)
     loss_fn = loss_component.build(table.class_counts(split.train), settings.projection_dim).to(device)
-    optimizer = FusedAdamW([*model.parameters(), *loss_fn.parameters()], settings.lr, settings.weight_decay)
-    batch_size, epochs = training_batch_size(settings.batch_size, len(split.train)), settings.epochs
+    batch_size, peak_lr = training_batch(settings.batch_size, len(split.train), settings.lr)
+    optimizer = FusedAdamW([*model.parameters(), *loss_fn.parameters()], peak_lr, settings.weight_decay)
+    epochs = settings.epochs
     total_steps, steps_taken = epochs * math.ceil(len(split.train) / batch_size), 0
     precision = training_precision(settings.precision, device)
     # Gradients in float16 underflow without scaling; bfloat16 has float32's range.
@@ -229,7 +235,7 @@ def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, los
             scaler.step(optimizer)
             scaler.update()
             steps_taken += 1
-            optimizer.param_groups[0]["lr"] = settings.lr * cosine_decay(steps_taken, total_steps)
+            optimizer.param_groups[0]["lr"] = peak_lr * cosine_decay(steps_taken, total_steps)
             total += loss.detach().float() * len(batch.labels)
         train_loss = total.item() / len(order)
         if not math.isfinite(train_loss):
@@ -250,7 +256,7 @@ def train_fold(tensors: TableTensors, split: Split, settings: TrainSettings, los
     calibration = fit_temperature(predict_logits(model, tensors, split.val, device).numpy(), val_labels)
     return FoldResult(split.fold, best["epoch"], best["waf"], best["macro_f1"], best["accuracy"], history,
                       best["state"], len(split.train), [table.clip_ids[i] for i in split.val],
-                      [table.clip_ids[i] for i in split.train], calibration, batch_size)
+                      [table.clip_ids[i] for i in split.train], calibration, batch_size, peak_lr)
 
 
 def fold_trainer(table: TrainingTable, settings: TrainSettings, config: Config, device: str

@@ -13,7 +13,7 @@ from mercli.parallel_folds import PARALLEL_WORK, fold_workers, train_side_by_sid
 from mercli.resources import threads_per_worker, usable_cpus
 from mercli.splits import Split
 from mercli.table_files import load_table, save_table
-from mercli.train import train, training_batch_size
+from mercli.train import train, training_batch
 from mercli.trainset import TableTensors, build_table, collate
 from mercli.workspace import Workspace
 from support.folds import threads_noting_trainer
@@ -82,13 +82,13 @@ def test_folds_run_side_by_side_only_where_it_pays():
     assert fold_workers(8, cpu, 5, 10, 1) == 5  # asked for: never more than the folds
 
 
-def test_the_automatic_batch_size_keeps_an_epoch_fifty_batches():
-    assert training_batch_size(0, 180) == 32  # EmoDB's training folds: larger batches lost WAF there
-    assert training_batch_size(0, 1000) == 32
-    assert training_batch_size(0, 3000) == 64
-    assert training_batch_size(0, 4000) == 128  # a MER2024 training fold
-    assert training_batch_size(0, 10) == 32
-    assert training_batch_size(16, 100_000) == 16  # asked for
+def test_the_automatic_batch_keeps_an_epoch_thirty_batches_and_brings_its_rate():
+    assert training_batch(0, 180, 1e-3) == (32, 1e-3)  # EmoDB's training folds: larger batches lost WAF there
+    assert training_batch(0, 1000, 1e-3) == (32, 1e-3)
+    assert training_batch(0, 3000, 1e-3) == (64, 1e-3)
+    assert training_batch(0, 4000, 1e-3) == (128, 2e-3)  # a MER2024 training fold: twice the rate
+    assert training_batch(0, 10, 1e-3) == (32, 1e-3)
+    assert training_batch(16, 100_000, 1e-3) == (16, 1e-3)  # asked for: as it is
 
 
 def test_a_run_records_the_batch_size_each_fold_trained_with(tmp_path):
@@ -96,6 +96,7 @@ def test_a_run_records_the_batch_size_each_fold_trained_with(tmp_path):
     result = train(config(**{"train.batch_size": 0}), Workspace(tmp_path), labels, name="auto", folds=2)
     metrics = json.loads((result.run / "metrics.json").read_text())
     assert [fold["batch_size"] for fold in metrics["folds"]] == [32, 32]
+    assert [fold["lr"] for fold in metrics["folds"]] == [config().train.lr] * 2
 
 
 def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
