@@ -140,9 +140,10 @@ def training_precision(requested: str, device: torch.device) -> torch.dtype:
 #: Batch sizes ``[train] batch_size = 0`` chooses from, each with the factor it applies to
 #: ``train.lr``, and the batches an epoch must keep. Measured (benchmarks/train_quality.py,
 #: train_speed.py): on EmoDB's ~180 training clips, batches of 64 or 128 lost WAF (0.544 -> 0.522 ->
-#: 0.513 with bdcl); on 4,000 synthetic MER2024-size clips (31 batches of 128), 128 at the rate of 64
+#: 0.513 with bdcl, 5 seeds: differences of the size that another dropout stream makes there, see
+#: the README); on 4,000 synthetic MER2024-size clips (31 batches of 128), 128 at the rate of 64
 #: lost a point of WAF in 10 epochs (ce, 3 seeds) and 128 at twice the rate none, while it trains
-#: about 1.4x faster per clip.
+#: about 1.5x faster per clip.
 AUTO_BATCHES = ((128, 2.0), (64, 1.0), (32, 1.0))
 MIN_BATCHES_PER_EPOCH = 30
 
