@@ -41,6 +41,27 @@ def test_the_steps_are_torch_optims_bit_for_bit():
     assert optimizer.steps[-1].item() == reference.state[theirs[2].bias]["step"].item() < total + 2
 
 
+def test_a_gradient_scaler_drives_it_as_it_drives_torch_optim():
+    """float16 training (CUDA) steps through torch's gradient scaler, which skips a step whose
+    gradients overflowed; the scaler is exercised here on the CPU."""
+    ours, theirs = _model(), _model()
+    optimizer = FusedAdamW(ours.parameters(), 1e-3, 0.01)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=1e-3, weight_decay=0.01, fused=True)
+    inputs, targets = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**8) for _ in range(2)]
+    for step in range(4):
+        for model, opt, scaler in ((ours, optimizer, scalers[0]), (theirs, reference, scalers[1])):
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(inputs), targets) * (float("inf") if step == 1 else 1.0)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        assert scalers[0].get_scale() == scalers[1].get_scale()
+        for mine, its in zip(ours.parameters(), theirs.parameters()):
+            assert torch.allclose(mine, its, rtol=0, atol=1e-7), step
+    assert optimizer.steps[0].item() == 3  # the overflowing step was skipped
+
+
 def test_cosine_decay_runs_from_the_peak_to_zero_and_stays_there():
     assert [cosine_decay(step, 4) for step in (0, 2, 4, 9)] == [1.0, pytest.approx(0.5), 0.0, 0.0]
 
