@@ -336,7 +336,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     if pseudo_labels is not None:
         table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     device = pick_device(settings.device)
-    training_precision(settings.precision, device)  # a format the device cannot train in is refused before any fold
+    precision = training_precision(settings.precision, device)  # one the device cannot train in: refused before any fold
     check_writable(run)
     workers = fold_workers(settings.fold_workers, device, len(splits), len(table.clip_ids), settings.epochs)
     if workers > 1:
@@ -355,7 +355,7 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
         "macro_f1": float(np.mean([r.macro_f1 for r in results])),
     }
     run_config = _run_config(table, settings, loss_component, used_priors,
-                             _validation(settings, folds, group_column), labels, device)
+                             _validation(settings, folds, group_column), labels, device, precision)
     if pseudo_record is not None:
         run_config["pseudo_labels"] = pseudo_record
     write_run(run, RunFiles(weights={r.weights: r.state for r in results}, config=run_config,
@@ -377,7 +377,8 @@ def _validation(settings: TrainSettings, folds: int | None, group_column: str | 
 
 
 def _run_config(table: TrainingTable, settings: TrainSettings, loss_component: Any, used_priors: list[str],
-                validation: dict[str, Any], labels: Path, device: torch.device) -> dict[str, Any]:
+                validation: dict[str, Any], labels: Path, device: torch.device, precision: torch.dtype
+                ) -> dict[str, Any]:
     """The run's config.json: what eval and predict need to rebuild and check its inputs."""
     return {
         "classes": table.classes,
@@ -391,7 +392,7 @@ def _run_config(table: TrainingTable, settings: TrainSettings, loss_component: A
         "labels": str(labels.resolve()),
         "excluded": table.excluded,
         "device": str(device),
-        "precision": str(training_precision(settings.precision, device)).removeprefix("torch."),
+        "precision": str(precision).removeprefix("torch."),
     }
 
 
