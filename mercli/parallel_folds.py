@@ -4,7 +4,8 @@ The fusion network is small: on a CPU a fold spends most of its time in many sma
 one thread runs nearly as fast as two (measured: 93 %), so two folds on one thread each finish
 sooner than two folds one after the other on two threads. Each fold seeds itself
 (:func:`mercli.train.train_fold`), so a fold gives the same result in a worker as in the main
-process on the same number of threads. Once fewer folds are left than workers, the CPUs of the
+process on the same number of threads. The workers start before the table is read, so that their
+start (importing torch: about a second each) overlaps it. Once fewer folds are left than workers, the CPUs of the
 idle workers go to the folds still training (except in deterministic runs, whose thread counts stay
 fixed). Epoch records travel back through a queue, so the progress display follows every fold as it
 trains.
@@ -12,11 +13,13 @@ trains.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -24,7 +27,7 @@ import mercli.resources as resources
 from mercli.splits import Split
 from mercli.table_files import load_table, save_table
 from mercli.trainset import TrainingTable
-from mercli.workers import run_in_workers
+from mercli.workers import started_workers
 
 #: Clips x epochs per fold below which folds stay in the main process: a worker's start (importing
 #: torch, receiving the table) costs about 3 s, which a shorter training would not repay.
@@ -45,16 +48,19 @@ def fold_workers(requested: int, device: torch.device, folds: int, clips: int, e
 
 
 FoldTrainer = Callable[[Split, Callable[..., None] | None], Any]
+#: ``train_folds(table, splits, on_epoch)``: every split's result, in the order of ``splits``.
+TrainFolds = Callable[[TrainingTable, Sequence[Split], Callable[..., None] | None], list[Any]]
 
 
 def _start_fold_trainer(make: Callable[..., FoldTrainer], table: Path, arguments: tuple, workers: int,
                         unfinished: Any | None, records: "multiprocessing.SimpleQueue[Any]") -> Callable[[Split], Any]:
-    """In a worker: the fold trainer, on its share of the CPUs, sending its epoch records home. With
+    """In a worker: the fold trainer, on its share of the CPUs, sending its epoch records home. It
+    is built on the first fold, as the worker starts before the table is written. With
     ``unfinished`` (a shared count of the folds not yet done) the share grows between epochs once
     fewer folds are left than workers: the last fold need not train on one CPU while the others idle."""
     threads = resources.threads_per_worker(workers)
     torch.set_num_threads(threads)
-    trainer = make(load_table(table), *arguments)
+    trainer = functools.cache(lambda: make(load_table(table), *arguments))
 
     def on_epoch(*record: Any) -> None:
         nonlocal threads
@@ -63,19 +69,44 @@ def _start_fold_trainer(make: Callable[..., FoldTrainer], table: Path, arguments
             threads = share
             torch.set_num_threads(threads)
 
-    return lambda split: trainer(split, on_epoch)
+    return lambda split: trainer()(split, on_epoch)
 
 
-def train_side_by_side(make: Callable[..., FoldTrainer], table: TrainingTable, arguments: tuple,
-                       splits: Sequence[Split], workers: int, on_epoch: Callable[..., None] | None,
-                       rebalance: bool = True) -> list[Any]:
-    """``make(table, *arguments)(split, on_epoch)`` for every split in ``workers`` processes; the
-    results in the order of ``splits``. ``on_epoch`` is called in this process. With ``rebalance``
-    the CPUs of workers left without a fold go to those still training (a thread count that
-    changes with timing changes sums in the last bits: off for reruns that must be identical)."""
+@contextmanager
+def fold_training(make: Callable[..., FoldTrainer], arguments: tuple, workers: int,
+                  rebalance: bool = True) -> Iterator[TrainFolds]:
+    """A function that trains folds with ``make(table, *arguments)(split, on_epoch)``: in this
+    process, or in ``workers`` processes that start at once and import torch while the caller reads
+    the table. ``on_epoch`` is called in this process. With ``rebalance`` the CPUs of workers left
+    without a fold go to those still training (a thread count that changes with timing changes
+    sums in the last bits: off for reruns that must be identical)."""
+    if workers < 2:
+        yield functools.partial(_train_here, make, arguments)
+        return
     context = multiprocessing.get_context("spawn")
     records = context.SimpleQueue()
-    unfinished = context.Value("i", len(splits), lock=False) if rebalance else None
+    unfinished = context.Value("i", 0, lock=False) if rebalance else None
+    # The table reaches the workers as files they map: handed to each process as it starts, it
+    # would be written into a pipe that only drains once the process has imported torch, and the
+    # workers would start one after the other (each with its own copy).
+    with tempfile.TemporaryDirectory(prefix="mer-folds-") as folder, \
+            started_workers(_start_fold_trainer, (make, Path(folder), arguments, workers, unfinished, records),
+                            workers) as results:
+        yield functools.partial(_train_in_workers, results, Path(folder), unfinished, records)
+
+
+def _train_here(make: Callable[..., FoldTrainer], arguments: tuple, table: TrainingTable, splits: Sequence[Split],
+                on_epoch: Callable[..., None] | None) -> list[Any]:
+    trainer = make(table, *arguments)  # once for all the folds
+    return [trainer(split, on_epoch) for split in splits]
+
+
+def _train_in_workers(results: Callable[[Sequence[Split]], Iterator[Any]], folder: Path, unfinished: Any | None,
+                      records: "multiprocessing.SimpleQueue[Any]", table: TrainingTable, splits: Sequence[Split],
+                      on_epoch: Callable[..., None] | None) -> list[Any]:
+    save_table(table, folder)
+    if unfinished is not None:
+        unfinished.value = len(splits)
 
     def relay() -> None:
         while (record := records.get()) is not None:
@@ -84,20 +115,14 @@ def train_side_by_side(make: Callable[..., FoldTrainer], table: TrainingTable, a
 
     relaying = threading.Thread(target=relay, daemon=True)
     relaying.start()
-    # The table reaches the workers as files they map: handed to each process as it starts, it
-    # would be written into a pipe that only drains once the process has imported torch, and the
-    # workers would start one after the other (each with its own copy).
-    results = []
-    with tempfile.TemporaryDirectory(prefix="mer-folds-") as folder:
-        save_table(table, Path(folder))
-        try:
-            for result in run_in_workers(_start_fold_trainer, (make, Path(folder), arguments, workers, unfinished,
-                                                               records), splits, workers):
-                results.append(result)
-                if unfinished is not None:
-                    unfinished.value -= 1
-        finally:
-            records.put(None)
-            relaying.join()
+    done = []
+    try:
+        for result in results(splits):
+            done.append(result)
+            if unfinished is not None:
+                unfinished.value -= 1
+    finally:
+        records.put(None)
+        relaying.join()
     order = {split.fold: position for position, split in enumerate(splits)}
-    return sorted(results, key=lambda result: order[result.fold])
+    return sorted(done, key=lambda result: order[result.fold])

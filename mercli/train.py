@@ -36,7 +36,7 @@ from mercli.config import Config
 from mercli.errors import ConfigError, DataError
 from mercli.model import FusionNetwork, InputSpec, injected_priors
 from mercli.optimizer import FusedAdamW, cosine_decay
-from mercli.parallel_folds import fold_workers, train_side_by_side
+from mercli.parallel_folds import fold_training, fold_workers
 import mercli.pseudolabels as pseudolabels
 from mercli.labels import read_labels
 from mercli.plots import Curve, curves_png
@@ -321,30 +321,31 @@ def train(config: Config, workspace: Workspace, labels: Path, *, name: str | Non
     training folds), train every fold and write the run folder."""
     settings = config.train
     loss_component = plugins.build("losses", settings.loss, config)
-    table = build_table(config, workspace.features, labels, settings.features or None)
     run = workspace.runs / run_name(name, settings.loss)
-    expected = recorded_manifests(run)
-    if expected is not None:
-        check_expected_inputs(table.sets, expected, str(run / "config.json"))
-    splits = plan_splits(table, seed=settings.seed, folds=folds, group_column=group_column,
-                         val_fraction=settings.val_fraction)
-    for split in splits:
-        refuse_label_leaks(table, split.val, "validation")
-        if len(np.unique(table.labels[split.train])) < 2:
-            raise DataError(f"fold {split.fold}: the training clips cover one class only; training needs two or more")
-    pseudo_record = None
-    if pseudo_labels is not None:
-        table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels, loss_component)
     device = pick_device(settings.device)
     precision = training_precision(settings.precision, device)  # one the device cannot train in: refused before any fold
     check_writable(run)
-    workers = fold_workers(settings.fold_workers, device, len(splits), len(table.clip_ids), settings.epochs)
-    if workers > 1:
-        results = train_side_by_side(fold_trainer, table, (settings, config, str(device)), splits, workers, on_epoch,
-                                     rebalance=not settings.deterministic)
-    else:
-        trainer = fold_trainer(table, settings, config, str(device))
-        results = [trainer(split, on_epoch) for split in splits]
+    # Whether folds go to workers is decided on the labelled rows, before the features are read,
+    # so that the workers start while they are.
+    labelled = sum(clip.label is not None for clip in read_labels(labels, config))
+    workers = fold_workers(settings.fold_workers, device, folds or 1, labelled, settings.epochs)
+    with fold_training(fold_trainer, (settings, config, str(device)), workers,
+                       rebalance=not settings.deterministic) as train_folds:
+        table = build_table(config, workspace.features, labels, settings.features or None)
+        expected = recorded_manifests(run)
+        if expected is not None:
+            check_expected_inputs(table.sets, expected, str(run / "config.json"))
+        splits = plan_splits(table, seed=settings.seed, folds=folds, group_column=group_column,
+                             val_fraction=settings.val_fraction)
+        for split in splits:
+            refuse_label_leaks(table, split.val, "validation")
+            if len(np.unique(table.labels[split.train])) < 2:
+                raise DataError(f"fold {split.fold}: the training clips cover one class only; training needs two or more")
+        pseudo_record = None
+        if pseudo_labels is not None:
+            table, splits, pseudo_record = with_pseudo_labels(config, table, splits, labels, pseudo_labels,
+                                                              loss_component)
+        results = train_folds(table, splits, on_epoch)
     used_priors = [p.name for p in injected_priors(table.inputs, settings)]
     priors_note = _priors_note(table.inputs, used_priors, settings.priors)
     for result in results:

@@ -10,6 +10,7 @@ same command run again resumes.
 from __future__ import annotations
 
 import atexit
+import functools
 import multiprocessing
 import os
 import signal
@@ -74,16 +75,27 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
                    workers: int) -> Iterator[Any]:
     """Apply the callable that ``make(*arguments)`` builds in each of ``workers`` processes to every
     item, yielding the results as they complete."""
+    with started_workers(make, arguments, workers) as results:
+        yield from results(items)
+
+
+@contextmanager
+def started_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, workers: int
+                    ) -> Iterator[Callable[[Iterable[Any]], Iterator[Any]]]:
+    """``workers`` processes started at once, each building its callable ``make(*arguments)`` while
+    the caller goes on with its own preparations; yields a function that applies them to items,
+    yielding the results as they complete. Leaving the block stops them."""
     with noticing_ctrl_c() as pressed:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start, initargs=(make, arguments))
         try:
             # Worker processes inherit the held-back Ctrl-C and take it once _start has set their
-            # handler, so that an interrupt during their start-up prints no traceback.
+            # handler, so that an interrupt during their start-up prints no traceback. The pool
+            # starts a process for each submission that finds none idle: one per worker, now.
             with ctrl_c_held_back():
-                futures = [pool.submit(_handle, item) for item in items]
-            for future in as_completed(futures):
-                yield future.result()
+                for _ in range(workers):
+                    pool.submit(_started)
+            yield functools.partial(_results, pool)
         except BrokenProcessPool:
             if pressed():
                 raise KeyboardInterrupt from None
@@ -100,6 +112,13 @@ def run_in_workers(make: Callable[..., Callable[[Any], Any]], arguments: tuple, 
             # Ctrl-C ends in a traceback. A second Ctrl-C must not cut this clean-up short either.
             with ctrl_c_ignored():
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _results(pool: ProcessPoolExecutor, items: Iterable[Any]) -> Iterator[Any]:
+    with ctrl_c_held_back():
+        futures = [pool.submit(_handle, item) for item in items]
+    for future in as_completed(futures):
+        yield future.result()
 
 
 @contextmanager
@@ -152,6 +171,10 @@ def _start(make: Callable[..., Callable[[Any], Any]], arguments: tuple) -> None:
         print(f"error: a worker process could not start: {reason}", file=sys.stderr, flush=True)
         os._exit(EXIT_SOME_FAILED)
     atexit.register(_exit_without_teardown)
+
+
+def _started() -> None:
+    """The first item of every worker: it makes the pool start the process."""
 
 
 def stopping() -> bool:

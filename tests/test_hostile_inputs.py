@@ -405,6 +405,70 @@ def test_ctrl_c_while_folds_train_side_by_side_leaves_no_run_and_no_worker(tmp_p
     assert not _still_running(workers, within=10)
 
 
+def _marked_processes(mark: str) -> list[int]:
+    """The live processes whose environment carries ``HOSTILE_MARK=mark``: a command's workers,
+    which the environment follows even once they have lost their parent."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"HOSTILE_MARK={mark}".encode() in environ.read_bytes().split(b"\0") and \
+                    "zombie" not in (environ.parent / "status").read_text():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _gone(mark: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while _marked_processes(mark):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the worker processes")
+def test_a_table_refused_while_fold_workers_start_stops_them(tmp_path):
+    """Fold workers start while the features are read: a labels file none of whose clips has
+    features ends the command with its one line, and the workers go with it."""
+    from support.training import CLASSES, write_workspace
+
+    write_workspace(tmp_path / "ws")
+    strangers = tmp_path / "strangers.csv"
+    strangers.write_text(f"name,discrete\nnobody1,{CLASSES[0]}\nnobody2,{CLASSES[1]}\n", encoding="utf-8")
+    result = run_mer("-w", str(tmp_path / "ws"), "train", "--labels", str(strangers), "--folds", "3",
+                     "--fold-workers", "2", "--name", "strangers", "--json", cwd=tmp_path,
+                     env=mer_environment(HOSTILE_MARK=tmp_path.name))
+    assert result.returncode == 2
+    line = the_error(result)
+    assert "strangers.csv" in line and "has features" in line
+    error_document(result.stdout, line, 2)
+    assert not (tmp_path / "ws" / "runs" / "strangers").exists()
+    assert _gone(tmp_path.name, within=10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc to find the worker processes")
+def test_ctrl_c_as_fold_workers_start_leaves_no_run_and_no_worker(tmp_path):
+    from support.training import write_workspace
+
+    labels = write_workspace(tmp_path / "ws")
+    process = subprocess.Popen([sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "train", "--labels",
+                                str(labels), "--folds", "3", "--fold-workers", "2", "--epochs", "100000", "--name",
+                                "cut", "--json"], cwd=tmp_path, env=mer_environment(HOSTILE_MARK=tmp_path.name),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(_children(process.pid)) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)  # the workers are still starting (importing torch)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert json.loads(stdout) == {"error": "interrupted", "exit_code": 130}
+    assert not (tmp_path / "ws" / "runs" / "cut").exists()
+    assert _gone(tmp_path.name, within=10)
+
+
 def _still_running(pids: list[int], within: float) -> list[int]:
     """The processes of ``pids`` still alive after ``within`` seconds (multiprocessing's resource
     tracker leaves a moment after its parent; a worker left behind would keep training)."""

@@ -4,12 +4,13 @@ side in worker processes give what the per-clip path and one-fold-after-another 
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import numpy as np
 import pytest
 import torch
 
-from mercli.parallel_folds import PARALLEL_WORK, fold_workers, train_side_by_side
+from mercli.parallel_folds import PARALLEL_WORK, fold_training, fold_workers
 from mercli.resources import threads_per_worker, usable_cpus
 from mercli.splits import Split
 from mercli.table_files import load_table, save_table
@@ -117,6 +118,7 @@ def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
     assert table.stacked is None and set(again.stacked) == {s.name for s in again.sets if not s.frame_level}
     built, read = TableTensors(table, torch.device("cpu")), TableTensors(again, torch.device("cpu"))
     for name, array in again.stacked.items():
+        assert isinstance(array, np.memmap) and array.mode == "c"  # the writer's pages, not a copy
         assert read.stacked[name][0].data_ptr() == array.ctypes.data
     for indices in (everything, [4, 0, 7]):
         fast, slow = read.batch(indices), built.batch(indices)
@@ -127,10 +129,19 @@ def test_a_table_written_as_arrays_reads_back_equal(table, tmp_path):
 def _threads_per_fold(table, rebalance, patience):
     """Three folds on two workers; fold 2 trains on until it has all the CPUs or ``patience`` s pass."""
     splits = [Split(fold, np.arange(2), np.arange(2, 4)) for fold in (1, 2, 3)]
-    results = train_side_by_side(threads_noting_trainer, table, (5, 2, threads_per_worker(1), patience), splits, 2,
-                                 None, rebalance=rebalance)
+    with fold_training(threads_noting_trainer, (5, 2, threads_per_worker(1), patience), 2, rebalance) as train_folds:
+        results = train_folds(table, splits, None)
     assert [r.fold for r in results] == [1, 2, 3]
     return {r.fold: r.threads for r in results}
+
+
+@pytest.mark.slow
+def test_fold_workers_start_before_they_are_given_the_table(table):
+    splits = [Split(fold, np.arange(2), np.arange(2, 4)) for fold in (1, 2)]
+    with fold_training(threads_noting_trainer, (1, 0, 1, 0.0), 2) as train_folds:
+        assert len(multiprocessing.active_children()) == 2  # importing torch while the caller reads the table
+        assert [r.fold for r in train_folds(table, splits, None)] == [1, 2]
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.slow
