@@ -266,6 +266,7 @@ def fold_trainer(table: TrainingTable, settings: TrainSettings, config: Config, 
     (:mod:`mercli.parallel_folds`)."""
     loss_component = plugins.build("losses", settings.loss, config)
     tensors = TableTensors(table, torch.device(device))  # once for all the folds this process trains
+    resources.keep_freed_memory()
 
     def train_one(split: Split, on_epoch: EpochCallback | None) -> FoldResult:
         with seeded(settings.seed, settings.deterministic):
