@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mercli.model import Fusion, FusionNetwork, GatedPriorAttention, InputSpec
+from mercli.model import Dropout, Fusion, FusionNetwork, GatedPriorAttention, InputSpec, dropout
 from mercli.settings import TrainSettings
 
 
@@ -53,6 +53,32 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(network(values, masks).logits, network(values, masks).logits)
     network.train()
     assert not torch.equal(network(values, masks).logits, network(values, masks).logits)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_drops_its_share_and_keeps_the_expectation(p, dtype):
+    torch.manual_seed(0)
+    x = torch.ones(1001, 999, dtype=dtype, requires_grad=True)  # not a multiple of four elements
+    y = dropout(x, p, True)
+    kept = y != 0
+    scale = 65536 / (65536 - round(p * 65536))
+    assert y.dtype == dtype and abs(1 - kept.float().mean().item() - p) < 0.003  # 5 sd of a binomial
+    assert torch.equal(y[kept], torch.full_like(y[kept], scale))
+    assert abs(y.float().mean().item() - 1) < 0.01
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, y.detach())  # the gradient goes through the kept elements, scaled alike
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, p, True), y)  # torch's seed decides the mask
+    assert not torch.equal(dropout(x, p, True), y)  # and each call draws a new one
+    for no_op in (dropout(x, p, False), dropout(x, 0.0, True)):
+        assert no_op is x
+
+
+def test_dropout_modules_keep_nn_dropouts_place():
+    module = nn.Sequential(nn.Linear(3, 3), Dropout(0.2))
+    module.load_state_dict(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.2)).state_dict())  # strict
+    assert module[1].p == 0.2 and torch.equal(module.eval()(torch.ones(1, 3)), module[0](torch.ones(1, 3)))
 
 
 @pytest.mark.parametrize("seed", range(6))
