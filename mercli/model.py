@@ -109,12 +109,12 @@ _LOWEST_INT64 = torch.iinfo(torch.int64).min
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
-    """Inverted dropout whose mask, on a CPU, takes 16 random bits per element, four to a 64-bit
-    word: torch's own CPU dropout draws each element from a double-precision Bernoulli (two
-    Mersenne Twister words and a conversion; on AMD CPUs, where it does not call MKL, 13 % of a
-    training step), and the mask's type conversions are chosen for speed (a bool to bfloat16 costs
-    seven times a byte's). The rate is rounded to a 65,536th and the kept values scaled by its
-    inverse, so the expectation is unchanged. Elsewhere torch's fused dropout."""
+    """Inverted dropout. On a CPU its mask takes 16 random bits an element, four to a 64-bit word:
+    torch's CPU dropout draws a double-precision Bernoulli per element (two Mersenne Twister words
+    and a conversion: 13 % of a training step on an AMD CPU, where it does not call MKL). The rate
+    is rounded to a 65,536th and the kept values scaled by its inverse, so the expectation is
+    unchanged; the mask reaches the input's type through bytes (from bools it converts seven times
+    slower). Elsewhere torch's fused dropout."""
     if not training or p == 0:
         return x
     if x.device.type != "cpu":

@@ -5,10 +5,10 @@ one thread runs nearly as fast as two (measured: 93 %), so two folds on one thre
 sooner than two folds one after the other on two threads. Each fold seeds itself
 (:func:`mercli.train.train_fold`), so a fold gives the same result in a worker as in the main
 process on the same number of threads. The workers start before the table is read, so that their
-start (importing torch: about a second each) overlaps it. Once fewer folds are left than workers, the CPUs of the
-idle workers go to the folds still training (except in deterministic runs, whose thread counts stay
-fixed). Epoch records travel back through a queue, so the progress display follows every fold as it
-trains.
+start (importing torch: about a second each) overlaps it. Once fewer folds are left than workers,
+the CPUs of the idle workers go to the folds still training (except in deterministic runs, whose
+thread counts stay fixed). Epoch records travel back through a queue, so the progress display
+follows every fold as it trains.
 """
 
 from __future__ import annotations
