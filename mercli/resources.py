@@ -83,6 +83,6 @@ def keep_freed_memory() -> bool:
     only: elsewhere nothing changes)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library loaded as the process (Windows), no mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 2**30))
