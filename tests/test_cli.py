@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -58,6 +60,16 @@ def test_tables_show_values_as_they_are_not_as_markup(tmp_path):
 
 
 @pytest.mark.slow
+def test_mer_skips_the_interpreters_last_garbage_collection(tmp_path):
+    """Objects are frozen once the command is over (an exit hook registered before mer's runs after
+    it), so the interpreter's final collection does not walk everything torch made."""
+    probe = ("import atexit, gc, sys; from mercli.cli import main; "
+             "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); sys.argv = ['mer', '--version']; main()")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=mer_environment(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "frozen True", result
+
+
 def test_init_writes_a_template_and_refuses_to_overwrite(tmp_path):
     workspace = tmp_path / "new-workspace"
     first = run_mer("-w", str(workspace), "init", "--json", cwd=tmp_path)
