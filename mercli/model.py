@@ -120,7 +120,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
     dropped = min(round(p * 65536), 65535)
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(_LOWEST_INT64, None)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(_LOWEST_INT64, None)
     kept = words.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - 32768
     return x * kept.view(torch.uint8).to(x.dtype).mul_(65536 / (65536 - dropped))
 
