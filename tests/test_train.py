@@ -5,7 +5,9 @@ classes are separable, so a working trainer reaches a high validation WAF in a f
 from __future__ import annotations
 
 import json
+import os
 import platform
+import resource
 import subprocess
 import sys
 
@@ -292,8 +294,10 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
     assert not native_bfloat16(tmp_path / "absent")
 
 
-# Training steps at MER2024 input sizes; prints how many of 40 later steps had page faults (a heap
-# that still grows faults in a step now and then; one handed back faults in most steps).
+# Training steps at MER2024 input sizes; prints the page faults of 40 later steps. The environment
+# starts glibc from its worst case, a fixed 128 KiB threshold that maps and hands back every large
+# tensor, so the count does not hang on the adaptive threshold (a fresh machine faulted in 3 of 40
+# steps with glibc's defaults, this one in 18); the setting has to override it.
 STEPS_WITH_FAULTS = """
 import resource, sys, torch
 from mercli.resources import keep_freed_memory
@@ -304,25 +308,27 @@ table = torch.randn(1000, 5120)
 def step():
     rows = torch.randint(0, 1000, (128,))
     net((table.index_select(0, rows) - 0.5) / 2.0).sum().backward()
-faulting = 0
 for number in range(50):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    if number == 10:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-    faulting += number >= 10 and resource.getrusage(resource.RUSAGE_SELF).ru_minflt > before
-print(kept, faulting)
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
+HANDING_BACK = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="the allocator's settings are glibc's")
 def test_a_training_process_keeps_freed_memory_for_its_next_steps():
-    faulting = {}
+    faults = {}
     for mode in ("plain", "kept"):
         printed = subprocess.run([sys.executable, "-c", STEPS_WITH_FAULTS, mode], capture_output=True, text=True,
-                                 check=True).stdout.split()
+                                 check=True, env={**os.environ, **HANDING_BACK}).stdout.split()
         assert printed[0] == str(mode == "kept")
-        faulting[mode] = int(printed[1])
-    assert faulting["kept"] <= 2 and faulting["plain"] >= 8, faulting
+        faults[mode] = int(printed[1])
+    one_batch = 128 * 5120 * 4 // resource.getpagesize()
+    assert faults["plain"] >= 40 * one_batch  # every step faults its batch in afresh
+    assert faults["kept"] <= 4 * one_batch, faults  # observed 0-3 batches' worth as the heap settles
 
 
 @pytest.mark.parametrize("native, on_cpu", [(True, torch.bfloat16), (False, torch.float32)])
