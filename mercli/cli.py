@@ -4,6 +4,7 @@ names, to the stage's function in :mod:`mercli.api`; it prints the result and se
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import sys
@@ -14,9 +15,9 @@ from typing import Any, Callable, TypeVar
 import click
 
 from mercli import __version__, api, config as configuration
-from mercli.console import emit_json, error, print_nothing_more, stderr
+from mercli.console import emit_json, error, print_nothing_more, stderr, to_devnull
 from mercli.errors import (EXIT_INTERRUPTED, EXIT_READER_GONE, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError,
-                           UsageError, unwritable_message, writing)
+                           OutputError, UsageError, unwritable_message, writing)
 from mercli.vocabulary import one_line
 from mercli.workspace import Workspace
 
@@ -57,7 +58,8 @@ def fail(message: str, exit_code: int, as_json: bool, short: str | None = None) 
     document stdout owes its reader: ``{"error": SHORT or MESSAGE, "exit_code": N}``."""
     error(message)
     if as_json:
-        emit_json({"error": short or one_line(message), "exit_code": exit_code})
+        with contextlib.suppress(OutputError):  # the error may be stdout's own: its line is on stderr
+            emit_json({"error": short or one_line(message), "exit_code": exit_code})
     sys.exit(exit_code)
 
 
@@ -463,4 +465,8 @@ def main() -> None:
         plugins.register_commands(cli)
     except MerError as problem:  # before any command is parsed: --json can only be seen among the words
         fail(str(problem), EXIT_USAGE, json_on_command_line(sys.argv[1:]))
-    cli(prog_name="mer")
+    try:
+        cli(prog_name="mer")
+    except OSError as problem:  # click's own text (--help, --version) on a stdout that cannot take it
+        to_devnull(sys.stdout)
+        fail(f"standard output cannot be written: {problem.strerror or problem}", EXIT_USAGE, False)

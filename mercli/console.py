@@ -9,7 +9,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,6 +17,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from mercli.errors import OutputError
 from mercli.vocabulary import one_line
 
 
@@ -62,9 +63,19 @@ def ignore(*_args: Any) -> None:
 
 
 def emit_json(document: Any) -> None:
-    """Write one JSON document (one line) to stdout."""
-    sys.stdout.write(json.dumps(document, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
+    """Write one JSON document (one line) to stdout; a stdout that is closed or cannot be written
+    is an :class:`OutputError`, after which nothing more goes there."""
+    line = json.dumps(document, ensure_ascii=False, default=str) + "\n"
+    if sys.stdout is None:  # the process started with file descriptor 1 closed (`mer ... >&-`)
+        raise OutputError("standard output is closed: the JSON document cannot be written")
+    try:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as problem:
+        to_devnull(sys.stdout)  # else Python's flush at exit fails on the same text once more
+        raise OutputError(f"standard output cannot be written: {problem.strerror or problem}") from problem
 
 
 def print_nothing_more() -> None:
@@ -73,10 +84,16 @@ def print_nothing_more() -> None:
     broken pipe once more, as "Exception ignored ..."). The recipe of Python's documentation
     (signal module, "Note on SIGPIPE")."""
     stderr.quiet = True
+    to_devnull(sys.stdout, sys.stderr)
+
+
+def to_devnull(*streams: TextIO | None) -> None:
+    """Point the file descriptors of ``streams`` (those that exist) at /dev/null."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        for stream in (sys.stdout, sys.stderr):
-            os.dup2(devnull, stream.fileno())
+        for stream in streams:
+            if stream is not None:
+                os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
 

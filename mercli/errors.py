@@ -50,6 +50,12 @@ class UnwritableMidway(UnwritableError):
     exit_code = EXIT_SOME_FAILED
 
 
+class OutputError(MerError):
+    """Standard output cannot take what the command prints there (closed, or on a full disk); the
+    work the command did is kept, but its reader did not get the result. A reader that went away
+    (a closed pipe) is not this error: that ends the command quietly, as SIGPIPE would."""
+
+
 def unwritable_message(path: Path | str | None, error: OSError) -> str:
     """``<path>: <reason>``, the path being what mer was writing (``error.filename`` may be a
     temporary file beside it, or missing: a full disk is often reported without one)."""

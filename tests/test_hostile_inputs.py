@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -523,6 +524,58 @@ def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path
     evaluated = run_mer("-w", str(tmp_path / "ws"), *settings, "eval", "--checkpoint", "piped", "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr  # the run folder is complete
     assert "waf" in json.dumps(summary(evaluated)).lower()
+
+
+# --- a stdout that cannot be written: closed (`>&-`) or on a full disk (`> /dev/full`) --------------
+
+
+def with_stdout(arguments: list[str], stdout: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``mer ARGUMENTS`` with its stdout closed (``"closed"``) or opened on a path."""
+    def replace_stdout() -> None:
+        if stdout == "closed":
+            os.close(1)
+        else:
+            os.dup2(os.open(stdout, os.O_WRONLY), 1)
+
+    return subprocess.run([sys.executable, "-m", "mercli", *arguments], cwd=cwd, env=mer_environment(),
+                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=replace_stdout)
+
+
+STDOUTS = {"closed": ("closed", "standard output is closed: the JSON document cannot be written"),
+           "full disk": ("/dev/full", "standard output cannot be written: No space left on device")}
+UNWRITTEN = {"plugins --json": ["plugins", "--json"], "config show --json": ["config", "show", "--json"]}
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+@pytest.mark.parametrize("stdout", STDOUTS)
+@pytest.mark.parametrize("command", UNWRITTEN)
+def test_json_on_a_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, stdout, command):
+    target, line = STDOUTS[stdout]
+    result = with_stdout(["-w", str(tmp_path), *UNWRITTEN[command]], target, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"error: {line}\n"  # no traceback, and nothing at exit either
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_help_on_a_full_disk_is_one_line_and_exit_2(tmp_path):
+    result = with_stdout(["--help"], "/dev/full", cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (2, "error: standard output cannot be written: No space left on "
+                                                     "device\n")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_train_whose_summary_meets_a_full_disk_keeps_its_complete_run(tmp_path):
+    from support.training import CLASSES, FAST, write_workspace
+
+    labels = write_workspace(tmp_path / "ws")
+    settings = [a for k, v in {**FAST, "data.classes": CLASSES}.items() for a in ("-s", f"{k}={json.dumps(v)}")]
+    result = with_stdout(["-w", str(tmp_path / "ws"), *settings, "train", "--labels", str(labels), "--name", "full",
+                          "--json"], "/dev/full", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == "error: standard output cannot be written: No space left on device"
+    assert "Traceback" not in result.stderr, result.stderr
+    evaluated = run_mer("-w", str(tmp_path / "ws"), *settings, "eval", "--checkpoint", "full", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr  # the run folder is complete
 
 
 # --- a usage error with --json: its JSON document too ----------------------------------------------
