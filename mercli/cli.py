@@ -15,7 +15,8 @@ from typing import Any, Callable, TypeVar
 import click
 
 from mercli import __version__, api, config as configuration
-from mercli.console import emit_json, error, print_nothing_more, stderr, to_devnull
+from mercli.console import (emit_json, error, print_nothing_more, reserve_standard_streams, stderr,
+                            to_devnull)
 from mercli.errors import (EXIT_INTERRUPTED, EXIT_READER_GONE, EXIT_SOME_FAILED, EXIT_TERMINATED, EXIT_USAGE, MerError,
                            OutputError, UsageError, unwritable_message, writing)
 from mercli.vocabulary import one_line
@@ -459,6 +460,7 @@ def main() -> None:
     # made (measured: half a second of every command that imports torch) only to free memory the
     # process is about to give back; objects are still released as their modules are cleared.
     atexit.register(gc.freeze)
+    reserve_standard_streams()
     stop_on_sigterm_as_on_ctrl_c()
 
     try:

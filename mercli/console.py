@@ -62,11 +62,38 @@ def ignore(*_args: Any) -> None:
     """The progress callback of a stage that shows none."""
 
 
+#: Whether the process started with file descriptor 1 closed (``mer ... >&-``); see
+#: :func:`reserve_standard_streams`.
+_started_without_stdout = False
+
+
+def reserve_standard_streams() -> None:
+    """Open /dev/null on those of file descriptors 0-2 the process started without (``mer ...
+    2>&-``, a job whose scheduler closed them). Left closed, the next file mer opens takes the
+    number: what a library writes to file descriptor 2 (MediaPipe's and TFLite's start-up lines)
+    would land in a feature file, and the libraries that flush ``sys.stderr`` fail on every clip.
+    A closed stdout is still reported when a JSON document is owed there (:func:`emit_json`)."""
+    global _started_without_stdout
+    for number, name in enumerate(("stdin", "stdout", "stderr")):
+        try:
+            os.fstat(number)
+            continue
+        except OSError:
+            pass
+        devnull = os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower are open
+        if devnull != number:
+            os.dup2(devnull, number)
+            os.close(devnull)
+        os.set_inheritable(number, True)  # as a standard stream is: worker processes get it too
+        setattr(sys, name, open(number, "r" if number == 0 else "w", encoding="utf-8", closefd=False))
+        _started_without_stdout = _started_without_stdout or number == 1
+
+
 def emit_json(document: Any) -> None:
     """Write one JSON document (one line) to stdout; a stdout that is closed or cannot be written
     is an :class:`OutputError`, after which nothing more goes there."""
     line = json.dumps(document, ensure_ascii=False, default=str) + "\n"
-    if sys.stdout is None:  # the process started with file descriptor 1 closed (`mer ... >&-`)
+    if sys.stdout is None or _started_without_stdout:
         raise OutputError("standard output is closed: the JSON document cannot be written")
     try:
         sys.stdout.write(line)

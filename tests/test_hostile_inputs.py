@@ -526,19 +526,24 @@ def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path
     assert "waf" in json.dumps(summary(evaluated)).lower()
 
 
-# --- a stdout that cannot be written: closed (`>&-`) or on a full disk (`> /dev/full`) --------------
+# --- standard streams closed (`>&-`, `2>&-`) or on a full disk (`> /dev/full`) -----------------------
 
 
-def with_stdout(arguments: list[str], stdout: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``mer ARGUMENTS`` with its stdout closed (``"closed"``) or opened on a path."""
-    def replace_stdout() -> None:
+def with_streams(arguments: list[str], cwd: Path, stdout: str = "pipe", closed: tuple[int, ...] = ()
+                 ) -> subprocess.CompletedProcess[str]:
+    """``mer ARGUMENTS`` with its stdout closed (``"closed"``), opened on a path or a pipe, and the
+    file descriptors ``closed`` closed too."""
+    def replace_streams() -> None:
         if stdout == "closed":
             os.close(1)
-        else:
+        elif stdout != "pipe":
             os.dup2(os.open(stdout, os.O_WRONLY), 1)
+        for number in closed:
+            os.close(number)
 
     return subprocess.run([sys.executable, "-m", "mercli", *arguments], cwd=cwd, env=mer_environment(),
-                          stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=replace_stdout)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300,
+                          preexec_fn=replace_streams)
 
 
 STDOUTS = {"closed": ("closed", "standard output is closed: the JSON document cannot be written"),
@@ -551,14 +556,14 @@ UNWRITTEN = {"plugins --json": ["plugins", "--json"], "config show --json": ["co
 @pytest.mark.parametrize("command", UNWRITTEN)
 def test_json_on_a_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, stdout, command):
     target, line = STDOUTS[stdout]
-    result = with_stdout(["-w", str(tmp_path), *UNWRITTEN[command]], target, cwd=tmp_path)
+    result = with_streams(["-w", str(tmp_path), *UNWRITTEN[command]], tmp_path, stdout=target)
     assert result.returncode == 2, result.stderr
     assert result.stderr == f"error: {line}\n"  # no traceback, and nothing at exit either
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_help_on_a_full_disk_is_one_line_and_exit_2(tmp_path):
-    result = with_stdout(["--help"], "/dev/full", cwd=tmp_path)
+    result = with_streams(["--help"], tmp_path, stdout="/dev/full")
     assert (result.returncode, result.stderr) == (2, "error: standard output cannot be written: No space left on "
                                                      "device\n")
 
@@ -569,13 +574,59 @@ def test_train_whose_summary_meets_a_full_disk_keeps_its_complete_run(tmp_path):
 
     labels = write_workspace(tmp_path / "ws")
     settings = [a for k, v in {**FAST, "data.classes": CLASSES}.items() for a in ("-s", f"{k}={json.dumps(v)}")]
-    result = with_stdout(["-w", str(tmp_path / "ws"), *settings, "train", "--labels", str(labels), "--name", "full",
-                          "--json"], "/dev/full", cwd=tmp_path)
+    result = with_streams(["-w", str(tmp_path / "ws"), *settings, "train", "--labels", str(labels), "--name", "full",
+                           "--json"], tmp_path, stdout="/dev/full")
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines()[-1] == "error: standard output cannot be written: No space left on device"
     assert "Traceback" not in result.stderr, result.stderr
     evaluated = run_mer("-w", str(tmp_path / "ws"), *settings, "eval", "--checkpoint", "full", "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr  # the run folder is complete
+
+
+def test_extract_with_stdin_and_stderr_closed_does_every_clip(shared_data, names, tmp_path):
+    """MediaPipe's encoders flush ``sys.stderr`` and mute file descriptor 2 while they start; with
+    the stream closed every clip failed, in the workers too (a spawned process inherits only
+    inheritable descriptors)."""
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:2])
+    result = with_streams(["-w", str(tmp_path / "ws"), "extract", str(clips), "--encoders", "face-landmarks",
+                           "--workers", "2", "--json"], tmp_path, closed=(0, 2))
+    assert result.returncode == 0, result.stdout
+    assert summary(result)["done"] == 2
+
+
+def test_extract_with_stdout_closed_ends_cleanly(shared_data, names, tmp_path):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:2])
+    result = with_streams(["-w", str(tmp_path / "ws"), "extract", str(clips), "--encoders", "egemaps", "--workers", "2"],
+                          tmp_path, stdout="closed")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+RESERVED = """
+import os, sys, multiprocessing
+from mercli.console import reserve_standard_streams
+def streams():
+    return [os.readlink(f"/proc/self/fd/{n}") for n in range(3)], sys.stdin is None, sys.stderr is None
+if __name__ == "__main__":
+    reserve_standard_streams()
+    with open(__file__) as opened:
+        taken = opened.fileno()
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(streams)
+    os.write(1, repr((taken, streams(), child)).encode())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc/self/fd")
+def test_closed_standard_descriptors_are_held_by_dev_null_here_and_in_spawned_workers(tmp_path):
+    script = tmp_path / "reserved.py"
+    script.write_text(RESERVED)
+    printed = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, timeout=120, check=True,
+                             preexec_fn=lambda: [os.close(0), os.close(2)]).stdout
+    taken, here, child = eval(printed)
+    assert taken > 2  # a file opened afterwards does not take a standard stream's number
+    for streams, stdin_none, stderr_none in (here, child):
+        assert streams[0] == streams[2] == os.devnull and not stdin_none and not stderr_none
 
 
 # --- a usage error with --json: its JSON document too ----------------------------------------------
