@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from support.encoders import MeanColour
+from support.encoders import MeanColour, SwallowsCtrlC
 from support.media import loudness_frames, write_clip
 from support.mer_process import run_mer
 
@@ -53,27 +53,6 @@ class WordCount(Encoder):
 
     def encode(self, clip: DecodedClip) -> Features:
         return Features(np.array([len(clip.transcript.split())], dtype=np.float32))
-
-
-class SwallowsCtrlC(Encoder):
-    """Like a library whose native code turns an interrupt into an ordinary error."""
-
-    name = "test-swallow"
-    modality = "audio"
-    level = "utterance"
-    dim = 1
-
-    def encode(self, clip: DecodedClip) -> Features:
-        import os
-        import signal
-        import time
-
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-        except KeyboardInterrupt:
-            raise RuntimeError("interrupted in native code") from None
-        return Features(np.zeros(1, dtype=np.float32))
 
 
 class NotANumber(Encoder):
