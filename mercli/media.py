@@ -187,6 +187,8 @@ def _opened(path: Path) -> Iterator["av.container.InputContainer"]:
         raise _cannot_decode(path, "no such file")
     if path.is_dir():
         raise _cannot_decode(path, "is a directory")
+    if not path.is_file():  # a pipe would block the decoder until a writer came; a device never ends
+        raise _cannot_decode(path, "not a regular file (a pipe, socket or device)")
     if path.stat().st_size == 0:
         raise _cannot_decode(path, "empty file (0 bytes)")
     if not os.access(path, os.R_OK):

@@ -3,6 +3,7 @@ in tmp_path (no media file is committed), and every kind of bad input."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import wave
@@ -344,6 +345,14 @@ def test_cover_art_is_not_video(tmp_path):
 
 
 # --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX's")
+def test_a_pipe_or_a_device_is_not_decoded(tmp_path):
+    pipe = tmp_path / "pipe.mp4"
+    os.mkfifo(pipe)
+    assert_cannot_decode(pipe, "not a regular file")
+    assert_cannot_decode(Path(os.devnull), "not a regular file")
 
 
 def test_zero_bytes_text_and_truncated_header_cannot_be_decoded(tmp_path, shared_data):
