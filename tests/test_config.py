@@ -4,6 +4,7 @@ template."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -177,6 +178,8 @@ def test_text_settings_take_the_option_type_into_account():
 def test_a_file_named_explicitly_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="no such configuration file"):
         config.load(tmp_path / "other.toml", environ={}, required=True)
+    with pytest.raises(ConfigError, match=f"^{os.devnull}: not a regular file$"):
+        config.load(Path(os.devnull), environ={}, required=True)
 
 
 # --- plug-in tables -----------------------------------------------------------------------------
