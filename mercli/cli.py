@@ -469,6 +469,6 @@ def main() -> None:
         fail(str(problem), EXIT_USAGE, json_on_command_line(sys.argv[1:]))
     try:
         cli(prog_name="mer")
-    except OSError as problem:  # click's own text (--help, --version) on a stdout that cannot take it
+    except OSError as problem:  # click's own text (--help, --version, a usage error) on a stream that cannot take it
         to_devnull(sys.stdout)
-        fail(f"standard output cannot be written: {problem.strerror or problem}", EXIT_USAGE, False)
+        fail(f"the output cannot be written: {problem.strerror or problem}", EXIT_USAGE, False)

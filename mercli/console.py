@@ -22,8 +22,21 @@ from mercli.vocabulary import one_line
 
 
 class HumanConsole(Console):
-    """Rich's console on stderr, but a reader that went away is no crash: rich's own answer points
-    stdout (not this console's stream) at /dev/null and exits 1 from whichever thread wrote."""
+    """Rich's console on stderr, but a stream that fails is no crash. A reader that went away:
+    rich's own answer points stdout (not this console's stream) at /dev/null and exits 1 from
+    whichever thread wrote. A stream that cannot be written (``2>/dev/full``, a log on a full
+    disk): rich raises, and the stage would lose work it had finished for want of a progress line."""
+
+    def _check_buffer(self) -> None:
+        """Rich's writing of what was printed; past a failed write, print nothing more (the stage
+        goes on to its own exit status, which is all the user can still be told)."""
+        try:
+            super()._check_buffer()
+        except BrokenPipeError:
+            raise
+        except OSError:
+            self.quiet = True
+            del self._buffer[:]
 
     def on_broken_pipe(self) -> None:
         """Print nothing more; in the main thread, stop the command as for a closed stdout

@@ -529,15 +529,16 @@ def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path
 # --- standard streams closed (`>&-`, `2>&-`) or on a full disk (`> /dev/full`) -----------------------
 
 
-def with_streams(arguments: list[str], cwd: Path, stdout: str = "pipe", closed: tuple[int, ...] = ()
-                 ) -> subprocess.CompletedProcess[str]:
-    """``mer ARGUMENTS`` with its stdout closed (``"closed"``), opened on a path or a pipe, and the
-    file descriptors ``closed`` closed too."""
+def with_streams(arguments: list[str], cwd: Path, stdout: str = "pipe", stderr: str = "pipe",
+                 closed: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``mer ARGUMENTS`` with its stdout and stderr each closed (``"closed"``), opened on a path or
+    a pipe, and the file descriptors ``closed`` closed too."""
     def replace_streams() -> None:
-        if stdout == "closed":
-            os.close(1)
-        elif stdout != "pipe":
-            os.dup2(os.open(stdout, os.O_WRONLY), 1)
+        for number, target in ((1, stdout), (2, stderr)):
+            if target == "closed":
+                os.close(number)
+            elif target != "pipe":
+                os.dup2(os.open(target, os.O_WRONLY), number)
         for number in closed:
             os.close(number)
 
@@ -564,8 +565,7 @@ def test_json_on_a_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_help_on_a_full_disk_is_one_line_and_exit_2(tmp_path):
     result = with_streams(["--help"], tmp_path, stdout="/dev/full")
-    assert (result.returncode, result.stderr) == (2, "error: standard output cannot be written: No space left on "
-                                                     "device\n")
+    assert (result.returncode, result.stderr) == (2, "error: the output cannot be written: No space left on device\n")
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
@@ -600,6 +600,31 @@ def test_extract_with_stdout_closed_ends_cleanly(shared_data, names, tmp_path):
                           tmp_path, stdout="closed")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_train_and_extract_whose_stderr_is_on_a_full_disk_finish_their_work(shared_data, names, tmp_path):
+    """Progress and summaries that cannot be shown are dropped; the work and its exit status stand."""
+    from support.training import CLASSES, FAST, write_workspace
+
+    labels = write_workspace(tmp_path / "ws")
+    settings = [a for k, v in {**FAST, "data.classes": CLASSES}.items() for a in ("-s", f"{k}={json.dumps(v)}")]
+    trained = with_streams(["-w", str(tmp_path / "ws"), *settings, "train", "--labels", str(labels), "--name", "quiet",
+                            "--json"], tmp_path, stderr="/dev/full")
+    assert trained.returncode == 0 and summary(trained)["run"].endswith("quiet")
+    evaluated = run_mer("-w", str(tmp_path / "ws"), *settings, "eval", "--checkpoint", "quiet", "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr  # the run folder is complete
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:2])
+    extracted = with_streams(["-w", str(tmp_path / "ws2"), "extract", str(clips), "--encoders", "egemaps", "--workers",
+                              "2", "--json"], tmp_path, stderr="/dev/full")
+    assert extracted.returncode == 0 and summary(extracted)["done"] == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_usage_error_whose_stderr_is_on_a_full_disk_still_exits_2(tmp_path):
+    assert with_streams(["plugins", "--bogus"], tmp_path, stderr="/dev/full").returncode == 2
+    assert with_streams(["-w", str(tmp_path), "eval", "--checkpoint", "none"], tmp_path, stderr="/dev/full"
+                        ).returncode == 2
 
 
 RESERVED = """
