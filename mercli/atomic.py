@@ -46,8 +46,16 @@ def write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def json_text(document: Any, indent: int | None = None) -> str:
+    """``document`` as JSON that any UTF-8 stream can take: other characters as they are, but the
+    undecodable bytes of a file name (Python's surrogate escapes) as ``\\u`` escapes, which a JSON
+    reader turns back into the same name."""
+    text = json.dumps(document, indent=indent, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_json(path: Path, document: Any) -> None:
-    write_text(path, json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_text(path, json_text(document, indent=2) + "\n")
 
 
 def read_json(path: Path, missing: str = "missing") -> Any:

@@ -60,9 +60,9 @@ def validate_clip_id(clip_id: str, where: str) -> str:
     """Return ``clip_id`` if it can name a clip and a file in the workspace, else raise a
     :class:`DataError` that starts with ``where`` (a labels file and line, a store).
 
-    An id is one plain file name: not empty, no path separator, no control character, not hidden
-    (``.``, ``..`` and ``.x`` are refused: discovery skips hidden files), at most
-    ``MAX_CLIP_ID_BYTES`` bytes of UTF-8.
+    An id is one plain file name: not empty, no path separator, no control character, no bytes
+    that did not decode as UTF-8, not hidden (``.``, ``..`` and ``.x`` are refused: discovery skips
+    hidden files), at most ``MAX_CLIP_ID_BYTES`` bytes of UTF-8.
     """
     if not isinstance(clip_id, str) or not clip_id:
         raise DataError(f"{where}: empty clip id")
@@ -75,6 +75,9 @@ def validate_clip_id(clip_id: str, where: str) -> str:
         raise DataError(f"{where}: clip id {clip_id!r} starts with a dot")
     if any(ord(c) < 32 or ord(c) == 127 for c in clip_id):
         raise DataError(f"{where}: clip id {clip_id!r} holds a control character")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in clip_id):  # surrogates: bytes the file system name did not decode
+        raise DataError(f"{where}: clip id {clip_id!r} is not UTF-8 (a file name from another encoding?), so no "
+                        "labels file can name it; rename the file")
     if len(clip_id.encode("utf-8", "surrogateescape")) > MAX_CLIP_ID_BYTES:
         raise DataError(f"{where}: clip id {clip_id[:40]!r}... is longer than {MAX_CLIP_ID_BYTES} bytes")
     return clip_id

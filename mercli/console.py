@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import sys
 import threading
@@ -17,6 +16,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+from mercli.atomic import json_text
 from mercli.errors import OutputError
 from mercli.vocabulary import one_line
 
@@ -105,7 +105,7 @@ def reserve_standard_streams() -> None:
 def emit_json(document: Any) -> None:
     """Write one JSON document (one line) to stdout; a stdout that is closed or cannot be written
     is an :class:`OutputError`, after which nothing more goes there."""
-    line = json.dumps(document, ensure_ascii=False, default=str) + "\n"
+    line = json_text(document) + "\n"
     if sys.stdout is None or _started_without_stdout:
         raise OutputError("standard output is closed: the JSON document cannot be written")
     try:

@@ -214,6 +214,7 @@ def test_plain_file_names_are_valid_ids(clip_id):
     (".hidden", "starts with a dot"),
     ("a\nb", "control character"),
     ("a\x00b", "control character"),
+    ("b\udce4d", "is not UTF-8"),  # the name b'b\xe4d' (Latin-1) as os.fsdecode gives it
     ("x" * (MAX_CLIP_ID_BYTES + 1), "longer than"),
 ])
 def test_unsafe_ids_are_refused_naming_where(clip_id, problem):

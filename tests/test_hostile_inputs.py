@@ -526,6 +526,22 @@ def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path
     assert "waf" in json.dumps(summary(evaluated)).lower()
 
 
+# --- a file name that is not UTF-8 --------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux file names are bytes; macOS and Windows names are text")
+def test_a_clip_whose_name_is_not_utf8_is_refused_alone_and_the_summary_stays_json(shared_data, names, tmp_path):
+    clips = crema_clips(shared_data, tmp_path / "clips", names[:1])
+    shutil.copy(shared_data / "crema-d" / names[1], os.fsencode(clips) + b"/b\xe4d.flv")  # a Latin-1 name
+    result = extract(tmp_path / "ws", clips)
+    assert result.returncode == 1, result.stderr
+    document = summary(result)
+    assert document["done"] == 1 and len(document["failed"]) == 1, document
+    assert os.fsencode(document["failed"][0]["clip"]).endswith(b"/b\xe4d.flv")  # the name, byte for byte
+    assert "is not UTF-8" in document["failed"][0]["reason"]
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 # --- standard streams closed (`>&-`, `2>&-`) or on a full disk (`> /dev/full`) -----------------------
 
 
