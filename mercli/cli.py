@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import functools
 import gc
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -462,6 +463,11 @@ def main() -> None:
     atexit.register(gc.freeze)
     reserve_standard_streams()
     stop_on_sigterm_as_on_ctrl_c()
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # else every relative path, and the workspace search, fails without a name
+        fail("the current folder no longer exists (removed while the shell was in it); cd to one that does",
+             EXIT_USAGE, json_on_command_line(sys.argv[1:]))
 
     try:
         plugins.register_commands(cli)

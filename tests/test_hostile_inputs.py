@@ -526,6 +526,20 @@ def test_train_whose_summary_meets_a_closed_pipe_keeps_its_complete_run(tmp_path
     assert "waf" in json.dumps(summary(evaluated)).lower()
 
 
+# --- a current folder that was removed ------------------------------------------------------------
+
+
+def test_a_removed_current_folder_is_one_line_and_exit_2(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    process = subprocess.run([sys.executable, "-c", "import os, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+                              "from mercli.cli import main; sys.argv = ['mer', 'plugins', '--json']; main()", str(gone)],
+                             capture_output=True, text=True, timeout=120, env=mer_environment())
+    line = "error: the current folder no longer exists (removed while the shell was in it); cd to one that does"
+    assert process.returncode == 2 and process.stderr == line + "\n", process.stderr
+    error_document(process.stdout, line, 2)
+
+
 # --- a file name that is not UTF-8 --------------------------------------------------------------
 
 
