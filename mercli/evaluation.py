@@ -38,15 +38,14 @@ import numpy as np
 from mercli.atomic import write_bytes, write_json, write_text
 from mercli.calibration import ECE_BINS, calibrated, expected_calibration_error, reliability
 from mercli.config import Config
-from mercli.errors import DataError
+from mercli.errors import DataError, UsageError
 from mercli.labels import read_labels
 from mercli.pseudolabels import lineage_clips, optimism_note
 from mercli.plots import confusion_png
 from mercli.runs import TrainedFold, TrainedRun, load_run, resolve_run
-from mercli.splits import SPLIT_NAMES
 from mercli.train import predict_logits, scores
 from mercli.trainset import TrainingTable, build_table, check_expected_inputs, refuse_label_leaks
-from mercli.vocabulary import pick_device
+from mercli.vocabulary import pick_device, split_named
 from mercli.workspace import Workspace
 
 #: The single-number figures, in the order tables show them.
@@ -221,10 +220,6 @@ def _validation_members(config: Config, workspace: Workspace, runs: Sequence[Tra
     return members
 
 
-def _split_name(name: str | None) -> str | None:
-    return None if name is None else SPLIT_NAMES.get(name.lower(), name.lower())
-
-
 def _seen_clips(runs: Sequence[TrainedRun]) -> set[str]:
     """Every clip the runs, or the teachers of their pseudo-labels, were trained or selected on."""
     seen: set[str] = set()
@@ -249,8 +244,8 @@ def _labels_members(config: Config, workspace: Workspace, runs: Sequence[Trained
     if split is None:
         wanted = "test" if any(s is not None for s in table.splits) else None
     else:
-        wanted = None if split.lower() == "all" else _split_name(split)
-    chosen = [i for i, s in enumerate(table.splits) if wanted is None or _split_name(s) == wanted]
+        wanted = None if split == "all" else split
+    chosen = [i for i, s in enumerate(table.splits) if wanted is None or s == wanted]
     rows = f"split {wanted}" if wanted else "all rows"
     if not chosen:
         raise DataError(f"{labels}: no labelled clips with features to evaluate ({rows})")
@@ -264,7 +259,7 @@ def _labels_members(config: Config, workspace: Workspace, runs: Sequence[Trained
     refuse_label_leaks(table, chosen, "evaluated")
     lacking = set(table.excluded)
     excluded = [clip.clip_id for clip in read_labels(labels, _with_classes(config, runs[0]))
-                if clip.clip_id in lacking and (wanted is None or _split_name(clip.split) == wanted)]
+                if clip.clip_id in lacking and (wanted is None or clip.split == wanted)]
     members = [_predict(run, fold, table, chosen, config.train.device) for run in runs for fold in run.folds]
     return members, excluded, f"{labels} ({rows})"
 
@@ -291,12 +286,25 @@ def output_folder(runs: Sequence[Path], out: Path | None) -> Path:
 RobustnessCheck = Callable[["Evaluation", Callable[[TableChange], "Evaluation"]], dict[str, Any]]
 
 
+def _split_option(spelling: str) -> str:
+    """``--split``: a split as :func:`~mercli.vocabulary.split_named` reads it, or ``all``."""
+    if spelling.strip().lower() == "all":
+        return "all"
+    try:
+        return split_named(spelling)
+    except ValueError as problem:
+        raise UsageError(f"--split: {problem} or all") from None
+
+
 def evaluate(config: Config, workspace: Workspace, checkpoints: Sequence[str] = (), *, labels: Path | None = None,
              split: str | None = None, allow_train_clips: bool = False, out: Path | None = None,
              robustness: RobustnessCheck | None = None) -> Evaluation:
     """Evaluate the runs named by ``checkpoints`` (default: the newest run) and write
     metrics.json, predictions.csv and confusion.png to ``out`` (default ``RUN/eval``); with
-    ``robustness``, also how the figures fall under its corruptions."""
+    ``robustness``, also how the figures fall under its corruptions. ``split`` (with ``labels``):
+    a split in any spelling a labels file may use, or ``all``; default test where the labels give
+    splits."""
+    split = None if split is None else _split_option(split)
     named = [resolve_run(workspace, c) for c in checkpoints] or [resolve_run(workspace, None)]
     paths = list({path.resolve(): path for path in named}.values())  # a run named twice counts once
     folder = output_folder(paths, out)

@@ -21,6 +21,7 @@ from mercli.clips import discover, resolve_clip, validate_clip_id
 from mercli.config import Config
 from mercli.contracts import Dataset, LabelRecord
 from mercli.errors import DataError
+from mercli.vocabulary import split_named
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ def read_labels(source: Path, config: Config) -> list[LabelledClip]:
     labelled = []
     for record in reader.read(source):
         validate_clip_id(record.clip_id, str(source))
+        try:
+            split = split_named(record.split) if record.split else None
+        except ValueError as problem:
+            raise DataError(f"{source}: clip '{record.clip_id}': {problem}") from None
         if record.clip_id in seen:
             raise DataError(f"{source}: clip '{record.clip_id}' is listed more than once")
         seen.add(record.clip_id)
@@ -120,7 +125,7 @@ def read_labels(source: Path, config: Config) -> list[LabelledClip]:
             label=map_label(record.label, maps, classes),
             raw_label=record.label,
             speaker=record.speaker,
-            split=record.split,
+            split=split,
             transcript=record.transcript,
             path=path,
         ))

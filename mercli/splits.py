@@ -15,7 +15,6 @@ import numpy as np
 from mercli.errors import DataError
 from mercli.trainset import TrainingTable
 
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 GROUP_COLUMNS = ("speaker",)
 
 
@@ -24,16 +23,6 @@ class Split:
     fold: int
     train: np.ndarray
     val: np.ndarray
-
-
-def _splits_of(table: TrainingTable) -> list[str]:
-    """Each clip's split, spelt train / val / test; a clip without one is a training clip."""
-    named = []
-    for clip_id, split in zip(table.clip_ids, table.splits):
-        if split is not None and split not in SPLIT_NAMES:
-            raise DataError(f"clip {clip_id}: split '{split}' is not one of train, val, test")
-        named.append(SPLIT_NAMES.get(split or "train"))
-    return named
 
 
 def _groups_of(table: TrainingTable, column: str, indices: np.ndarray) -> np.ndarray:
@@ -52,7 +41,7 @@ def _shuffled_groups(groups: np.ndarray, rng: np.random.Generator) -> list[str]:
 
 def plan_splits(table: TrainingTable, *, seed: int, folds: int | None = None, group_column: str | None = None,
                 val_fraction: float = 0.2) -> list[Split]:
-    named = np.array(_splits_of(table))
+    named = np.array([split or "train" for split in table.splits])  # no split: a training clip
     pool = np.flatnonzero(named != "test")
     rng = np.random.default_rng(seed)
     if folds is not None:

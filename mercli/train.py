@@ -42,7 +42,7 @@ from mercli.labels import read_labels
 from mercli.plots import Curve, curves_png
 from mercli.runs import RunFiles, check_writable, recorded_manifests, weights_name, write_run
 from mercli.settings import TrainSettings
-from mercli.splits import SPLIT_NAMES, Split, plan_splits
+from mercli.splits import Split, plan_splits
 from mercli.trainset import (TableTensors, TrainingTable, build_table, check_expected_inputs, clip_table,
                              feature_statistics, refuse_label_leaks)
 from mercli.vocabulary import pick_device
@@ -302,7 +302,7 @@ def with_pseudo_labels(config: Config, table: TrainingTable, splits: list[Split]
     pseudo = pseudolabels.read_pseudo_labels(pseudo_path, config)
     listed = read_labels(labels, config)
     pseudolabels.refuse_labelled(pseudo, [c.clip_id for c in listed], labels)
-    test = [c.clip_id for c in listed if c.split and SPLIT_NAMES.get(c.split.lower()) == "test"]
+    test = [c.clip_id for c in listed if c.split == "test"]
     seen = pseudolabels.refuse_test_leaks(pseudo, test)
     weight = config.pseudolabel.weight
     index = {c: i for i, c in enumerate(table.classes)}

@@ -32,6 +32,21 @@ TRACE_MODALITIES: dict[str, Modality] = {"visual": "visual", "acoustic": "audio"
 #: whose prior is offered to every stream.
 TRACE_PARTS: dict[str, str] = {**TRACE_MODALITIES, "overall": UNKNOWN_MODALITY}
 
+#: How a labels file may name a clip's split (in any case), and the split each name means. Test
+#: clips are never trained on nor used for selection; a clip without a split is a training clip.
+SPLIT_SPELLINGS: dict[str, str] = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val",
+                                   "test": "test"}
+
+
+def split_named(spelling: str) -> str:
+    """The split (``train``, ``val`` or ``test``) that ``spelling`` names; a :class:`ValueError`
+    that lists the choices for any other word."""
+    try:
+        return SPLIT_SPELLINGS[spelling.strip().lower()]
+    except KeyError:
+        raise ValueError(f"split {spelling!r} is not one of {', '.join(SPLIT_SPELLINGS)}") from None
+
+
 PRIOR_PREFIX = "prior-"
 SCORES_PRIOR = "scores"
 

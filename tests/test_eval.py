@@ -360,7 +360,9 @@ def test_a_bad_checkpoint_is_one_line_and_exit_2(space, tmp_path, damage, messag
     ("clip000,sad,spk0,test\n", (), r"labels outside the classes \(neutral, angry, happy\): sad \(1\)"),
     ("clip001,angry,spk0,train\nclip002,happy,spk0,val\n", (),
      r"no labelled clips with features to evaluate \(split test\)"),
-    ("clip000,neutral,spk0,test\nclip001,angry,spk0,train\n", ("--split", "nonsense"), r"\(split nonsense\)"),
+    ("clip000,neutral,spk0,test\nclip001,angry,spk0,train\n", ("--split", "dev"), r"\(split val\)"),
+    ("clip000,neutral,spk0,Test\nclip001,angry,spk0,bogus\n", (), r"labels.csv: clip 'clip001': split 'bogus' is not "
+                                                                 r"one of train, val, valid, validation, dev, test"),
 ])
 def test_bad_labels_are_one_line_and_exit_2(space, tmp_path, rows, args, message):
     workspace, _labels = space
@@ -370,6 +372,14 @@ def test_bad_labels_are_one_line_and_exit_2(space, tmp_path, rows, args, message
     assert outcome.exit_code == 2, outcome.output
     assert len(outcome.stderr.strip().splitlines()) == 1
     assert re.search(message, outcome.stderr), outcome.stderr
+
+
+def test_a_split_option_that_names_no_split_is_a_usage_error(space, tmp_path):
+    workspace, labels = space
+    outcome = mer(workspace, "--checkpoint", "cv", "--labels", str(labels), "--split", "nonsense")
+    assert outcome.exit_code == 2, outcome.output
+    assert outcome.stderr.strip().endswith("Error: --split: split 'nonsense' is not one of train, val, valid, "
+                                           "validation, dev, test or all"), outcome.stderr
 
 
 def test_options_that_need_labels_are_refused_without(space):

@@ -184,6 +184,14 @@ def test_a_clip_listed_twice_names_the_file_and_the_id(tmp_path):
         read_labels(source, settings())
 
 
+def test_splits_are_read_in_any_case_and_spelling_and_checked_naming_the_clip(tmp_path):
+    source = write(tmp_path / "l.csv", "name,discrete,split\na,happy,Test\nb,sad,VALID\nc,sad,\nd,happy, dev \n")
+    assert [c.split for c in read_labels(source, settings())] == ["test", "val", None, "val"]
+    write(source, "name,discrete,split\na,happy,train\nb,sad,tra\x00in\n")
+    with pytest.raises(DataError, match=r"l.csv: clip 'b': split 'tra\\x00in' is not one of train, val, valid"):
+        read_labels(source, settings())
+
+
 class Returns(Dataset):
     """A third-party reader that returns whatever it was given."""
 

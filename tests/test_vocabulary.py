@@ -7,7 +7,7 @@ import torch
 
 from mercli.errors import ConfigError
 from mercli.vocabulary import (MODALITIES, TRACE_MODALITIES, TRACE_PARTS, UNKNOWN_MODALITY, is_prior, one_line,
-                               pick_device, prior_set_encoder)
+                               pick_device, prior_set_encoder, split_named)
 
 
 def test_one_line_folds_white_space_and_cuts_to_the_limit():
@@ -31,3 +31,10 @@ def test_every_trace_part_feeds_a_stream_and_priors_are_named_after_it():
     assert TRACE_PARTS["overall"] == UNKNOWN_MODALITY
     assert prior_set_encoder("acoustic") == "prior-acoustic" and is_prior("prior-acoustic")
     assert not is_prior("whisper")
+
+
+def test_a_split_is_named_in_any_case_and_any_other_word_lists_the_choices():
+    assert [split_named(w) for w in ("train", "Val", "VALIDATION", "dev", " test ")] == ["train", "val", "val", "val",
+                                                                                         "test"]
+    with pytest.raises(ValueError, match="^split 'holdout' is not one of train, val, valid, validation, dev, test$"):
+        split_named("holdout")
