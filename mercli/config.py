@@ -193,9 +193,10 @@ def load(
     the environment and ``overrides`` (``{"extract.fps": 4}``, from the command line; a
     :class:`Text` value is parsed according to its setting's type)."""
     environ = os.environ if environ is None else environ
+    if path is not None and path.exists() and not path.is_file():  # a folder or a pipe is no mer.toml
+        raise ConfigError(f"{path}: not a regular file")
     if required and (path is None or not path.is_file()):
-        raise ConfigError(f"{path}: " + ("not a regular file" if path is not None and path.exists()
-                                         else "no such configuration file"))
+        raise ConfigError(f"{path}: no such configuration file")
     tables: dict[str, dict[str, Setting]] = {
         table: {o.name: Setting(o.default, "default") for o in options}
         for table, options in CORE_SECTIONS.items()

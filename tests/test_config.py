@@ -182,6 +182,12 @@ def test_a_file_named_explicitly_must_exist(tmp_path):
         config.load(Path(os.devnull), environ={}, required=True)
 
 
+def test_a_workspace_configuration_that_is_no_file_is_named(tmp_path):
+    (tmp_path / "mer.toml").mkdir()
+    with pytest.raises(ConfigError, match="mer.toml: not a regular file$"):
+        config.load(tmp_path / "mer.toml", environ={})
+
+
 # --- plug-in tables -----------------------------------------------------------------------------
 
 
