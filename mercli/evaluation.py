@@ -27,6 +27,7 @@ corruption, and ``metrics.json`` holds the figures under ``robustness``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import statistics
 from dataclasses import dataclass, field
@@ -153,7 +154,8 @@ class Evaluation:
                 "clips": len(self.clip_ids), "excluded": self.excluded, "folds": self.member_figures,
                 "mean": mean, "std": std, "notes": self.notes, "reliability": self.reliability(), "out": str(self.out),
                 "labels_file": None if self.labels_file is None else str(self.labels_file),
-                **({} if self.robustness is None else {"robustness": self.robustness})}
+                **({} if self.robustness is None else {"robustness": self.robustness}),
+                PREDICTIONS_DIGEST: predictions_digest(predictions_csv(self).encode("utf-8"))}
 
 
 # --- which runs -------------------------------------------------------------------------------
@@ -361,12 +363,23 @@ def predictions_csv(evaluation: Evaluation) -> str:
     return _csv(rows)
 
 
+#: The key of metrics.json that names, by its SHA-256, the predictions.csv written with it.
+PREDICTIONS_DIGEST = "predictions_sha256"
+
+
+def predictions_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_outputs(evaluation: Evaluation) -> None:
+    """metrics.json, predictions.csv and confusion.png; metrics.json last, naming the predictions
+    it goes with, so that an evaluation stopped between two files (Ctrl-C, a full disk) is not
+    read as one (``mer report`` checks)."""
     folder = evaluation.out
-    write_json(folder / "metrics.json", evaluation.to_json())
-    write_text(folder / "predictions.csv", predictions_csv(evaluation))
+    write_bytes(folder / "predictions.csv", predictions_csv(evaluation).encode("utf-8"))
     title = f"WAF {evaluation.figures['waf']:.3f} ({len(evaluation.clip_ids)} predictions)"
     write_bytes(folder / "confusion.png", confusion_png(evaluation.figures["confusion"], evaluation.classes, title))
+    write_json(folder / "metrics.json", evaluation.to_json())
 
 
 def write_submission(path: Path, evaluation: Evaluation) -> None:

@@ -42,6 +42,7 @@ from mercli.atomic import read_json, write_text
 from mercli.clips import scan
 from mercli.config import Config
 from mercli.errors import DataError
+from mercli.evaluation import PREDICTIONS_DIGEST, predictions_digest
 from mercli.plots import (ROBUSTNESS_FIGURES, Curve, confusion_png, curves_png, level_label, per_class_png,
                           reliability_png, robustness_png)
 from mercli.runs import CONFIG, HISTORY, METRICS, resolve_run
@@ -199,6 +200,22 @@ def _read_predictions(path: Path, classes: Sequence[str]) -> list[Prediction]:
     return predictions
 
 
+def _check_predictions_belong(evaluation: dict[str, Any], folder: Path) -> None:
+    """The predictions.csv beside an evaluation's metrics.json must be the one written with it (an
+    evaluation stopped between its files leaves the other one's); metrics.json from before the
+    record was kept are taken as they are."""
+    recorded = evaluation.get(PREDICTIONS_DIGEST)
+    if recorded is None:
+        return
+    try:
+        found = predictions_digest((folder / "predictions.csv").read_bytes())
+    except OSError:
+        found = None
+    if found != recorded:
+        raise DataError(f"{folder / 'predictions.csv'}: missing, or not the predictions of {folder / METRICS} (an "
+                        "evaluation stopped midway?); run `mer eval` again")
+
+
 def load_run_data(workspace: Workspace, reference: str) -> RunData:
     """The run named by ``reference`` (a name under runs/ or a folder); a path that is not a run
     is a DataError naming it."""
@@ -217,6 +234,7 @@ def load_run_data(workspace: Workspace, reference: str) -> RunData:
     if (path / "eval" / METRICS).is_file():
         evaluation = read_json(path / "eval" / METRICS)
         _check_evaluation(evaluation, path / "eval" / METRICS, config["classes"])
+        _check_predictions_belong(evaluation, path / "eval")
     predictions = _read_predictions(path / "eval" / "predictions.csv", config["classes"])
     return RunData(path.name, path, config, trained, history.get("folds", []), evaluation, predictions)
 

@@ -5,6 +5,7 @@ against scikit-learn computed here from the written predictions."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from mercli.cli import cli
 from mercli.contracts import Features
 from mercli.errors import DataError
 from mercli.features import FeatureSet
+from mercli import evaluation
 from mercli.evaluation import evaluate, metrics
 from mercli.runs import load_model, load_run, resolve_run
 from mercli.train import predict_logits, train
@@ -380,6 +382,27 @@ def test_a_split_option_that_names_no_split_is_a_usage_error(space, tmp_path):
     assert outcome.exit_code == 2, outcome.output
     assert outcome.stderr.strip().endswith("Error: --split: split 'nonsense' is not one of train, val, valid, "
                                            "validation, dev, test or all"), outcome.stderr
+
+
+def test_an_evaluation_stopped_between_its_files_is_not_read_as_one(space, tmp_path, monkeypatch):
+    workspace, labels = space
+    run = tmp_path / "copy"
+    shutil.copytree(workspace.runs / "cv", run, ignore=shutil.ignore_patterns("eval"))
+    assert mer(workspace, "--checkpoint", str(run)).exit_code == 0
+    written = json.loads((run / "eval" / "metrics.json").read_text())
+    assert written["predictions_sha256"] == hashlib.sha256((run / "eval" / "predictions.csv").read_bytes()).hexdigest()
+
+    def stopped(path, document):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "write_json", stopped)  # Ctrl-C once predictions.csv is written
+    assert mer(workspace, "--checkpoint", str(run), "--labels", str(labels), "--split", "all",
+               "--allow-train-clips").exit_code == 130
+    monkeypatch.undo()
+    report = CliRunner().invoke(cli, ["-w", str(workspace.root), "report", str(run), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 2, report.output
+    assert "predictions.csv: missing, or not the predictions of" in report.stderr
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_options_that_need_labels_are_refused_without(space):

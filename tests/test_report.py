@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from mercli.cli import cli
-from mercli.evaluation import evaluate
+from mercli.evaluation import evaluate, predictions_digest
 from mercli.report_html import FIGURES, THUMBNAIL_SIDE, write_report
 from mercli.train import train
 from mercli.traces import TraceSource, TraceStore
@@ -300,9 +300,14 @@ def broken_robustness(level: dict) -> dict:
      "eval/metrics.json: mean.uar: 'x' is not a number"),
     (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: edit_evaluation(run, lambda d: d["reliability"]["after"][0].pop(
         "accuracy")))), "eval/metrics.json: reliability.after[0].accuracy: None is not a number"),
-    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "eval" / "predictions.csv").write_text(
-        "clip,label,predicted,p_neutral,p_angry,p_happy\nx,sad,happy,0.1,0.2,0.7\n"))),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: replace_predictions(
+        run, "clip,label,predicted,p_neutral,p_angry,p_happy\nx,sad,happy,0.1,0.2,0.7\n"))),
      "predictions.csv: clip x has a label or prediction outside the run's classes"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "eval" / "predictions.csv").write_text(
+        (run / "eval" / "predictions.csv").read_text().replace("0.", "1.", 1)))),
+     "eval/predictions.csv: missing, or not the predictions of"),
+    (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "eval" / "predictions.csv").unlink())),
+     "eval/predictions.csv: missing, or not the predictions of"),
     (lambda ws, tmp: str(copy_run(ws, tmp, lambda run: (run / "metrics.json").write_text("[]"))),
      "copy/metrics.json: not what `mer train` writes"),
 ])
@@ -323,6 +328,12 @@ def edit_evaluation(run: Path, change) -> None:
     document = json.loads(path.read_text())
     change(document)
     path.write_text(json.dumps(document))
+
+
+def replace_predictions(run: Path, text: str) -> None:
+    """Write predictions.csv and record it in metrics.json, as a whole evaluation would."""
+    (run / "eval" / "predictions.csv").write_text(text)
+    edit_evaluation(run, lambda d: d.update(predictions_sha256=predictions_digest(text.encode())))
 
 
 def test_an_evaluation_without_reliability_bins_says_how_to_get_them(space, tmp_path):
