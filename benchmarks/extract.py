@@ -428,8 +428,8 @@ def chain_in_groups(encoder, clips: list[Clip], size: int, config: configuration
     encoding and the encoders' waits for decoded groups timed apart."""
     import torch
 
-    chain = ClipEncoder([encoder], {encoder.name: manifest_for(encoder, config, None)}, config.extract.fps,
-                        config.extract.sample_rate, transcript=lambda clip: None, transcriber=None)
+    chain = ClipEncoder([encoder], {encoder.name: manifest_for(encoder, config, None)}, config.extract,
+                        transcript=lambda clip: None, transcriber=None)
     spent: dict[str, list[float]] = defaultdict(list)
 
     def timed(step: str, action):

@@ -20,6 +20,7 @@ from mercli.clips import Clip
 from mercli.contracts import DecodedClip, Encoder, Features
 from mercli.errors import MerError, UnwritableError
 from mercli.features import Manifest, stored_form
+from mercli.settings import ExtractSettings
 from mercli.vocabulary import one_line
 
 #: How a text encoder's clip gets its words: from a labels file, a transcript store or a recogniser
@@ -59,13 +60,12 @@ class ClipEncoder:
     ``interrupted`` says whether Ctrl-C was noticed, for the moment an error may be an interrupt
     that a library turned into an ordinary error (see :func:`mercli.workers.noticing_ctrl_c`)."""
 
-    def __init__(self, encoders: list[Encoder], manifests: dict[str, Manifest], fps: float, sample_rate: int,
+    def __init__(self, encoders: list[Encoder], manifests: dict[str, Manifest], decoding: ExtractSettings,
                  transcript: TranscriptSource, transcriber: str | None,
                  interrupted: Callable[[], bool] = never) -> None:
         self.encoders = encoders
         self.manifests = manifests
-        self.fps = fps
-        self.sample_rate = sample_rate
+        self.decoding = decoding
         self.transcript = transcript
         self.transcriber = transcriber
         self.interrupted = interrupted
@@ -89,8 +89,9 @@ class ClipEncoder:
         import mercli.media as media
 
         modalities = {e.modality for e in self._pending(only)}
-        return media.decode(clip.path, clip.clip_id, fps=self.fps, sample_rate=self.sample_rate,
-                            video="visual" in modalities, audio=bool(modalities & {"audio", "text"}))
+        return media.decode(clip.path, clip.clip_id, fps=self.decoding.fps, sample_rate=self.decoding.sample_rate,
+                            video="visual" in modalities, audio=bool(modalities & {"audio", "text"}),
+                            max_seconds=self.decoding.max_seconds or None)
 
     def encode_decoded(self, group: Sequence[tuple[DecodedClip, Collection[str] | None]]) -> list[EncodedClip]:
         """Features of decoded clips, each from the encoders it needs: the transcripts first, then

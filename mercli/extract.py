@@ -169,8 +169,7 @@ class ClipExtractor:
         self.failures = FailureLog(job.features_root)
         encoders = select_encoders(job.config, list(job.manifests))
         self.modalities = {e.name: e.modality for e in encoders}
-        self.encode = ClipEncoder(encoders, job.manifests, job.config.extract.fps,
-                                  job.config.extract.sample_rate, self._transcript, job.transcriber,
+        self.encode = ClipEncoder(encoders, job.manifests, job.config.extract, self._transcript, job.transcriber,
                                   interrupted)
 
     def __call__(self, group: list[Clip]) -> list[ClipOutcome]:

@@ -125,8 +125,11 @@ def decode(
     video: bool = True,
     audio: bool = True,
     max_side: int = DEFAULT_MAX_SIDE,
+    max_seconds: float | None = None,
 ) -> DecodedClip:
-    """Decode ``path`` into sampled frames and a mono audio track (see the module notes)."""
+    """Decode ``path`` into sampled frames and a mono audio track (see the module notes); a clip
+    longer than ``max_seconds`` is refused, by its header or, where that says nothing or lies, as
+    soon as the decoding passes the limit."""
     # An infinite fps gives the frame sampler a step of 0, and its loop would never end.
     if not (math.isfinite(fps) and fps > 0) or sample_rate <= 0 or max_side <= 0:
         raise ValueError(f"fps, sample_rate and max_side must be finite and positive, got {fps!r}, {sample_rate!r}, "
@@ -137,10 +140,15 @@ def decode(
         audio_stream = container.streams.audio[0] if container.streams.audio else None
         if video_stream is None and audio_stream is None:
             raise _cannot_decode(path, "no audio or video stream")
+        if max_seconds is not None and (declared := _declared_duration(container)) > max_seconds:
+            raise _too_long(path, max_seconds, declared)
         origin = (container.start_time or 0) / av.time_base
         sampler = _FrameSampler(video_stream, fps, origin, max_side) if video and video_stream else None
         collector = _AudioCollector(audio_stream, sample_rate, origin) if audio and audio_stream else None
-        problems = _demux_and_decode(container, [c for c in (sampler, collector) if c is not None])
+        try:
+            problems = _demux_and_decode(container, [c for c in (sampler, collector) if c is not None], max_seconds)
+        except _PastLimit:
+            raise _too_long(path, max_seconds) from None
 
         clip = DecodedClip(clip_id=clip_id, path=path, duration=_declared_duration(container),
                            sample_rate=sample_rate)
@@ -209,6 +217,16 @@ def _cannot_decode(path: Path, reason: str) -> DataError:
     return DataError(f"{path}: cannot decode: {reason}")
 
 
+class _PastLimit(Exception):
+    """The decoding passed the clip length it may hold in memory."""
+
+
+def _too_long(path: Path, limit: float, seconds: float | None = None) -> DataError:
+    length = f" ({seconds:.0f} s)" if seconds else ""
+    return DataError(f"{path}: longer{length} than extract.max_seconds = {limit:g} s allows (its frames and samples "
+                     "are held in memory); raise the setting, or set 0 for no limit")
+
+
 def _short_reason(error: BaseException) -> str:
     """FFmpeg errors carry the file name, an errno and sometimes log lines: keep the gist."""
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
@@ -234,12 +252,14 @@ def _declared_duration(container: "av.container.InputContainer") -> float:
     return max(durations, default=0.0)
 
 
-def _demux_and_decode(container, consumers: list["_FrameSampler | _AudioCollector"]) -> list[str]:
+def _demux_and_decode(container, consumers: list["_FrameSampler | _AudioCollector"],
+                      limit: float | None = None) -> list[str]:
     """One pass over the packets of the streams the consumers read; returns what went wrong.
 
     A packet that fails to decode is skipped; a read error ends the pass (what came before it is
     kept). PyAV raises IndexError when a damaged FLV declares a new stream mid-file: that ends
-    the pass too.
+    the pass too. A frame past ``limit`` seconds, by its timestamp (a gap is filled up to it) or
+    by the timeline so far (frames without one), raises :class:`_PastLimit`.
     """
     if not consumers:
         return []
@@ -261,6 +281,8 @@ def _demux_and_decode(container, consumers: list["_FrameSampler | _AudioCollecto
         consumer = by_index[packet.stream.index]
         try:
             for frame in packet.decode():
+                if limit is not None and max(consumer.seconds, (frame.time or 0.0) - consumer.origin) > limit:
+                    raise _PastLimit
                 consumer.add(frame)
         except av.error.FFmpegError:
             failed += 1
@@ -341,6 +363,11 @@ class _FrameSampler:
         self.end_time = max(self.end_time, time + (length or self.frame_interval))
 
     @property
+    def seconds(self) -> float:
+        """How far along the clip's timeline the frames so far reach."""
+        return self.end_time
+
+    @property
     def repaired(self) -> str | None:
         """Why this stream's timeline is a guess, if it is."""
         if not self.untimed:
@@ -352,7 +379,12 @@ class _FrameSampler:
         self.previous = None
         if not self.images:
             return None, None
-        return np.stack(self.images), np.asarray(self.times, dtype=np.float64)
+        frames = np.empty((len(self.images), *self.images[0].shape), dtype=self.images[0].dtype)
+        for number, image in enumerate(self.images):
+            frames[number] = image
+            self.images[number] = None  # freed as it is copied: the peak holds the frames once, not twice
+        self.images = []
+        return frames, np.asarray(self.times, dtype=np.float64)
 
     def _time(self, frame) -> float:
         # A time base of zero (PyAV's ``time_base`` is then None) makes every time 0 or NaN.
@@ -420,6 +452,11 @@ class _AudioCollector:
             self.problem = f"cannot mix {frame.layout.name} down to mono"
             raise
         self.position += frame.samples / frame.sample_rate
+
+    @property
+    def seconds(self) -> float:
+        """How far along the clip's timeline the samples so far reach."""
+        return self.position
 
     def finish(self) -> np.ndarray:
         self._flush()

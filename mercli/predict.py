@@ -132,8 +132,8 @@ class Predictor:
         def transcript(clip: DecodedClip) -> str | None:
             return None if transcriber is None or "audio" in clip.absent else transcriber.transcribe(clip)
 
-        return ClipEncoder(setup.encoders, setup.manifests, self.config.extract.fps,
-                           self.config.extract.sample_rate, transcript, transcriber and transcriber.name)
+        return ClipEncoder(setup.encoders, setup.manifests, self.config.extract, transcript,
+                           transcriber and transcriber.name)
 
     def predict_all(self, paths: Iterable[Path]) -> Iterator[Prediction]:
         """A prediction (or the reason there is none) for every clip under ``paths``, in order."""

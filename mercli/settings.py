@@ -141,6 +141,9 @@ class ExtractSettings(Settings):
                            "are fewer.", NON_NEGATIVE)
     batch_size: int = setting(1, "Clips per group: each encoder takes a group at once (encode_batch) while the next "
                               "group is decoded; GPU encoders (hf-audio, hf-vision) want more, e.g. 16.", AT_LEAST_ONE)
+    max_seconds: float = setting(300.0, "Longest clip decoded, in seconds (0: no limit); a longer one fails on its own "
+                                 "instead of filling a worker's memory with its frames (5 minutes at 2 fps and "
+                                 "1280x720 are 1.7 GB).", NON_NEGATIVE)
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,17 @@ def test_first_run_stores_results_absences_and_failures(test_encoders, clips_dir
     assert failures == ["b_boom", "e_empty", "f_text"]
 
 
+def test_a_clip_longer_than_max_seconds_fails_alone_and_0_lifts_the_limit(test_encoders, tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    write_clip(folder / "short.mp4", seconds=1.0)
+    write_clip(folder / "long.mp4", seconds=3.0)
+    limited = run_extract(Workspace(tmp_path / "ws"), folder, **{"extract.max_seconds": 2.0})
+    assert limited.done == 1 and [f["clip"] for f in limited.failed] == ["long"]
+    assert "longer (3 s) than extract.max_seconds = 2 s allows" in limited.failed[0]["reason"]
+    assert run_extract(Workspace(tmp_path / "ws"), folder, **{"extract.max_seconds": 0.0}).done == 1  # the long one
+
+
 def test_output_the_store_refuses_fails_only_its_encoder(test_encoders, clips_dir, tmp_path):
     workspace = Workspace(tmp_path / "ws")
     summary = run_extract(workspace, clips_dir, **{"extract.encoders": ["test-nan", "test-colour", "test-loudness"]})
