@@ -9,10 +9,14 @@ encoder that fails on it, is recorded as a failure and the batch goes on; a moda
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +32,7 @@ from mercli.errors import ConfigError, writing
 from mercli.failures import FailureLog
 from mercli.features import FeatureSet, Manifest
 from mercli.transcripts import TranscriptStore
-from mercli.workers import noticing_ctrl_c, run_in_workers, stopping
+from mercli.workers import WorkerDied, noticing_ctrl_c, run_in_workers, stopping
 from mercli.workspace import Workspace
 
 
@@ -78,6 +82,49 @@ class ExtractJob:
     manifests: dict[str, Manifest]  # encoder name -> manifest of its feature set
     label_transcripts: dict[str, str]
     transcriber: str | None
+    in_flight: Path | None = None  # where worker processes note the clips they are extracting (InFlight)
+
+
+#: The folder under ``features/`` where the worker processes of a run note what they are extracting.
+IN_FLIGHT_FOLDER = "_inflight"
+#: Worker deaths one run survives (see :func:`in_workers`); past them something other than one clip
+#: is killing the workers (too little memory for this many, say), and the run stops.
+WORKER_DEATHS_SURVIVED = 3
+LOST_REASON = ("the worker process extracting it died (killed, out of memory, or a crash in a model library); any "
+               "clip in progress then may have caused it, and the next run tries it again")
+
+
+class InFlight:
+    """The clips each worker process of one run is extracting, a file per process: after a worker
+    dies, what it (and the others, which the pool stops with it) had in progress. Plain writes,
+    not atomic ones: a record matters only to the run that wrote it, and a torn one is skipped. A
+    note that cannot be written (a read-only or full disk) is left out: the clip's own files then
+    fail with the error that names them."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @contextlib.contextmanager
+    def holding(self, group: list[Clip]) -> Iterator[None]:
+        """Note ``group`` as in progress in this process while the block runs."""
+        record = self.folder / f"{os.getpid()}.json"
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps([[clip.clip_id, str(clip.path)] for clip in group]), encoding="utf-8")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                record.unlink(missing_ok=True)
+
+    def taken(self) -> list[tuple[str, str]]:
+        """``(clip id, path)`` of every clip noted in progress; the notes are removed."""
+        lost = []
+        for record in sorted(self.folder.glob("*.json")):
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                lost.extend((str(clip_id), str(path)) for clip_id, path in json.loads(record.read_text("utf-8")))
+            record.unlink(missing_ok=True)
+        return lost
 
 
 def select_encoders(config: Config, names: list[str] | None = None) -> list[Encoder]:
@@ -173,8 +220,10 @@ class ClipExtractor:
                                   interrupted)
 
     def __call__(self, group: list[Clip]) -> list[ClipOutcome]:
-        """One group's outcomes, decoded here and now (a worker process's item)."""
-        return next(self.outcomes([group], ahead=0))
+        """One group's outcomes, decoded here and now (a worker process's item), noted in progress
+        meanwhile."""
+        with InFlight(self.job.in_flight).holding(group) if self.job.in_flight else contextlib.nullcontext():
+            return next(self.outcomes([group], ahead=0))
 
     def outcomes(self, groups: Iterable[list[Clip]], ahead: int = 1) -> Iterator[list[ClipOutcome]]:
         """Each group's outcomes in order, with ``ahead`` groups decoded ahead in a background thread."""
@@ -275,8 +324,44 @@ def run(job: ExtractJob, clips: list[Clip], workers: int = 1) -> Iterator[ClipOu
                     raise KeyboardInterrupt
                 yield from outcomes
     elif clips:
-        for outcomes in run_in_workers(start_extractor, (job, resources.threads_per_worker(workers)), groups, workers):
-            yield from outcomes
+        yield from in_workers(job, groups, workers)
+
+
+def in_workers(job: ExtractJob, groups: list[list[Clip]], workers: int) -> Iterator[ClipOutcome]:
+    """The groups' outcomes from ``workers`` processes. A worker that dies costs the clips then in
+    progress, not the run: they are recorded as failed (the next run tries them again) and fresh
+    workers go on with the groups left, up to :data:`WORKER_DEATHS_SURVIVED` deaths."""
+    in_flight = InFlight(job.features_root / IN_FLIGHT_FOLDER / f"{os.getpid()}-{secrets.token_hex(4)}")
+    job = dataclasses.replace(job, in_flight=in_flight.folder)
+    arguments = (job, resources.threads_per_worker(workers))
+    try:
+        for deaths in itertools.count():
+            finished: set[str] = set()
+            try:
+                for outcomes in run_in_workers(start_extractor, arguments, groups, workers):
+                    finished.update(outcome.clip_id for outcome in outcomes)
+                    yield from outcomes
+                return
+            except WorkerDied:
+                lost = in_flight.taken()
+                if deaths == WORKER_DEATHS_SURVIVED or not lost:
+                    raise
+            yield from lost_outcomes(job, lost)
+            gone = finished | {clip_id for clip_id, _ in lost}
+            groups = [left for group in groups if (left := [clip for clip in group if clip.clip_id not in gone])]
+    finally:
+        shutil.rmtree(in_flight.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            in_flight.folder.parent.rmdir()  # when no other run is noting clips there
+
+
+def lost_outcomes(job: ExtractJob, lost: list[tuple[str, str]]) -> Iterator[ClipOutcome]:
+    """The clips a dead worker took with it, recorded as failed."""
+    failures = FailureLog(job.features_root)
+    for clip_id, path in lost:
+        with writing(failures.folder, midway=True):
+            failures.record(clip_id, LOST_REASON, path=path, stage="extract")
+        yield ClipOutcome(clip_id, "failed", failures=[LOST_REASON])
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Worker processes of ``mer extract`` (by default one per CPU): how many start, that finished clips
-start none, and that Ctrl-C in a terminal, ``kill -INT`` and a killed worker each end the run with
-one line, no partial file and nothing left running, and leave it to resume. Real ``mer extract``
-processes with the built-in egemaps encoder on synthetic wav clips."""
+start none, that Ctrl-C in a terminal and ``kill -INT`` each end the run with one line, no partial
+file and nothing left running, and leave it to resume, and that a killed worker costs only the
+clips in progress. Real ``mer extract`` processes with the built-in egemaps encoder (or a test
+encoder that kills its process) on synthetic wav clips."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import pytest
 from mercli import resources
 from mercli.clips import discover
 from mercli.config import load
-from mercli.extract import extract_clips
+from mercli.extract import LOST_REASON, WORKER_DEATHS_SURVIVED, extract_clips
 from mercli.workspace import Workspace
-from support.mer_process import mer_environment
+from support.mer_process import mer_environment, with_site
+from support.plugins import fake_distribution
 
 pytestmark = [
     pytest.mark.slow,  # real mer processes: run by the full suite, not the quick loop
@@ -208,17 +210,76 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(tones, tmp_path):
     assert_resumes(workspace, tones, stopped_midway=False)
 
 
-def test_a_killed_worker_ends_the_run_with_one_line_and_it_resumes(tones, tmp_path):
+def test_a_killed_worker_costs_the_clips_in_progress_not_the_run_and_they_resume(tones, tmp_path):
     workspace = tmp_path / "ws"
     process = start(extract_command(workspace, tones, "2"))
     wait_until(lambda: stored(workspace) > 0, process)
     os.kill(min(worker_pids(process.pid)), signal.SIGKILL)  # as the kernel's out-of-memory killer would
-    _, stderr = process.communicate(timeout=60)
-    lines = stderr.strip().splitlines()
-    assert process.returncode == 1, stderr
-    assert "Traceback" not in stderr and lines[-1].startswith("error: a worker process ended unexpectedly"), stderr
+    stdout, stderr = process.communicate(timeout=120)
+    summary = json.loads(stdout)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    lost = [failure["clip"] for failure in summary["failed"]]
+    assert 1 <= len(lost) <= 2 and summary["done"] == CLIPS - len(lost), summary  # the clips of both workers at most
+    assert {failure["reason"] for failure in summary["failed"]} == {LOST_REASON}
+    assert not (workspace / "features" / "_inflight").exists()
     assert_nothing_left_running(process)
     assert_resumes(workspace, tones, stopped_midway=False)
+
+
+# An encoder that kills its own process (as a crash in native code, or the out-of-memory killer, would) on
+# the clips whose names hold any word of $MER_TEST_FATAL.
+FATAL_ENCODER = """
+import os, signal
+import numpy as np
+from mercli.plugin_api import Encoder, Features, hookimpl
+
+
+class Fatal(Encoder):
+    name = "test-fatal"
+    modality = "audio"
+    level = "utterance"
+    dim = 1
+
+    def encode(self, clip):
+        if any(word in clip.clip_id for word in os.environ["MER_TEST_FATAL"].split()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return Features(np.ones(1, dtype=np.float32))
+
+
+@hookimpl
+def register_encoders(register):
+    register(Fatal)
+"""
+
+
+def fatal_run(tones: Path, tmp_path: Path, fatal: str) -> subprocess.CompletedProcess[str]:
+    site = tmp_path / "site"
+    site.mkdir()
+    fake_distribution(site, "fatal-pkg", "fatal", FATAL_ENCODER)
+    command = [sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "extract", str(tones), "--encoders",
+               "test-fatal", "--workers", "2", "--json"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=with_site(site, MER_TEST_FATAL=fatal))
+
+
+def test_a_clip_that_kills_its_worker_fails_alone_or_with_the_clip_beside_it(tones, tmp_path):
+    result = fatal_run(tones, tmp_path, "tone07 tone33")
+    summary = json.loads(result.stdout)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lost = {failure["clip"] for failure in summary["failed"]}
+    assert {"tone07", "tone33"} <= lost and len(lost) <= 4, summary  # each death: its clip and the other worker's
+    assert summary["done"] == CLIPS - len(lost)
+    assert not (tmp_path / "ws" / "features" / "_inflight").exists()
+
+
+def test_workers_that_keep_dying_stop_the_run_with_one_line(tones, tmp_path):
+    result = fatal_run(tones, tmp_path, "tone")  # every clip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: a worker process ended unexpectedly")
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["exit_code"] == 1
+    recorded = list((tmp_path / "ws" / "features" / "_failures").glob("*.json"))
+    assert len(recorded) <= 2 * WORKER_DEATHS_SURVIVED  # the clips of the deaths it survived
 
 
 def test_clips_already_stored_start_no_worker(tones, tmp_path, monkeypatch):
