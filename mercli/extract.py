@@ -15,8 +15,8 @@ import hashlib
 import itertools
 import json
 import os
-import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,11 +82,9 @@ class ExtractJob:
     manifests: dict[str, Manifest]  # encoder name -> manifest of its feature set
     label_transcripts: dict[str, str]
     transcriber: str | None
-    in_flight: Path | None = None  # where worker processes note the clips they are extracting (InFlight)
+    in_flight: Path | None = None  # where the worker processes note the clips they are extracting (InFlight)
 
 
-#: The folder under ``features/`` where the worker processes of a run note what they are extracting.
-IN_FLIGHT_FOLDER = "_inflight"
 #: Worker deaths one run survives (see :func:`in_workers`); past them something other than one clip
 #: is killing the workers (too little memory for this many, say), and the run stops.
 WORKER_DEATHS_SURVIVED = 3
@@ -95,11 +93,11 @@ LOST_REASON = ("the worker process extracting it died (killed, out of memory, or
 
 
 class InFlight:
-    """The clips each worker process of one run is extracting, a file per process: after a worker
-    dies, what it (and the others, which the pool stops with it) had in progress. Plain writes,
-    not atomic ones: a record matters only to the run that wrote it, and a torn one is skipped. A
-    note that cannot be written (a read-only or full disk) is left out: the clip's own files then
-    fail with the error that names them."""
+    """The clips each worker process of one run is extracting, a file per process in a temporary
+    folder of the run's own (the workers are on this machine): after a worker dies, what it (and
+    the others, which the pool stops with it) had in progress. Plain writes, not atomic ones: a
+    torn note is skipped, and a note that cannot be written (a full disk) is left out; its clips
+    then go back with the groups left instead of being recorded as lost."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -109,7 +107,6 @@ class InFlight:
         """Note ``group`` as in progress in this process while the block runs."""
         record = self.folder / f"{os.getpid()}.json"
         with contextlib.suppress(OSError):
-            self.folder.mkdir(parents=True, exist_ok=True)
             record.write_text(json.dumps([[clip.clip_id, str(clip.path)] for clip in group]), encoding="utf-8")
         try:
             yield
@@ -331,8 +328,11 @@ def in_workers(job: ExtractJob, groups: list[list[Clip]], workers: int) -> Itera
     """The groups' outcomes from ``workers`` processes. A worker that dies costs the clips then in
     progress, not the run: they are recorded as failed (the next run tries them again) and fresh
     workers go on with the groups left, up to :data:`WORKER_DEATHS_SURVIVED` deaths."""
-    in_flight = InFlight(job.features_root / IN_FLIGHT_FOLDER / f"{os.getpid()}-{secrets.token_hex(4)}")
-    job = dataclasses.replace(job, in_flight=in_flight.folder)
+    try:
+        folder: Path | None = Path(tempfile.mkdtemp(prefix="mer-in-flight-"))
+    except OSError:  # no temporary folder: a death then ends the run, as nothing says what it cost
+        folder = None
+    job = dataclasses.replace(job, in_flight=folder)
     arguments = (job, resources.threads_per_worker(workers))
     try:
         for deaths in itertools.count():
@@ -343,16 +343,15 @@ def in_workers(job: ExtractJob, groups: list[list[Clip]], workers: int) -> Itera
                     yield from outcomes
                 return
             except WorkerDied:
-                lost = in_flight.taken()
+                lost = InFlight(folder).taken() if folder else []
                 if deaths == WORKER_DEATHS_SURVIVED or not lost:
                     raise
             yield from lost_outcomes(job, lost)
             gone = finished | {clip_id for clip_id, _ in lost}
             groups = [left for group in groups if (left := [clip for clip in group if clip.clip_id not in gone])]
     finally:
-        shutil.rmtree(in_flight.folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            in_flight.folder.parent.rmdir()  # when no other run is noting clips there
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def lost_outcomes(job: ExtractJob, lost: list[tuple[str, str]]) -> Iterator[ClipOutcome]:

@@ -58,10 +58,10 @@ def extract_command(workspace: Path, folder: Path, workers: str, *options: str) 
             "--encoders", "egemaps", "--workers", workers, *options, "--json"]
 
 
-def start(command: list[str]) -> subprocess.Popen[str]:
+def start(command: list[str], **environment: str) -> subprocess.Popen[str]:
     """In a session of its own, as a shell starts a job: Ctrl-C reaches its whole process group."""
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=mer_environment(), start_new_session=True)
+                            env=mer_environment(**environment), start_new_session=True)
 
 
 def worker_pids(parent: int) -> set[int]:
@@ -211,8 +211,9 @@ def test_ctrl_c_while_the_workers_start_prints_no_traceback(tones, tmp_path):
 
 
 def test_a_killed_worker_costs_the_clips_in_progress_not_the_run_and_they_resume(tones, tmp_path):
-    workspace = tmp_path / "ws"
-    process = start(extract_command(workspace, tones, "2"))
+    workspace, temporary = tmp_path / "ws", tmp_path / "tmp"
+    temporary.mkdir()
+    process = start(extract_command(workspace, tones, "2"), TMPDIR=str(temporary))
     wait_until(lambda: stored(workspace) > 0, process)
     os.kill(min(worker_pids(process.pid)), signal.SIGKILL)  # as the kernel's out-of-memory killer would
     stdout, stderr = process.communicate(timeout=120)
@@ -221,7 +222,7 @@ def test_a_killed_worker_costs_the_clips_in_progress_not_the_run_and_they_resume
     lost = [failure["clip"] for failure in summary["failed"]]
     assert 1 <= len(lost) <= 2 and summary["done"] == CLIPS - len(lost), summary  # the clips of both workers at most
     assert {failure["reason"] for failure in summary["failed"]} == {LOST_REASON}
-    assert not (workspace / "features" / "_inflight").exists()
+    assert not list(temporary.iterdir())  # the run's notes of clips in progress are gone
     assert_nothing_left_running(process)
     assert_resumes(workspace, tones, stopped_midway=False)
 
@@ -258,8 +259,9 @@ def fatal_run(tones: Path, tmp_path: Path, fatal: str) -> subprocess.CompletedPr
     fake_distribution(site, "fatal-pkg", "fatal", FATAL_ENCODER)
     command = [sys.executable, "-m", "mercli", "-w", str(tmp_path / "ws"), "extract", str(tones), "--encoders",
                "test-fatal", "--workers", "2", "--json"]
+    (tmp_path / "tmp").mkdir()
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env=with_site(site, MER_TEST_FATAL=fatal))
+                          env=with_site(site, MER_TEST_FATAL=fatal, TMPDIR=str(tmp_path / "tmp")))
 
 
 def test_a_clip_that_kills_its_worker_fails_alone_or_with_the_clip_beside_it(tones, tmp_path):
@@ -269,7 +271,7 @@ def test_a_clip_that_kills_its_worker_fails_alone_or_with_the_clip_beside_it(ton
     lost = {failure["clip"] for failure in summary["failed"]}
     assert {"tone07", "tone33"} <= lost and len(lost) <= 4, summary  # each death: its clip and the other worker's
     assert summary["done"] == CLIPS - len(lost)
-    assert not (tmp_path / "ws" / "features" / "_inflight").exists()
+    assert not list((tmp_path / "tmp").iterdir())
 
 
 def test_workers_that_keep_dying_stop_the_run_with_one_line(tones, tmp_path):
@@ -280,6 +282,17 @@ def test_workers_that_keep_dying_stop_the_run_with_one_line(tones, tmp_path):
     assert json.loads(result.stdout)["exit_code"] == 1
     recorded = list((tmp_path / "ws" / "features" / "_failures").glob("*.json"))
     assert len(recorded) <= 2 * WORKER_DEATHS_SURVIVED  # the clips of the deaths it survived
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_workers_run_without_a_temporary_folder_for_their_notes(tones, tmp_path, monkeypatch):
+    def no_temporary_folder(**_options):
+        raise FileNotFoundError("no usable temporary directory found")
+
+    monkeypatch.setattr("mercli.extract.tempfile.mkdtemp", no_temporary_folder)
+    config = load(None, environ={}, overrides={"extract.encoders": ["egemaps"]})
+    summary = extract_clips(discover(tones)[:4], config, Workspace(tmp_path / "ws"), {}, workers=2)
+    assert summary.done == 4 and summary.workers == 2
 
 
 def test_clips_already_stored_start_no_worker(tones, tmp_path, monkeypatch):
