@@ -27,6 +27,7 @@ corruption, and ``metrics.json`` holds the figures under ``robustness``.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import statistics
@@ -131,6 +132,11 @@ class Evaluation:
             for m in self.members
         ]
 
+    @functools.cached_property
+    def predictions_file(self) -> bytes:
+        """predictions.csv as it is written, made once: metrics.json names it by its SHA-256."""
+        return predictions_csv(self).encode("utf-8")
+
     def reliability(self) -> dict[str, Any]:
         """The reliability-diagram bins (see :func:`mercli.calibration.reliability`) and the ECE
         of the predictions before and after temperature scaling."""
@@ -155,7 +161,7 @@ class Evaluation:
                 "mean": mean, "std": std, "notes": self.notes, "reliability": self.reliability(), "out": str(self.out),
                 "labels_file": None if self.labels_file is None else str(self.labels_file),
                 **({} if self.robustness is None else {"robustness": self.robustness}),
-                PREDICTIONS_DIGEST: predictions_digest(predictions_csv(self).encode("utf-8"))}
+                PREDICTIONS_DIGEST: predictions_digest(self.predictions_file)}
 
 
 # --- which runs -------------------------------------------------------------------------------
@@ -376,7 +382,7 @@ def write_outputs(evaluation: Evaluation) -> None:
     it goes with, so that an evaluation stopped between two files (Ctrl-C, a full disk) is not
     read as one (``mer report`` checks)."""
     folder = evaluation.out
-    write_bytes(folder / "predictions.csv", predictions_csv(evaluation).encode("utf-8"))
+    write_bytes(folder / "predictions.csv", evaluation.predictions_file)
     title = f"WAF {evaluation.figures['waf']:.3f} ({len(evaluation.clip_ids)} predictions)"
     write_bytes(folder / "confusion.png", confusion_png(evaluation.figures["confusion"], evaluation.classes, title))
     write_json(folder / "metrics.json", evaluation.to_json())
